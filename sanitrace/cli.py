@@ -1,0 +1,160 @@
+"""Command line: sanitrace trace | execute | convert | show."""
+
+import argparse
+import os
+import sys
+import time
+
+from . import plan as plan_ir
+from .safetensors_format import SafetensorsError
+
+SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20,
+              "MB": 10**6, "MIB": 1 << 20, "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30,
+              "T": 1 << 40, "TB": 10**12, "TIB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'1.5G', '512MiB', '2GB', '1048576' -> bytes (K/M/G are powers of 1024)."""
+    number = text.rstrip("BbKkMmGgTtIi ")
+    unit = text[len(number):].strip().upper()
+    if unit not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"cannot read size {text!r}")
+    try:
+        return int(float(number) * SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read size {text!r}") from None
+
+
+def _add_convert_flags(parser: argparse.ArgumentParser):
+    """The flags of mlx_lm.convert, with the same names, choices and defaults."""
+    from mlx_lm.convert import MODEL_CONVERSION_DTYPES, QUANT_RECIPES
+
+    parser.add_argument("-q", "--quantize", action="store_true", help="Generate a quantized model.")
+    parser.add_argument("--q-group-size", type=int, default=None, help="Group size for quantization.")
+    parser.add_argument("--q-bits", type=int, default=None, help="Bits per weight for quantization.")
+    parser.add_argument("--q-mode", default="affine", choices=["affine", "mxfp4", "nvfp4", "mxfp8"],
+                        help="The quantization mode.")
+    parser.add_argument("--quant-predicate", choices=QUANT_RECIPES, default=None,
+                        help="Mixed-bit quantization recipe.")
+    parser.add_argument("--dtype", choices=MODEL_CONVERSION_DTYPES, default=None,
+                        help="Type to save the non-quantized parameters.")
+    parser.add_argument("-d", "--dequantize", action="store_true", help="Dequantize a quantized model.")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="Allow a custom model file named by config.json.")
+
+
+def _add_execute_flags(parser: argparse.ArgumentParser):
+    parser.add_argument("--memory-budget", type=parse_size, default=None,
+                        help="Peak memory to stay under, e.g. 2G (default: the plan's, 1 GiB).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sanitrace", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("trace", help="Trace a conversion into a plan file (reads headers only).")
+    p.add_argument("model", help="Hugging Face model folder (config.json + safetensors).")
+    p.add_argument("-o", "--output", required=True, help="Plan file to write.")
+    _add_convert_flags(p)
+    p.add_argument("--memory-budget", type=parse_size, default=None,
+                   help="Budget the plan's chunking and memory prediction assume (default 1 GiB).")
+
+    p = sub.add_parser("execute", help="Write the converted model described by a plan.")
+    p.add_argument("plan", help="Plan file from `sanitrace trace`.")
+    p.add_argument("--source", required=True, help="The model folder the plan was traced from.")
+    p.add_argument("--out", required=True, help="Output folder (must not exist).")
+    p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
+    _add_execute_flags(p)
+
+    p = sub.add_parser("convert", help="trace + execute in one go.")
+    p.add_argument("model", help="Hugging Face model folder.")
+    p.add_argument("out", help="Output folder (must not exist).")
+    _add_convert_flags(p)
+    p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
+    _add_execute_flags(p)
+
+    p = sub.add_parser("show", help="Render a plan as text for review.")
+    p.add_argument("plan", help="Plan file.")
+    return parser
+
+
+def _options(args):
+    from .tracer import ConvertOptions
+
+    return ConvertOptions(
+        quantize=args.quantize,
+        q_group_size=args.q_group_size,
+        q_bits=args.q_bits,
+        q_mode=args.q_mode,
+        quant_predicate=args.quant_predicate,
+        dtype=args.dtype,
+        dequantize=args.dequantize,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _trace(model: str, args) -> dict:
+    from .planner import DEFAULT_MEMORY_BUDGET, build_plan
+    from .show import human_bytes
+    from .tracer import trace
+
+    start = time.time()
+    result = trace(model, _options(args))
+    plan = build_plan(result, args.memory_budget or DEFAULT_MEMORY_BUDGET)
+    acc, mem = plan["accounting"], plan["memory"]
+    shards = [f for f in plan["files"] if f["kind"] == "safetensors"]
+    out_bytes = sum(o["nbytes"] for o in plan["outputs"])
+    print(f"traced {model} with {plan['library']} in {time.time() - start:.1f}s")
+    print(f"  source tensors   {acc['source_tensors']} in {len(plan['source']['files'])} files")
+    print(f"  outputs          {acc['outputs']} tensors in {len(shards)} shards, {human_bytes(out_bytes)}")
+    print(f"  dropped sources  {len(acc['dropped'])}")
+    print(f"  predicted peak   {human_bytes(mem['predicted_peak'])} (budget {human_bytes(mem['budget'])})")
+    return plan
+
+
+def _execute(plan: dict, source: str, out: str, args) -> None:
+    from .executor import execute
+    from .show import human_bytes
+
+    start = time.time()
+    summary = execute(
+        plan, source, out, memory_budget=args.memory_budget, resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {out}: {summary.outputs} tensors, {human_bytes(summary.bytes_written)} "
+        f"in {summary.chunks} chunks, {time.time() - start:.1f}s"
+        + (f" ({summary.skipped_groups} groups resumed)" if summary.skipped_groups else "")
+    )
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .executor import GuardFailed, OutputExists, SourceMismatch
+    from .tracer import TraceError
+
+    try:
+        if args.command == "trace":
+            plan = _trace(args.model, args)
+            data = plan_ir.save(plan, args.output)
+            print(f"  plan             {args.output} ({len(data)} bytes)")
+        elif args.command == "execute":
+            _execute(plan_ir.load(args.plan), args.source, args.out, args)
+        elif args.command == "convert":
+            if os.path.exists(args.out):
+                raise FileExistsError(f"{args.out} already exists")
+            _execute(_trace(args.model, args), args.model, args.out, args)
+        elif args.command == "show":
+            sys.stdout.write(_render(args.plan))
+    except (TraceError, plan_ir.PlanError, SafetensorsError, SourceMismatch,
+            OutputExists, GuardFailed, FileExistsError, FileNotFoundError) as e:
+        print(f"sanitrace {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _render(path: str) -> str:
+    from .show import render
+
+    return render(plan_ir.load(path))

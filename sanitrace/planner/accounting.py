@@ -1,0 +1,59 @@
+"""Accounting: every source tensor used or dropped (with why), every output produced once."""
+
+from typing import Dict, List
+
+from ..plan import iter_refs
+from .graph import consumers
+
+
+def account(
+    raw_nodes: List[list],
+    remap: Dict[int, int],
+    tensor_index: dict,
+    loaded_keys: List[str],
+    outputs: List[dict],
+) -> dict:
+    """Summary of what happened to each source tensor and output.
+
+    A source tensor is *used* when an output depends on it. Otherwise it is
+    dropped: "removed by sanitize" when no op ever read it, or "read only by
+    discarded ops" when sanitize used it for something that never reached an
+    output.
+    """
+    use_count = consumers(raw_nodes)
+    used, dropped = 0, []
+    for i, (op, args, _, _) in enumerate(raw_nodes):
+        if op != "load":
+            continue
+        if i in remap:
+            used += 1
+            continue
+        reason = "read only by discarded ops" if use_count.get(i) else "removed by sanitize"
+        dropped.append([args[0], args[1], reason])
+    dropped.sort()
+    names = [o["name"] for o in outputs]
+    if len(set(names)) != len(names):
+        raise ValueError("an output name appears twice")
+    return {
+        "source_tensors": len(tensor_index),
+        "used_sources": used,
+        "dropped": dropped,
+        "outputs": len(outputs),
+        "strict_load": "ok",
+        "loaded_parameters": len(loaded_keys),
+    }
+
+
+def sources_of(nodes: List[list], ref_node: int) -> List[int]:
+    """Source tensor indices an output depends on."""
+    result, stack, seen = set(), [ref_node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        op, args, kwargs, _ = nodes[n]
+        if op == "load":
+            result.add(args[0])
+        stack.extend(r.node for r in iter_refs((args, kwargs)))
+    return sorted(result)

@@ -1,0 +1,55 @@
+"""Output files: which tensor goes where, at which byte offset.
+
+Shard membership and file names come from the library's own save code (the
+trace captured them). Inside a shard, tensors are stored in name order (the
+order of the header keys) after a header padded to 8 bytes, so every shard is
+laid out the same way on every platform.
+"""
+
+import math
+from typing import List
+
+import mlx.core as mx
+
+from ..safetensors_format import MLX_TO_SAFETENSORS, build_header
+
+
+def itemsize(dtype_name: str) -> int:
+    return getattr(mx, dtype_name).size
+
+
+def nbytes(aval) -> int:
+    dtype, shape = aval
+    return math.prod(shape) * itemsize(dtype)
+
+
+def output_files(shards: List[tuple], avals_of) -> (list, list):
+    """(files, outputs) for captured ``shards`` [(file name, [(name, ref)], metadata)].
+
+    ``avals_of(ref)`` gives [dtype, shape] of a traced value.
+    """
+    files, outputs = [], []
+    for file_index, (file_name, items, metadata) in enumerate(shards):
+        entries = sorted((name, ref, avals_of(ref)) for name, ref in items)
+        header, offsets = build_header(
+            [(n, MLX_TO_SAFETENSORS[a[0]], a[1], nbytes(a)) for n, _, a in entries],
+            metadata,
+        )
+        size = len(header)
+        for (name, ref, aval), offset in zip(entries, offsets):
+            outputs.append(
+                {
+                    "name": name,
+                    "dtype": aval[0],
+                    "shape": list(aval[1]),
+                    "ref": ref,
+                    "file": file_index,
+                    "offset": offset,
+                    "nbytes": nbytes(aval),
+                }
+            )
+            size = max(size, offset + nbytes(aval))
+        files.append(
+            {"name": file_name, "kind": "safetensors", "header": header, "size": size}
+        )
+    return files, outputs

@@ -1,0 +1,144 @@
+"""Trace a conversion: run the library's own convert() on shape-only proxies.
+
+``trace()`` calls ``mlx_lm.convert.convert`` itself (load_model, sanitize, the
+legacy-quantization handling, load_weights, the dtype cast with the model's
+cast_predicate, quantize_model with its predicates and recipes, save_model's
+sharding, save_config, the model card) with mlx patched by ``tracing()``. What
+it would have written is captured instead: the shards as graph references, and
+the small text files verbatim.
+"""
+
+import contextlib
+import importlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import mlx.core as mx
+
+from ..plan import Ref, apply, map_refs
+from ..safetensors_format import Header
+from .patching import LoadMismatch, tracing
+from .proxy import Recorder, TraceError
+from .sources import SourceSet
+
+# files save() writes itself; everything else in its output is copied from the source
+_REAL_LOAD = mx.load
+WRITTEN_FILES = ("config.json", "model.safetensors.index.json", "README.md")
+
+
+@dataclass
+class ConvertOptions:
+    """mlx_lm.convert's flags (same names and defaults)."""
+
+    quantize: bool = False
+    q_group_size: Optional[int] = None
+    q_bits: Optional[int] = None
+    q_mode: str = "affine"
+    quant_predicate: Optional[str] = None
+    dtype: Optional[str] = None
+    dequantize: bool = False
+    trust_remote_code: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TraceResult:
+    library: str
+    options: ConvertOptions
+    nodes: List[list]
+    guards: List[dict]
+    headers: Dict[str, Header]
+    shards: List[tuple]  # (file name, [(tensor name, Ref)], metadata)
+    text_files: Dict[str, bytes]
+    loaded_keys: List[str] = field(default_factory=list)
+
+
+class _NoTokenizer:
+    """Stands in for the tokenizer: sanitrace copies tokenizer files verbatim."""
+
+    def save_pretrained(self, path):
+        pass
+
+
+def _value_source(recorder: Recorder, sources: SourceSet):
+    """Evaluate a traced value from the real source data (for guards), or None
+    when the source files hold headers only."""
+    cache = {}
+
+    def value(ref: Ref):
+        if not sources.has_data():
+            return None
+        if ref.node not in cache:
+            op, args, kwargs, _ = recorder.nodes[ref.node]
+            if op == "load":
+                path = os.path.join(sources.model_dir, args[0])
+                cache[ref.node] = [_REAL_LOAD(path)[args[1]]]
+            elif op == "const":
+                raise TraceError("guard on a constant")
+            else:
+                result = apply(op, map_refs(args, value), map_refs(kwargs, value))
+                cache[ref.node] = list(result) if isinstance(result, (list, tuple)) else [result]
+        return cache[ref.node][ref.out]
+
+    return value
+
+
+def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
+    """Trace mlx_lm.convert of ``model_dir`` with ``options``. Reads headers only."""
+    lm_convert = importlib.import_module("mlx_lm.convert")
+    lm_utils = importlib.import_module("mlx_lm.utils")
+
+    model_dir = os.path.abspath(model_dir)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise TraceError(f"{model_dir}: no config.json; not a Hugging Face model folder")
+    recorder = Recorder(os.path.basename(model_dir))
+    sources = SourceSet(model_dir)
+    extra = [(lm_utils, "load_tokenizer", lambda *a, **k: _NoTokenizer())]
+    try:
+        with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
+            out = os.path.join(tmp, "out")
+            with tracing(recorder, sources, extra) as capture:
+                recorder.value_source = _value_source(recorder, sources)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    lm_convert.convert(
+                        hf_path=model_dir,
+                        mlx_path=out,
+                        quantize=options.quantize,
+                        q_group_size=options.q_group_size,
+                        q_bits=options.q_bits,
+                        q_mode=options.q_mode,
+                        dtype=options.dtype,
+                        dequantize=options.dequantize,
+                        quant_predicate=options.quant_predicate,
+                        trust_remote_code=options.trust_remote_code,
+                    )
+            text_files = {}
+            for name in WRITTEN_FILES:
+                path = os.path.join(out, name)
+                if os.path.exists(path):
+                    with open(path, "rb") as f:
+                        text_files[name] = f.read()
+        shards = []
+        for file_name, items, metadata in capture.shards:
+            refs = [(key, recorder.encode(value)) for key, value in items]
+            shards.append((file_name, refs, metadata))
+    finally:
+        sources.close()
+    return TraceResult(
+        library="mlx_lm",
+        options=options,
+        nodes=recorder.nodes,
+        guards=recorder.guards,
+        headers=dict(sources.headers),
+        shards=shards,
+        text_files=text_files,
+        loaded_keys=sorted(capture.loaded_weights),
+    )
+
+
+__all__ = ["trace", "ConvertOptions", "TraceResult", "TraceError", "LoadMismatch"]

@@ -1,0 +1,165 @@
+"""The one place where mlx is patched for tracing.
+
+``tracing()`` swaps in recording versions of every mlx.core function (and
+mx.linalg), a proxy-returning ``mx.load``, a capturing ``mx.save_safetensors``,
+a no-op ``mx.eval``, an ``mx.array`` that also accepts proxies, and a strict
+``nn.Module.load_weights`` that reports every mismatch at once. Everything is
+restored on exit, also when the trace fails.
+"""
+
+import contextlib
+import os
+from typing import Callable, List, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .proxy import Proxy, Recorder, TraceError, contains_proxy
+from .sources import SourceSet
+
+_REAL_ARRAY = mx.array
+# handled specially below, or never given a proxy by a conversion
+_NOT_WRAPPED = {"load", "save_safetensors", "eval", "async_eval", "array"}
+
+
+class LoadMismatch(TraceError):
+    """The sanitized weights do not match the model's parameters."""
+
+
+class _ArrayMeta(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _REAL_ARRAY)
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, _REAL_ARRAY)
+
+    def __getattr__(cls, name):
+        return getattr(_REAL_ARRAY, name)
+
+
+def _array_factory(recorder: Recorder):
+    class array(metaclass=_ArrayMeta):
+        def __new__(cls, *args, **kwargs):
+            if contains_proxy(args) or contains_proxy(kwargs):
+                return recorder.call("mx.array", _REAL_ARRAY, args, kwargs)
+            return _REAL_ARRAY(*args, **kwargs)
+
+    return array
+
+
+def _recording(recorder: Recorder, op: str, original: Callable) -> Callable:
+    def wrapper(*args, **kwargs):
+        if contains_proxy(args) or contains_proxy(kwargs):
+            return recorder.call(op, original, args, kwargs)
+        return original(*args, **kwargs)
+
+    wrapper.__name__ = getattr(original, "__name__", op)
+    wrapper.__doc__ = getattr(original, "__doc__", None)
+    return wrapper
+
+
+class Capture:
+    """What the conversion tried to write: shards of (name, value) pairs in save order."""
+
+    def __init__(self):
+        self.shards: List[Tuple[str, list, dict]] = []
+        self.loaded_weights: dict = {}
+
+
+def _check_load(recorder: Recorder, model: nn.Module, weights: list):
+    """The strict check of load_weights, but listing every problem at once."""
+    given = dict(weights)
+    expected = dict(tree_flatten(model.parameters()))
+    problems = []
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    if missing:
+        problems.append(f"{len(missing)} missing parameters:\n  " + "\n  ".join(missing))
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected parameters (not in the model):\n  "
+            + "\n  ".join(unexpected)
+        )
+    mismatched = []
+    for key in sorted(expected.keys() & given.keys()):
+        want, got = expected[key], given[key]
+        if not isinstance(got, _REAL_ARRAY):
+            mismatched.append(f"{key}: expected an array, got {type(got).__name__}")
+        elif tuple(got.shape) != tuple(want.shape):
+            mismatched.append(f"{key}: shape {list(got.shape)}, model has {list(want.shape)}")
+        elif mx.issubdtype(got.dtype, mx.integer) != mx.issubdtype(want.dtype, mx.integer):
+            mismatched.append(f"{key}: dtype {got.dtype}, model has {want.dtype}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape/dtype mismatches:\n  " + "\n  ".join(mismatched))
+    if problems:
+        raise LoadMismatch(
+            f"{recorder.model_name}: the sanitized checkpoint does not load strictly into "
+            f"{type(model).__module__}.{type(model).__name__}:\n" + "\n".join(problems)
+        )
+
+
+@contextlib.contextmanager
+def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
+    """Patch mlx (plus ``extra`` (object, attribute, value) patches) for one trace."""
+    capture = Capture()
+    saved = []
+
+    def patch(obj, name, value):
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    original_load = mx.load
+    original_load_weights = nn.Module.load_weights
+
+    def load(file, *args, **kwargs):
+        path = os.fspath(file)
+        if not path.endswith(".safetensors"):
+            raise TraceError(f"{recorder.model_name}: cannot trace mx.load of {path}")
+        arrays = {
+            key: recorder.source(sources.relative_name(path), key, placeholder)
+            for key, placeholder in sources.placeholders(path, original_load).items()
+        }
+        if kwargs.get("return_metadata") or (len(args) > 1 and args[1]):
+            name = sources.relative_name(path)
+            return arrays, dict(sources.headers[name].metadata or {})
+        return arrays
+
+    def save_safetensors(file, arrays, metadata=None):
+        if not contains_proxy(arrays):
+            raise TraceError(f"{recorder.model_name}: unexpected save of {file} without checkpoint tensors")
+        capture.shards.append((os.path.basename(os.fspath(file)), list(arrays.items()), metadata))
+
+    def no_eval(*args, **kwargs):
+        return None
+
+    def load_weights(self, file_or_weights, strict=True):
+        if isinstance(file_or_weights, list) and contains_proxy(file_or_weights):
+            capture.loaded_weights = dict(file_or_weights)
+            if strict:
+                _check_load(recorder, self, file_or_weights)
+        return original_load_weights(self, file_or_weights, strict=strict)
+
+    try:
+        for name in dir(mx):
+            value = getattr(mx, name)
+            if name.startswith("_") or name in _NOT_WRAPPED:
+                continue
+            if type(value).__name__ == "nb_func":
+                patch(mx, name, _recording(recorder, f"mx.{name}", value))
+        for name in dir(mx.linalg):
+            value = getattr(mx.linalg, name)
+            if not name.startswith("_") and type(value).__name__ == "nb_func":
+                patch(mx.linalg, name, _recording(recorder, f"mx.linalg.{name}", value))
+        patch(mx, "load", load)
+        patch(mx, "save_safetensors", save_safetensors)
+        patch(mx, "eval", no_eval)
+        patch(mx, "async_eval", no_eval)
+        patch(mx, "array", _array_factory(recorder))
+        patch(nn.Module, "load_weights", load_weights)
+        for obj, name, value in extra:
+            patch(obj, name, value)
+        yield capture
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)

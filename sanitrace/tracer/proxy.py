@@ -1,0 +1,269 @@
+"""Shape-only proxies and the recorder that turns their ops into a graph.
+
+A ``Proxy`` is an ``mx.array`` subclass whose own array is a lazy placeholder
+(made by the real ``mx.load`` from a data-less header file, see sources.py), so
+``shape``, ``dtype``, ``nbytes`` and ``isinstance(x, mx.array)`` are the real
+ones. Every op on a proxy runs the real mx op on the placeholders (lazy, never
+evaluated) to get the result's shape and dtype, and appends a node
+``[op, args, kwargs, outs]`` to the recorder's graph; literal arguments are
+stored as they are, proxies as ``Ref``s, real arrays as ``const`` nodes.
+"""
+
+import os
+import traceback
+from typing import Callable, Dict, List, Optional
+
+import mlx.core as mx
+import numpy as np
+
+from ..plan import Ref, dtype_name, is_allowed
+
+_REAL_ARRAY = mx.array
+_SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_CONST_BYTES = 64 << 20
+POISON_MESSAGE = "Unable to read from file"
+
+
+class TraceError(Exception):
+    """Tracing cannot produce a faithful plan; the message says where and why."""
+
+
+def user_site() -> str:
+    """file:line of the innermost caller outside sanitrace (the sanitize code)."""
+    for frame in reversed(traceback.extract_stack()):
+        if not os.path.abspath(frame.filename).startswith(_SANITRACE_DIR):
+            return f"{frame.filename}:{frame.lineno}"
+    return "<unknown>"
+
+
+def aval(array) -> list:
+    return [dtype_name(array.dtype), list(array.shape)]
+
+
+class Recorder:
+    """Collects the graph of one trace. Nodes are appended in creation order."""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.nodes: List[list] = []
+        self.consts: Dict[tuple, int] = {}
+        self.guards: List[dict] = []
+        self.value_source: Optional[Callable[[Ref], mx.array]] = None
+
+    def add(self, op: str, args: list, kwargs: dict, outs: list) -> int:
+        self.nodes.append([op, args, kwargs, outs])
+        return len(self.nodes) - 1
+
+    def source(self, file: str, name: str, placeholder) -> "Proxy":
+        node = self.add("load", [file, name], {}, [aval(placeholder)])
+        return Proxy.wrap(placeholder, Ref(node), self)
+
+    def const(self, array) -> Ref:
+        """A real (non-proxy) array used by the conversion becomes a constant node."""
+        if array.nbytes > MAX_CONST_BYTES:
+            raise TraceError(
+                f"{self.model_name}: a real array of {array.nbytes} bytes "
+                f"{array.dtype}{list(array.shape)} enters the conversion at "
+                f"{user_site()}; only small constants can be stored in a plan"
+            )
+        try:
+            data = bytes(memoryview(mx.contiguous(array).view(mx.uint8)))
+        except RuntimeError as e:
+            if POISON_MESSAGE in str(e):
+                raise TraceError(
+                    f"{self.model_name}: an array derived from checkpoint tensors "
+                    f"by an untracked operation reaches the output ({user_site()})"
+                ) from None
+            raise
+        key = (dtype_name(array.dtype), tuple(array.shape), data)
+        if key not in self.consts:
+            self.consts[key] = self.add("const", [data], {}, [aval(array)])
+        return Ref(self.consts[key])
+
+    def encode(self, value):
+        """Argument structure with proxies as Refs and real arrays as const Refs."""
+        if isinstance(value, Proxy):
+            return value._st_ref
+        if isinstance(value, _REAL_ARRAY):
+            return self.const(value)
+        if isinstance(value, list):
+            return [self.encode(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.encode(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.encode(v) for k, v in value.items()}
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    def call(self, op: str, fn: Callable, args: tuple, kwargs: dict):
+        """Run ``fn`` on the placeholders and record it as node ``op``."""
+        if not is_allowed(op):
+            raise TraceError(
+                f"{self.model_name}: {op} on a checkpoint tensor at {user_site()} "
+                "is not a replayable op"
+            )
+        try:
+            result = fn(*args, **kwargs)
+            enc_args = self.encode(list(args))
+            enc_kwargs = self.encode(dict(kwargs))
+        except TraceError:
+            raise
+        except (TypeError, ValueError, RuntimeError) as e:
+            if POISON_MESSAGE in str(e):
+                raise TraceError(
+                    f"{self.model_name}: {op} at {user_site()} evaluated a checkpoint "
+                    "tensor; sanitize may only build lazy graphs"
+                ) from None
+            raise
+        if isinstance(result, _REAL_ARRAY):
+            node = self.add(op, enc_args, enc_kwargs, [aval(result)])
+            return Proxy.wrap(result, Ref(node), self)
+        if isinstance(result, (list, tuple)) and all(
+            isinstance(r, _REAL_ARRAY) for r in result
+        ):
+            node = self.add(op, enc_args, enc_kwargs, [aval(r) for r in result])
+            wrapped = [Proxy.wrap(r, Ref(node, i), self) for i, r in enumerate(result)]
+            return type(result)(wrapped)
+        raise TraceError(
+            f"{self.model_name}: {op} at {user_site()} returned a "
+            f"{type(result).__name__}, which a plan cannot hold"
+        )
+
+    def value(self, proxy: "Proxy", method: str, *args):
+        """A Python value of a checkpoint tensor: evaluated from real data and kept as a guard."""
+        real = self.value_source(proxy._st_ref) if self.value_source else None
+        if real is None:
+            raise TraceError(
+                f"{self.model_name}: sanitize needs the value of a checkpoint tensor "
+                f"(.{method}) at {user_site()}; the source holds headers only, so the "
+                "value is unknown at trace time"
+            )
+        result = getattr(real, method)(*args)
+        self.guards.append(
+            {"ref": proxy._st_ref, "method": method, "value": _guard_value(result)}
+        )
+        return result
+
+
+def _guard_value(value):
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_guard_value(v) for v in value]
+    raise TraceError(f"cannot keep a {type(value).__name__} as a guard value")
+
+
+def _method(name: str):
+    base = getattr(_REAL_ARRAY, name)
+
+    def method(self, *args, **kwargs):
+        return self._st_recorder.call(f"array.{name}", base, (self,) + args, kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def _inplace(name: str):
+    base = getattr(_REAL_ARRAY, name)
+    op = name.replace("__i", "__", 1)
+
+    def method(self, other):
+        result = self._st_recorder.call(
+            f"array.{op}", getattr(_REAL_ARRAY, op), (self, other), {}
+        )
+        base(self, other)  # mx updates the array object in place; so does its placeholder
+        self._st_ref = result._st_ref
+        return self
+
+    method.__name__ = name
+    return method
+
+
+def _property(name: str):
+    def getter(self):
+        return self._st_recorder.call(
+            f"array.{name}", lambda a: getattr(_REAL_ARRAY, name).__get__(a), (self,), {}
+        )
+
+    return property(getter)
+
+
+def _value_method(name: str):
+    def method(self, *args):
+        return self._st_recorder.value(self, name, *args)
+
+    method.__name__ = name
+    return method
+
+
+class Proxy(_REAL_ARRAY):
+    """A checkpoint tensor (or a value derived from one) during tracing."""
+
+    @staticmethod
+    def wrap(array, ref: Ref, recorder: Recorder) -> "Proxy":
+        proxy = Proxy(array)
+        proxy._st_ref = ref
+        proxy._st_recorder = recorder
+        return proxy
+
+    def __repr__(self):
+        return f"Proxy({self._st_ref.node}.{self._st_ref.out}: {self.dtype}{list(self.shape)})"
+
+    __str__ = __repr__
+
+    def __iter__(self):
+        return (self[i] for i in range(self.shape[0]))
+
+    def __hash__(self):
+        return id(self)
+
+    def __setitem__(self, key, value):
+        raise TraceError(
+            f"item assignment to a checkpoint tensor at {user_site()} cannot be replayed"
+        )
+
+    @property
+    def at(self):
+        raise TraceError(f"scatter update (.at) at {user_site()} cannot be replayed")
+
+    def __array__(self, *args, **kwargs):
+        return self._st_recorder.value(self, "__array__", *args)
+
+    def __deepcopy__(self, memo):
+        return self  # mx arrays are values; a copy is the same value
+
+    def __reduce__(self):
+        raise TraceError(f"pickling a checkpoint tensor at {user_site()}")
+
+
+_METHODS = """
+    abs all any argmax argmin astype conj cos cummax cummin cumprod cumsum diag
+    diagonal exp flatten log log10 log1p log2 logcumsumexp logsumexp max mean min
+    moveaxis prod reciprocal reshape round rsqrt sin split sqrt square squeeze std
+    sum swapaxes transpose var view
+    __abs__ __add__ __and__ __eq__ __floordiv__ __ge__ __getitem__ __gt__
+    __invert__ __le__ __lshift__ __lt__ __matmul__ __mod__ __mul__ __ne__ __neg__
+    __or__ __pos__ __pow__ __radd__ __rfloordiv__ __rmod__ __rmul__ __rpow__
+    __rshift__ __rsub__ __rtruediv__ __sub__ __truediv__ __xor__ __copy__
+""".split()
+for _name in _METHODS:
+    setattr(Proxy, _name, _method(_name))
+for _name in "__iadd__ __isub__ __imul__ __itruediv__ __ifloordiv__ __imod__ __ipow__ __imatmul__ __iand__ __ior__ __ixor__ __ilshift__ __irshift__".split():
+    setattr(Proxy, _name, _inplace(_name))
+for _name in ("T", "mT", "real", "imag"):
+    setattr(Proxy, _name, _property(_name))
+for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "__bytes__", "__dlpack__"):
+    setattr(Proxy, _name, _value_method(_name))
+
+
+def contains_proxy(value) -> bool:
+    if isinstance(value, Proxy):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(contains_proxy(v) for v in value)
+    if isinstance(value, dict):
+        return any(contains_proxy(v) for v in value.values())
+    return False
