@@ -309,20 +309,28 @@ def map_refs(value, fn):
     return value
 
 
-# Resident size of an idle executor (Python, mlx, numpy, the plan): the part of a
-# memory budget that chunks cannot use. Measured by bench/memory_baseline.py.
-BASELINE_BYTES = 200 << 20
+# Resident size of an executor before it computes (Python, mlx, numpy, the plan;
+# plus mlx-lm and the trace when run by `convert`): the part of a memory budget
+# that chunks cannot use. bench/memory_baseline.py measured 39 MiB idle, 74 MiB
+# with mlx-lm imported (Linux x86-64).
+BASELINE_BYTES = 96 << 20
+
+
+def cache_limit(budget: int) -> int:
+    """mlx buffer cache allowed under ``budget`` (reused across same-size chunks)."""
+    return max(budget - BASELINE_BYTES, 0) // 4
 
 
 def chunk_rows(group: dict, budget: int) -> int:
     """Rows per chunk for an output group under a memory ``budget``; 0 = whole.
 
     A group's memory model is ``fixed_bytes + unit_bytes * units`` where a unit
-    is ``unit`` rows along axis 0 (unit 0 = not chunkable).
+    is ``unit`` rows along axis 0 (unit 0 = not chunkable); it covers the
+    chunk's arrays plus the reads of the next chunk and the writes of the last.
     """
     if not group["unit"]:
         return 0
-    working = budget - BASELINE_BYTES - group["fixed_bytes"]
+    working = budget - BASELINE_BYTES - cache_limit(budget) - group["fixed_bytes"]
     units = max(working // max(group["unit_bytes"], 1), 1)
     rows = int(units) * group["unit"]
     return 0 if rows >= group["rows"] else rows

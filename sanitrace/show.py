@@ -3,7 +3,7 @@
 import re
 from typing import Dict, List
 
-from .plan import Ref, dtype_name
+from .plan import Ref, chunk_rows, dtype_name
 
 _NUMBER = re.compile(r"\d+")
 
@@ -117,7 +117,12 @@ def render(plan: dict) -> str:
         by_node: Dict[int, List[dict]] = {}
         for out in members:
             by_node.setdefault(out["ref"].node, []).append(out)
-        chunk = f"  [chunks of {group['unit']} rows]" if group["unit"] else ""
+        rows = chunk_rows(group, plan["memory"]["budget"])
+        chunk = ""
+        if rows:
+            chunk = f"  [{-(-group['rows'] // rows)} chunks of {rows} rows]"
+        elif not group["unit"] and group["rows"] > 1:
+            chunk = "  [not chunkable]"
         for node, outs in by_node.items():
             if len(outs) > 1:
                 prefix = outs[0]["name"].rsplit(".", 1)[0]

@@ -1,20 +1,28 @@
 """Execute a plan: write the MLX model one output group at a time, in bounded memory.
 
+The work is a list of chunks (an output group, whole or a row range). It runs as
+a three-stage pipeline so that disk and compute overlap:
+
+  read thread:  pread the sources of chunk i+1 into mlx buffers
+  main thread:  build chunk i's lazy graph and mx.eval it (all mlx calls happen here)
+  write thread: pwrite chunk i-1 at its offsets, hash it, journal finished groups
+
 This package reads only the plan and the source files; it never imports
 mlx-lm or mlx-vlm.
 """
 
 import hashlib
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import mlx.core as mx
 
 from .. import plan as plan_ir
 from .replay import Replayer
-from .sources import SourceMismatch, SourceReader, verify_sources
-from .writer import OutputExists, OutputWriter, tensor_bytes
+from .sources import SourceMismatch, SourceReader, fill_all, verify_sources
+from .writer import OutputExists, OutputWriter
 
 
 class GuardFailed(ValueError):
@@ -30,9 +38,60 @@ class ExecuteSummary:
     skipped_groups: int
 
 
-def _check_guards(plan: dict, replayer: Replayer) -> None:
+@dataclass
+class Chunk:
+    group: int
+    outputs: List[dict]
+    region: Optional[tuple]  # (0, start, stop) or None for whole outputs
+    last: bool  # last chunk of its group
+
+
+def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor):
+    """Allocate the chunk's source buffers (main thread) and start reading them."""
+    keys = replayer.reads([o["ref"] for o in chunk.outputs], chunk.region)
+    pieces = {key: reader.prepare(*key) for key in keys}
+    mx.eval([p.buffer for p in pieces.values()])
+    for p in pieces.values():
+        p.view = memoryview(p.buffer).cast("B")
+    return pieces, pool.submit(fill_all, list(pieces.values()))
+
+
+def _host_layout(array: mx.array) -> mx.array:
+    """The array as contiguous bytes the writer can take (bfloat16 as uint16)."""
+    array = mx.contiguous(array)
+    return array.view(mx.uint16) if array.dtype == mx.bfloat16 else array
+
+
+class _Sink:
+    """Write-thread side: pwrite pieces, hash each output, journal finished groups."""
+
+    def __init__(self, writer: OutputWriter, bar):
+        self.writer = writer
+        self.bar = bar
+        self.hashes: Dict[str, "hashlib._Hash"] = {}
+
+    def put(self, chunk: Chunk, views: List[memoryview]) -> None:
+        start = chunk.region[1] if chunk.region else 0
+        for out, view in zip(chunk.outputs, views):
+            self.writer.write(out, start, view)
+            self.hashes.setdefault(out["name"], hashlib.sha256()).update(view)
+            self.bar.update(len(view))
+        if chunk.last:
+            sums = {o["name"]: self.hashes.pop(o["name"]).hexdigest() for o in chunk.outputs}
+            self.writer.group_done(chunk.group, sums)
+
+
+def _check_guards(plan: dict, replayer: Replayer, reader: SourceReader) -> None:
     for guard in plan["guards"]:
+        keys = replayer.reads([guard["ref"]], None)
+        pieces = {key: reader.prepare(*key) for key in keys}
+        mx.eval([p.buffer for p in pieces.values()])
+        for p in pieces.values():
+            p.view = memoryview(p.buffer).cast("B")
+            p.fill()
+        replayer.sources = {k: p.array() for k, p in pieces.items()}
         value = getattr(replayer.value(guard["ref"], None), guard["method"])()
+        replayer.clear()
         if hasattr(value, "tolist"):
             value = value.tolist()
         if value != guard["value"]:
@@ -40,7 +99,31 @@ def _check_guards(plan: dict, replayer: Replayer) -> None:
                 f"sanitize read a value ({guard['method']}) that differs from the one "
                 f"seen at trace time: {value!r} != {guard['value']!r}; re-trace on this data"
             )
-        replayer.clear()
+
+
+def plan_chunks(plan: dict, budget: int, writer: OutputWriter) -> (List[Chunk], int):
+    """The chunks still to do, in output-file order, and how many groups are already done."""
+    outputs = plan["outputs"]
+    groups = plan["groups"]
+    order = sorted(
+        range(len(groups)),
+        key=lambda g: min((outputs[i]["file"], outputs[i]["offset"]) for i in groups[g]["outputs"]),
+    )
+    chunks, skipped = [], 0
+    for g in order:
+        members = [outputs[i] for i in groups[g]["outputs"]]
+        if writer.verified_done(g, members):
+            skipped += 1
+            continue
+        rows = plan_ir.chunk_rows(groups[g], budget)
+        if not rows:
+            chunks.append(Chunk(g, members, None, True))
+            continue
+        total = groups[g]["rows"]
+        for start in range(0, total, rows):
+            stop = min(start + rows, total)
+            chunks.append(Chunk(g, members, (0, start, stop), stop == total))
+    return chunks, skipped
 
 
 def execute(
@@ -57,49 +140,45 @@ def execute(
     digest = hashlib.sha256(plan_ir.dumps(plan)).hexdigest()
     writer = OutputWriter(plan, out_dir, digest, resume)
     reader = SourceReader(plan, source_dir)
-    replayer = Replayer(plan, reader)
-    outputs: List[dict] = plan["outputs"]
-    order = sorted(
-        range(len(plan["groups"])),
-        key=lambda g: min((outputs[i]["file"], outputs[i]["offset"]) for i in plan["groups"][g]["outputs"]),
-    )
-    total = sum(o["nbytes"] for o in outputs)
+    replayer = Replayer(plan)
+    total = sum(o["nbytes"] for o in plan["outputs"])
     bar = _progress(total, progress)
-    chunks = skipped = 0
-    mx.set_cache_limit(max(budget - plan_ir.BASELINE_BYTES, 0))
+    mx.set_cache_limit(plan_ir.cache_limit(budget))
     try:
-        _check_guards(plan, replayer)
-        for g in order:
-            group = plan["groups"][g]
-            members = [outputs[i] for i in group["outputs"]]
-            if writer.verified_done(g, members):
-                skipped += 1
-                bar.update(sum(o["nbytes"] for o in members))
-                continue
-            rows = plan_ir.chunk_rows(group, budget)
-            hashes = {o["name"]: hashlib.sha256() for o in members}
-            starts = range(0, group["rows"], rows) if rows else [None]
-            for start in starts:
-                region = None if start is None else (0, start, min(start + rows, group["rows"]))
-                arrays = [replayer.value(o["ref"], region) for o in members]
+        _check_guards(plan, replayer, reader)
+        chunks, skipped = plan_chunks(plan, budget, writer)
+        bar.update(total - sum(o["nbytes"] for c in chunks if c.last for o in c.outputs))
+        sink = _Sink(writer, bar)
+        with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
+            pending: Optional[Future] = None
+            ahead = _read_ahead(chunks[0], replayer, reader, reads) if chunks else None
+            for i, chunk in enumerate(chunks):
+                pieces, filled = ahead
+                filled.result()
+                if i + 1 < len(chunks):
+                    ahead = _read_ahead(chunks[i + 1], replayer, reader, reads)
+                replayer.sources = {key: p.array() for key, p in pieces.items()}
+                del pieces
+                arrays = [replayer.value(o["ref"], chunk.region) for o in chunk.outputs]
                 replayer.clear()
+                for out, array in zip(chunk.outputs, arrays):
+                    _check_piece(out, array, chunk.region)
+                arrays = [_host_layout(a) for a in arrays]
                 mx.eval(arrays)
-                for out, array in zip(members, arrays):
-                    _check_piece(out, array, region)
-                    data = tensor_bytes(array)
-                    writer.write(out, start or 0, data)
-                    hashes[out["name"]].update(data)
-                    bar.update(len(data))
-                del arrays, data
-                chunks += 1
-            writer.group_done(g, {name: h.hexdigest() for name, h in hashes.items()})
-            mx.clear_cache()
+                views = [memoryview(a).cast("B") for a in arrays]
+                del arrays
+                if pending is not None:
+                    pending.result()
+                pending = writes.submit(sink.put, chunk, views)
+                del views
+            if pending is not None:
+                pending.result()
         writer.finish(source_dir)
     finally:
         bar.close()
         reader.close()
         writer.close()
-    return ExecuteSummary(len(outputs), total, len(order), chunks, skipped)
+    return ExecuteSummary(len(plan["outputs"]), total, len(plan["groups"]), len(chunks), skipped)
 
 
 def _check_piece(out: dict, array: mx.array, region) -> None:

@@ -3,6 +3,7 @@
 Values are requested as (Ref, region) where region is None (whole) or
 (axis, start, stop). Chunked requests are pushed down to the sources through
 the chunk rules of regions.py, so only the source rows a chunk needs are read.
+``reads()`` lists those source pieces first, so they can be read ahead.
 """
 
 from typing import Dict, List, Optional, Tuple
@@ -12,35 +13,58 @@ import numpy as np
 
 from .. import regions
 from ..plan import Ref, apply, iter_refs, map_refs
-from .sources import SourceReader
 
 Region = Optional[Tuple[int, int, int]]
 
 
 class Replayer:
-    def __init__(self, plan: dict, reader: SourceReader):
+    def __init__(self, plan: dict):
         self.nodes: List[list] = plan["nodes"]
-        self.reader = reader
         self.rules = regions.Rules(self.nodes)
+        self.sources: Dict[tuple, mx.array] = {}  # (tensor index, region) -> array
         self.memo: Dict[tuple, object] = {}
+        self._consts: Dict[int, mx.array] = {}
 
     def clear(self):
         self.memo.clear()
+        self.sources = {}
+
+    def _inputs(self, ref: Ref, region: Region) -> List[Tuple[Ref, Region]]:
+        """(input, region) pairs a value needs; SKIPped inputs are left out."""
+        op, args, kwargs, _ = self.nodes[ref.node]
+        refs = list(iter_refs((args, kwargs)))
+        if region is None:
+            return [(r, None) for r in refs]
+        ranges = self.rules.input_ranges(ref, region[0], region[1], region[2])
+        return [(r, rng) for r, rng in zip(refs, ranges) if rng != regions.SKIP]
+
+    def reads(self, roots: List[Ref], region: Region) -> List[Tuple[int, Region]]:
+        """The source pieces (tensor index, region) needed for ``roots`` at ``region``."""
+        seen, result = set(), []
+        work = [(r, region) for r in roots]
+        while work:
+            ref, reg = work.pop()
+            key = (ref.node, ref.out, reg)
+            if key in seen:
+                continue
+            seen.add(key)
+            op, args, _, _ = self.nodes[ref.node]
+            if op == "load":
+                result.append((args[0], reg))
+            elif op != "const":
+                work.extend(self._inputs(ref, reg))
+        return sorted(set(result), key=lambda x: (x[0], x[1] or ()))
 
     def value(self, ref: Ref, region: Region) -> mx.array:
         op, args, kwargs, outs = self.nodes[ref.node]
         if op == "load":
-            key = (ref.node, 0, region)
-            if key not in self.memo:
-                self.memo[key] = self.reader.read(args[0], region)
-            return self.memo[key]
+            return self.sources[(args[0], region)]
         if op == "const":
-            key = (ref.node, 0, None)
-            if key not in self.memo:
+            if ref.node not in self._consts:
                 dtype, shape = outs[0]
                 data = mx.array(np.frombuffer(args[0], dtype=np.uint8))
-                self.memo[key] = data.view(getattr(mx, dtype)).reshape(shape)
-            whole = self.memo[key]
+                self._consts[ref.node] = data.view(getattr(mx, dtype)).reshape(shape)
+            whole = self._consts[ref.node]
             if region is None:
                 return whole
             axis, a, b = region

@@ -1,32 +1,40 @@
-"""Source files: check them against the plan, then read tensor pieces by offset."""
+"""Source files: check them against the plan, then read tensor pieces by offset.
+
+Reading is split so that only the main thread calls mlx: ``prepare()``
+allocates an mlx buffer for a piece (main thread), ``Piece.fill()`` preads the
+bytes straight into it (any thread; no mlx call), ``Piece.array()`` gives the
+array with the dtype mx.load would give (main thread).
+"""
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
-import numpy as np
 
 from ..safetensors_format import SafetensorsError, read_header
 
-# safetensors dtype -> (numpy dtype of the raw bytes, mlx dtype mx.load gives)
+# safetensors dtype -> (mlx dtype of the raw bytes, mlx dtype mx.load gives)
 _DTYPES = {
-    "BOOL": (np.bool_, mx.bool_),
-    "U8": (np.uint8, mx.uint8),
-    "I8": (np.int8, mx.int8),
-    "U16": (np.uint16, mx.uint16),
-    "I16": (np.int16, mx.int16),
-    "U32": (np.uint32, mx.uint32),
-    "I32": (np.int32, mx.int32),
-    "U64": (np.uint64, mx.uint64),
-    "I64": (np.int64, mx.int64),
-    "F16": (np.float16, mx.float16),
-    "BF16": (np.uint16, mx.bfloat16),
-    "F32": (np.float32, mx.float32),
-    "C64": (np.complex64, mx.complex64),
-    "F8_E4M3": (np.uint8, mx.uint8),
-    "F8_E8M0": (np.uint8, mx.uint8),
+    "BOOL": (mx.bool_, mx.bool_),
+    "U8": (mx.uint8, mx.uint8),
+    "I8": (mx.int8, mx.int8),
+    "U16": (mx.uint16, mx.uint16),
+    "I16": (mx.int16, mx.int16),
+    "U32": (mx.uint32, mx.uint32),
+    "I32": (mx.int32, mx.int32),
+    "U64": (mx.uint64, mx.uint64),
+    "I64": (mx.int64, mx.int64),
+    "F16": (mx.float16, mx.float16),
+    "BF16": (mx.uint16, mx.bfloat16),
+    "F32": (mx.float32, mx.float32),
+    "C64": (mx.complex64, mx.complex64),
+    "F8_E4M3": (mx.uint8, mx.uint8),
+    "F8_E8M0": (mx.uint8, mx.uint8),
 }
+
+Region = Optional[Tuple[int, int, int]]
 
 
 class SourceMismatch(ValueError):
@@ -52,6 +60,37 @@ def verify_sources(plan: dict, source_dir: str) -> None:
             )
 
 
+@dataclass
+class Piece:
+    """A source tensor piece being read into an mlx buffer."""
+
+    buffer: mx.array  # evaluated, raw dtype, filled by fill()
+    view: memoryview
+    fd: int
+    offset: int
+    path: str
+    name: str
+    dtype: mx.Dtype  # what mx.load gives
+    crop: Region  # applied after reading when the region is not contiguous on disk
+
+    def fill(self) -> None:
+        done, length = 0, len(self.view)
+        while done < length:
+            n = os.preadv(self.fd, [self.view[done:]], self.offset + done)
+            if n <= 0:
+                raise SourceMismatch(f"{self.path}: tensor {self.name!r}: unexpected end of file")
+            done += n
+
+    def array(self) -> mx.array:
+        array = self.buffer
+        if array.dtype != self.dtype:
+            array = array.view(self.dtype)
+        if self.crop is not None:
+            axis, a, b = self.crop
+            array = array[(slice(None),) * axis + (slice(a, b),)]
+        return array
+
+
 class SourceReader:
     """Reads pieces of source tensors with pread; nothing stays mapped or cached."""
 
@@ -70,41 +109,25 @@ class SourceReader:
             self._fds[file_index] = os.open(self.files[file_index], os.O_RDONLY)
         return self._fds[file_index]
 
-    def read(self, index: int, region: Optional[Tuple[int, int, int]]) -> mx.array:
-        """Tensor ``index`` of the source table, whole or rows start:stop along an axis."""
+    def prepare(self, index: int, region: Region) -> Piece:
+        """Allocate the buffer for tensor ``index`` of the source table, whole or
+        rows start:stop along an axis (main thread). Call ``mx.eval`` on the
+        buffers before filling them."""
         file_index, name, dtype, shape, begin, end = self.tensors[index]
-        np_dtype, mx_dtype = _DTYPES[dtype]
-        itemsize = np.dtype(np_dtype).itemsize
-        if region is not None and math.prod(shape[: region[0]]) == 1:
-            axis, a, b = region
-            row = math.prod(shape[axis + 1:]) * itemsize
-            data = self._pread(file_index, begin + a * row, (b - a) * row, name)
-            piece_shape = list(shape)
-            piece_shape[axis] = b - a
-            region = None
-        else:
-            data = self._pread(file_index, begin, end - begin, name)
-            piece_shape = list(shape)
-        array = mx.array(np.frombuffer(data, dtype=np_dtype).reshape(piece_shape))
-        del data
-        if array.dtype != mx_dtype:
-            array = array.view(mx_dtype)
+        raw, final = _DTYPES[dtype]
+        shape = list(shape)
+        offset, crop = begin, None
         if region is not None:
             axis, a, b = region
-            index_tuple = (slice(None),) * axis + (slice(a, b),)
-            array = array[index_tuple]
-        return array
+            if math.prod(shape[:axis]) == 1:
+                offset += a * math.prod(shape[axis + 1:]) * raw.size
+                shape[axis] = b - a
+            else:
+                crop = region  # strided on disk: read whole, slice after
+        buffer = mx.zeros(shape, dtype=raw)
+        return Piece(buffer, None, self._fd(file_index), offset, self.files[file_index], name, final, crop)
 
-    def _pread(self, file_index: int, offset: int, length: int, name: str) -> bytearray:
-        buf = bytearray(length)
-        view = memoryview(buf)
-        fd = self._fd(file_index)
-        done = 0
-        while done < length:
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise SourceMismatch(
-                    f"{self.files[file_index]}: tensor {name!r}: unexpected end of file"
-                )
-            done += n
-        return buf
+
+def fill_all(pieces) -> None:
+    for piece in pieces:
+        piece.fill()

@@ -13,9 +13,6 @@ import os
 import shutil
 from typing import Dict, List
 
-import mlx.core as mx
-import numpy as np
-
 JOURNAL = ".sanitrace-journal.jsonl"
 # never copied from the source folder: weights, and files the plan writes itself
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".npz", ".msgpack")
@@ -24,14 +21,6 @@ _SKIPPED = {"model.safetensors.index.json", "config.json", "README.md"}
 
 class OutputExists(ValueError):
     pass
-
-
-def tensor_bytes(array: mx.array) -> memoryview:
-    """C-order bytes of an evaluated array (bfloat16 via its uint16 view)."""
-    array = mx.contiguous(array)
-    if array.dtype == mx.bfloat16:
-        array = array.view(mx.uint16)
-    return memoryview(np.ascontiguousarray(np.asarray(array))).cast("B")
 
 
 class OutputWriter:

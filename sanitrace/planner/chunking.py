@@ -15,7 +15,7 @@ linear in the chunk length: ``fixed + units * per_unit``.
 from typing import Dict, List, Optional, Tuple
 
 from .. import regions
-from ..plan import BASELINE_BYTES, VIEW_OPS, Ref, chunk_rows, group_peak, iter_refs
+from ..plan import BASELINE_BYTES, VIEW_OPS, Ref, cache_limit, chunk_rows, group_peak, iter_refs
 from .layout import nbytes
 
 
@@ -56,11 +56,13 @@ class Chunker:
         self.rule = regions.Rules(nodes)
         self.granularity = self.rule.granularity
 
-    def cost(self, roots: List[Ref], start: Optional[int], stop: Optional[int]) -> Tuple[int, int]:
-        """(bytes created, largest source read) to compute rows start:stop of ``roots``
-        along axis 0 (or whole values when start is None)."""
+    def cost(self, roots: List[Ref], start: Optional[int], stop: Optional[int]) -> int:
+        """Peak bytes of the executor pipeline for rows start:stop of ``roots``
+        along axis 0 (whole values when start is None): every array the chunk
+        creates (views are free), plus the next chunk's source reads and the
+        previous chunk's outputs, taken to be the same size."""
         seen = set()
-        created, largest_read = 0, 0
+        created, read = 0, 0
         work = [(r, None if start is None else (0, start, stop)) for r in roots]
         while work:
             ref, region = work.pop()
@@ -78,7 +80,7 @@ class Chunker:
                     axis, a, b = region
                     size = size * (b - a) // max(node[3][o][1][axis], 1)
                 if op == "load":
-                    largest_read = max(largest_read, size)
+                    read += size
                 if op not in VIEW_OPS:
                     created += size
             refs = list(iter_refs((node[1], node[2])))
@@ -91,7 +93,13 @@ class Chunker:
             for r, rng in zip(refs, ranges):
                 if rng != regions.SKIP:
                     work.append((r, rng))
-        return created, largest_read
+        written = 0
+        for r in roots:
+            size = nbytes(self.nodes[r.node][3][r.out])
+            if start is not None:
+                size = size * (stop - start) // max(self.nodes[r.node][3][r.out][1][0], 1)
+            written += size
+        return created + read + written
 
 
 def plan_groups(nodes: List[list], outputs: List[dict]) -> List[dict]:
@@ -109,11 +117,10 @@ def plan_groups(nodes: List[list], outputs: List[dict]) -> List[dict]:
                 unit = None
         entry = {"outputs": members, "rows": next(iter(rows)) if len(rows) == 1 else 0}
         if unit is None or unit >= entry["rows"]:
-            created, read = chunker.cost(roots, None, None)
-            entry.update(unit=0, fixed_bytes=created + read, unit_bytes=0)
+            entry.update(unit=0, fixed_bytes=chunker.cost(roots, None, None), unit_bytes=0)
         else:
-            one = sum(chunker.cost(roots, 0, unit))
-            two = sum(chunker.cost(roots, 0, 2 * unit))
+            one = chunker.cost(roots, 0, unit)
+            two = chunker.cost(roots, 0, 2 * unit)
             per_unit = max(two - one, 0)
             entry.update(unit=unit, fixed_bytes=max(one - per_unit, 0), unit_bytes=per_unit)
         result.append(entry)
@@ -127,4 +134,5 @@ def predicted_peak(groups: List[dict], budget: int) -> Tuple[int, int]:
         peak = group_peak(g, chunk_rows(g, budget))
         if peak > worst:
             worst, which = peak, i
-    return BASELINE_BYTES + worst, which
+    # the buffer cache only holds what earlier chunks freed: at most one more working set
+    return BASELINE_BYTES + min(cache_limit(budget), worst) + worst, which

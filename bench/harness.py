@@ -1,0 +1,95 @@
+"""Run eager mlx_lm.convert and sanitrace side by side: peak RSS, wall time, identity.
+
+Peak RSS is "Maximum resident set size" from /usr/bin/time -v (falls back to
+polling with psutil where /usr/bin/time is missing, e.g. on macOS).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sanitrace.compare import compare_folders  # noqa: E402
+
+
+@dataclass
+class Run:
+    label: str
+    peak_rss: int  # bytes
+    wall: float  # seconds
+    returncode: int
+
+
+def measure(label: str, argv: List[str], log: str) -> Run:
+    """Run ``argv``; peak RSS of the whole process tree's largest process."""
+    if os.path.exists("/usr/bin/time"):
+        start = time.time()
+        with open(log, "w") as f:
+            proc = subprocess.run(["/usr/bin/time", "-v"] + argv, stdout=f, stderr=subprocess.STDOUT)
+        wall = time.time() - start
+        text = open(log).read()
+        match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        peak = int(match.group(1)) * 1024 if match else 0
+        return Run(label, peak, wall, proc.returncode)
+    import psutil
+
+    start = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
+        ps, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+    return Run(label, peak, time.time() - start, proc.returncode)
+
+
+def eager_argv(src: str, out: str, flags: List[str]) -> List[str]:
+    return [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", src, "--mlx-path", out] + flags
+
+
+def sanitrace_argv(src: str, out: str, flags: List[str], budget: Optional[str] = None) -> List[str]:
+    extra = ["--memory-budget", budget] if budget else []
+    return [sys.executable, "-m", "sanitrace", "convert", src, out, "--no-progress"] + flags + extra
+
+
+def compare_pair(src: str, work: str, name: str, flags: List[str], budget: Optional[str] = None):
+    """Convert ``src`` both ways; returns (eager run, sanitrace run, identical?)."""
+    eager_out = os.path.join(work, f"{name}-eager")
+    ours_out = os.path.join(work, f"{name}-sanitrace")
+    for d in (eager_out, ours_out, ours_out + ".partial"):
+        shutil.rmtree(d, ignore_errors=True)
+    eager = measure(f"mlx_lm.convert {' '.join(flags)}".strip(), eager_argv(src, eager_out, flags),
+                    os.path.join(work, f"{name}-eager.log"))
+    ours = measure(f"sanitrace convert {' '.join(flags)}".strip(), sanitrace_argv(src, ours_out, flags, budget),
+                   os.path.join(work, f"{name}-sanitrace.log"))
+    if eager.returncode or ours.returncode:
+        identical = f"failed (eager rc={eager.returncode}, sanitrace rc={ours.returncode})"
+    else:
+        problems = compare_folders(eager_out, ours_out)
+        identical = "yes" if not problems else f"NO: {problems[:3]}"
+    shutil.rmtree(eager_out, ignore_errors=True)
+    shutil.rmtree(ours_out, ignore_errors=True)
+    return eager, ours, identical
+
+
+def table(rows: List[tuple]) -> str:
+    """Markdown table: (mode, eager Run, sanitrace Run, identical)."""
+    lines = [
+        "| mode | eager peak RSS | eager wall | sanitrace peak RSS | sanitrace wall | identical |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, eager, ours, identical in rows:
+        lines.append(
+            f"| {mode} | {eager.peak_rss / 2**30:.2f} GiB | {eager.wall:.1f} s | "
+            f"{ours.peak_rss / 2**30:.2f} GiB | {ours.wall:.1f} s | {identical} |"
+        )
+    return "\n".join(lines)

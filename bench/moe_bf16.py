@@ -1,0 +1,50 @@
+"""Benchmark: a synthetic Qwen3-MoE bf16 checkpoint (default 4 layers x 128 experts,
+hidden 2048, moe_intermediate 1536: 9.7 GB), converted by mlx_lm.convert and by
+sanitrace, with and without -q. Prints peak RSS, wall time and output identity.
+
+    python bench/moe_bf16.py [--work DIR] [--layers 4] [--experts 128] [--budget 1G]
+"""
+
+import argparse
+import os
+import shutil
+
+from harness import compare_pair, table
+
+from sanitrace.fixtures import write_checkpoint
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", default="build/bench-moe")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--experts", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--moe-intermediate", type=int, default=1536)
+    parser.add_argument("--budget", default=None, help="sanitrace --memory-budget (default: the plan's)")
+    parser.add_argument("--keep", action="store_true", help="keep the source checkpoint")
+    args = parser.parse_args()
+
+    src = os.path.join(args.work, "source")
+    if not os.path.exists(src):
+        os.makedirs(args.work, exist_ok=True)
+        write_checkpoint(
+            src, "qwen3_moe", layers=args.layers, experts=args.experts, hidden=args.hidden,
+            moe_intermediate=args.moe_intermediate, intermediate=4 * args.hidden, heads=16,
+            kv_heads=4, head_dim=128, vocab=1024, shards=2,
+        )
+    size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
+    print(f"source: {src}, {size / 1e9:.2f} GB")
+    rows = []
+    for mode, flags in (("bf16", []), ("-q", ["-q"])):
+        eager, ours, identical = compare_pair(src, args.work, mode.strip("-"), flags, args.budget)
+        rows.append((mode, eager, ours, identical))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
+    if not args.keep:
+        shutil.rmtree(src)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny checkpoints from the project's generator, eager conversions
+(the oracle: mlx_lm.convert in a subprocess), sanitrace conversions (in process)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sanitrace.cli import main as sanitrace_main
+from sanitrace.fixtures import write_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SANITRACE_SHARED", REPO.parent / "shared"))
+
+FIXTURES = {
+    "llama": dict(arch="llama"),
+    "qwen3_moe": dict(arch="qwen3_moe"),
+    "mixtral": dict(arch="mixtral"),
+    "deepseek_v3": dict(arch="deepseek_v3", layers=3),
+    "split_experts": dict(arch="qwen3_moe", shards=2, split_experts=True),
+}
+
+MODES = {
+    "bf16": [],
+    "q4": ["-q"],
+    "q8": ["-q", "--q-bits", "8"],
+    "mixed_3_6": ["-q", "--quant-predicate", "mixed_3_6"],
+    "mxfp4": ["-q", "--q-mode", "mxfp4"],
+}
+
+
+def make_checkpoint(path: Path, arch: str, **kwargs) -> Path:
+    write_checkpoint(str(path), arch, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("checkpoints")
+    result = {}
+    for name, spec in FIXTURES.items():
+        spec = dict(spec)
+        result[name] = make_checkpoint(base / name, spec.pop("arch"), **spec)
+    return result
+
+
+def eager_convert(src: Path, out: Path, flags: list) -> Path:
+    """The oracle: `python -m mlx_lm convert` in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out)]
+        + flags,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def eager(tmp_path_factory):
+    """eager(src, flags) -> output folder, converted once per session."""
+    base = tmp_path_factory.mktemp("eager")
+    cache = {}
+
+    def convert(src: Path, flags: list) -> Path:
+        key = (str(src), tuple(flags))
+        if key not in cache:
+            cache[key] = eager_convert(src, base / f"out{len(cache)}", flags)
+        return cache[key]
+
+    return convert
+
+
+def sanitrace_convert(src: Path, out: Path, flags: list, budget: str = None) -> Path:
+    argv = ["convert", str(src), str(out), "--no-progress"] + flags
+    if budget:
+        argv += ["--memory-budget", budget]
+    assert sanitrace_main(argv) == 0
+    return out
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

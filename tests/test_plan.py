@@ -1,0 +1,88 @@
+"""Plans are canonical (same input, same bytes; header-only = full) and safe to load."""
+
+import os
+
+import msgpack
+import pytest
+from conftest import copy_tree
+
+from sanitrace import plan as plan_ir
+from sanitrace.planner import build_plan
+from sanitrace.safetensors_format import read_header
+from sanitrace.tracer import ConvertOptions, trace
+
+
+def plan_bytes(src, **options) -> bytes:
+    return plan_ir.dumps(build_plan(trace(str(src), ConvertOptions(**options))))
+
+
+def strip_data(folder, sparse: bool):
+    """Keep every shard's header; drop its data (truncate, or punch it back as a hole)."""
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors"):
+            path = os.path.join(folder, name)
+            header = read_header(path)
+            os.truncate(path, header.data_start)
+            if sparse:
+                os.truncate(path, header.expected_size)
+
+
+@pytest.mark.parametrize("fixture", ["deepseek_v3", "split_experts"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_header_only_trace_gives_same_plan(fixture, sparse, checkpoints, tmp_path):
+    src = checkpoints[fixture]
+    full = plan_bytes(src, quantize=True)
+    headers_only = copy_tree(src, tmp_path / "headers")
+    strip_data(headers_only, sparse)
+    assert plan_bytes(headers_only, quantize=True) == full
+
+
+def test_two_traces_are_byte_identical(checkpoints, tmp_path):
+    src = checkpoints["mixtral"]
+    first = plan_bytes(src, quantize=True, quant_predicate="mixed_3_6")
+    assert plan_bytes(src, quantize=True, quant_predicate="mixed_3_6") == first
+    moved = copy_tree(src, tmp_path / "elsewhere")
+    assert plan_bytes(moved, quantize=True, quant_predicate="mixed_3_6") == first
+    assert str(tmp_path).encode() not in first and str(src).encode() not in first
+
+
+def test_round_trip(checkpoints):
+    data = plan_bytes(checkpoints["deepseek_v3"], quantize=True)
+    assert plan_ir.dumps(plan_ir.loads(data)) == data
+
+
+def _tamper(data: bytes, change) -> bytes:
+    raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    change(raw)
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["nodes"][-1].__setitem__(0, "os.system"), "not in the replay allowlist"),
+        (lambda p: p["nodes"][-1].__setitem__(0, "mx.load"), "not in the replay allowlist"),
+        (lambda p: p.__setitem__("version", 99), "format version"),
+        (lambda p: p.__setitem__("format", "pickle"), "not a sanitrace plan"),
+        (lambda p: p["nodes"][0].__setitem__(1, [10**6]), "out of range"),
+    ],
+)
+def test_loading_rejects_bad_plans(change, message, checkpoints):
+    data = plan_bytes(checkpoints["llama"])
+    with pytest.raises(plan_ir.PlanError, match=message):
+        plan_ir.loads(_tamper(data, change))
+
+
+def test_loading_rejects_forward_references(checkpoints):
+    plan = build_plan(trace(str(checkpoints["llama"]), ConvertOptions()))
+    node = next(i for i, n in enumerate(plan["nodes"]) if n[0] != "load")
+    plan["nodes"][node][1][0] = plan_ir.Ref(len(plan["nodes"]) - 1)
+    with pytest.raises(plan_ir.PlanError, match="not earlier"):
+        plan_ir.loads(plan_ir.dumps(plan))
+
+
+def test_loading_rejects_garbage_and_oversize():
+    with pytest.raises(plan_ir.PlanError):
+        plan_ir.loads(b"\xc1 not msgpack")
+    with pytest.raises(plan_ir.PlanError, match="exceeds"):
+        plan_ir.loads(b"\0" * (plan_ir.MAX_PLAN_BYTES + 1))

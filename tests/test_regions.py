@@ -1,0 +1,205 @@
+"""Chunk rules: every construct, traced on real arrays, replayed whole and in the
+smallest chunks its granularity allows, must equal the eager mx result bit for bit."""
+
+import mlx.core as mx
+import pytest
+
+from sanitrace.executor.replay import Replayer
+from sanitrace.regions import NotChunkable, Rules
+from sanitrace.tracer.patching import tracing
+from sanitrace.tracer.proxy import Recorder
+from sanitrace.tracer.sources import SourceSet
+
+
+def record(fn, arrays, tmp_path):
+    """Trace fn(*proxies) with the real tracer; returns (nodes, output refs)."""
+    recorder = Recorder("test")
+    sources = SourceSet(str(tmp_path))
+    try:
+        with tracing(recorder, sources):
+            proxies = [recorder.source("f", str(i), a) for i, a in enumerate(arrays)]
+            result = fn(*proxies)
+    finally:
+        sources.close()
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    nodes = [
+        [op, [int(args[1])] if op == "load" else args, kwargs, outs]
+        for op, args, kwargs, outs in recorder.nodes
+    ]
+    return nodes, [r._st_ref for r in results]
+
+
+def replay(nodes, refs, arrays, region):
+    replayer = Replayer({"nodes": nodes})
+    for index, reg in replayer.reads(refs, region):
+        piece = arrays[index]
+        if reg is not None:
+            axis, a, b = reg
+            piece = piece[(slice(None),) * axis + (slice(a, b),)]
+        replayer.sources[(index, reg)] = piece
+    values = [replayer.value(r, region) for r in refs]
+    mx.eval(values)
+    return values
+
+
+def same_bits(a, b) -> bool:
+    def raw(x):
+        return bytes(memoryview(mx.contiguous(x.reshape(-1)).view(mx.uint8)))
+
+    return a.dtype == b.dtype and a.shape == b.shape and raw(a) == raw(b)
+
+
+def check(fn, arrays, tmp_path, expect_granularity=None):
+    expected = fn(*arrays)
+    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
+    mx.eval(expected)
+    nodes, refs = record(fn, arrays, tmp_path)
+    whole = replay(nodes, refs, arrays, None)
+    for e, w in zip(expected, whole):
+        assert same_bits(e, w)
+    rules = Rules(nodes)
+    granularities = [rules.granularity(r, 0) for r in refs]
+    if expect_granularity is not None:
+        assert max(granularities) == expect_granularity
+    for e, ref, g in zip(expected, refs, granularities):
+        for start in range(0, e.shape[0], g):
+            stop = min(start + g, e.shape[0])
+            (piece,) = replay(nodes, [ref], arrays, (0, start, stop))
+            assert same_bits(piece, e[start:stop]), (start, stop)
+    return max(granularities)
+
+
+def rand(*shape, dtype=mx.bfloat16, seed=0):
+    return mx.random.normal(shape, key=mx.random.key(seed)).astype(dtype)
+
+
+def test_fp8_block_dequant_chain_has_block_granularity(tmp_path):
+    bs = 4
+
+    def dequant(w, s):
+        w = mx.from_fp8(w, dtype=mx.bfloat16)
+        m, n = w.shape
+        pb, ps = (-m) % bs, (-n) % bs
+        w = mx.pad(w, ((0, pb), (0, ps)))
+        w = w.reshape(((m + pb) // bs, bs, (n + ps) // bs, bs))
+        w = (w * s[:, None, :, None]).reshape(m + pb, n + ps)
+        return w[:m, :n].astype(mx.bfloat16)
+
+    w = mx.random.randint(0, 120, (10, 7), key=mx.random.key(1)).astype(mx.uint8)
+    s = mx.random.uniform(shape=(3, 2), key=mx.random.key(2))
+    check(dequant, [w, s], tmp_path, expect_granularity=bs)
+
+
+def test_expert_stack_then_quantize(tmp_path):
+    experts = [rand(8, 64, seed=i) for i in range(6)]
+
+    def fn(*es):
+        return mx.quantize(mx.stack(es).astype(mx.bfloat16), group_size=32, bits=4)
+
+    assert check(fn, experts, tmp_path) == 1
+
+
+@pytest.mark.parametrize("mode", ["affine", "mxfp4", "mxfp8"])
+def test_quantize_modes_and_dequantize(mode, tmp_path):
+    def fn(w):
+        q = mx.quantize(w, group_size=32, mode=mode)
+        return mx.dequantize(*q, group_size=32, mode=mode)
+
+    check(fn, [rand(12, 64)], tmp_path)
+
+
+def test_strided_deinterleave_and_slices(tmp_path):
+    def fn(v):
+        return mx.contiguous(v[..., ::2, :]), mx.contiguous(v[:, 1::2, 3:9])
+
+    check(fn, [rand(5, 12, 10)], tmp_path)
+
+
+def test_slice_with_offset_and_step_on_chunk_axis(tmp_path):
+    check(lambda v: v[2:17:3], [rand(20, 6)], tmp_path)
+
+
+def test_transpose_family(tmp_path):
+    def fn(v):
+        return (
+            v.transpose(0, 2, 1),
+            mx.swapaxes(v, -1, -2),
+            mx.moveaxis(v, 2, 1),
+            v.reshape(4, 30).T.T,
+        )
+
+    check(fn, [rand(4, 5, 6)], tmp_path)
+
+
+def test_mla_kv_b_split(tmp_path):
+    heads, nope, v_dim, rank = 4, 6, 5, 8
+
+    def fn(w):
+        v = w.reshape(heads, nope + v_dim, -1)
+        wk = mx.contiguous(v[:, :nope, :].swapaxes(-1, -2))
+        wv = mx.contiguous(v[:, nope:, :])
+        return wk, wv
+
+    check(fn, [rand(heads * (nope + v_dim), rank)], tmp_path)
+
+
+def test_concatenate_and_split(tmp_path):
+    def fn(a, b):
+        joined = mx.concatenate([a, b], axis=0)
+        q, k, v = mx.split(joined, [4, 7], axis=0)
+        wide = mx.concatenate([a[:3], b[:3]], axis=1)
+        return q, wide
+
+    check(fn, [rand(5, 6), rand(4, 6, seed=1)], tmp_path)
+
+
+def test_split_along_other_axis(tmp_path):
+    check(lambda w: mx.split(w, 3, axis=1)[1], [rand(6, 9)], tmp_path)
+
+
+def test_gate_up_fusion_stack_axis_one(tmp_path):
+    check(lambda a, b: mx.stack([a, b], axis=1), [rand(6, 4), rand(6, 4, seed=3)], tmp_path)
+
+
+def test_arithmetic_with_scalars_constants_and_inplace(tmp_path):
+    shift = mx.array([0, 8, 16, 24], dtype=mx.uint32)
+
+    def fn(w, n, u):
+        w = w * 2.5 + 1.0
+        w *= 0.5
+        n = 1.0 + n
+        packed = mx.sum(u.reshape(-1, 4).astype(mx.uint32) << shift, axis=-1)
+        return -w, n / 3, packed.reshape(u.shape[0], -1)
+
+    check(fn, [rand(6, 8), rand(6), mx.random.randint(0, 255, (6, 8), key=mx.random.key(4)).astype(mx.uint8)], tmp_path)
+
+
+def test_view_bitcast_and_flatten(tmp_path):
+    def fn(b):
+        return b.view(mx.uint32).flatten(-2)
+
+    blocks = mx.random.randint(0, 255, (3, 4, 2, 16), key=mx.random.key(5)).astype(mx.uint8)
+    check(fn, [blocks], tmp_path)
+
+
+def test_norm_reduction_and_broadcast(tmp_path):
+    def fn(w, s):
+        normed = w / mx.linalg.norm(w.astype(mx.float32), axis=-1, keepdims=True)
+        scaled = w * mx.broadcast_to(s[:, None, None], (4, 3, 5))
+        return normed, scaled
+
+    check(fn, [rand(4, 3, 5), mx.random.uniform(shape=(4,), key=mx.random.key(6))], tmp_path)
+
+
+def test_repeat_along_chunk_axis_has_repeat_granularity(tmp_path):
+    check(lambda s: mx.repeat(s, 3, axis=0), [rand(4, 2)], tmp_path, expect_granularity=3)
+
+
+def test_pad_in_middle_of_rows(tmp_path):
+    check(lambda w: mx.pad(w, ((2, 3), (1, 0))), [rand(5, 4)], tmp_path)
+
+
+def test_matmul_is_not_chunked(tmp_path):
+    nodes, refs = record(lambda a, b: a @ b, [rand(4, 3), rand(3, 2)], tmp_path)
+    with pytest.raises(NotChunkable):
+        Rules(nodes).granularity(refs[0], 0)

@@ -1,0 +1,200 @@
+"""Tracer behaviour: strict accounting, value-dependent sanitize, unsupported ops,
+and patching that leaves the process's mlx unchanged.
+
+Test model classes are injected the way mlx-lm supports: config.json names a
+``model_file`` in the checkpoint folder, loaded with trust_remote_code.
+"""
+
+import json
+import os
+import textwrap
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from conftest import copy_tree, sanitrace_convert
+
+from sanitrace import plan as plan_ir
+from sanitrace.cli import main as sanitrace_main
+from sanitrace.compare import compare_folders
+from sanitrace.executor import GuardFailed, execute
+from sanitrace.planner import build_plan
+from sanitrace.tracer import ConvertOptions, LoadMismatch, TraceError, trace
+from test_plan import strip_data
+
+BASE = """
+import mlx.core as mx
+from mlx_lm.models.qwen3_moe import Model as Base, ModelArgs
+
+class Model(Base):
+"""
+
+
+def custom(checkpoint, tmp_path, body: str):
+    folder = copy_tree(checkpoint, tmp_path / "custom")
+    (folder / "custom_model.py").write_text(BASE + textwrap.indent(textwrap.dedent(body), "    "))
+    config = json.loads((folder / "config.json").read_text())
+    config["model_file"] = "custom_model.py"
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+TRUST = ConvertOptions(trust_remote_code=True)
+
+
+def test_sanitize_that_forgets_one_expert_fails_naming_it(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            n = self.args.num_experts - 1  # off by one: forgets the last expert
+            for l in range(self.args.num_hidden_layers):
+                p = f"model.layers.{l}.mlp"
+                for m in ["gate_proj", "up_proj", "down_proj"]:
+                    w = [weights.pop(f"{p}.experts.{e}.{m}.weight") for e in range(n)]
+                    weights[f"{p}.switch_mlp.{m}.weight"] = mx.stack(w)
+            return weights
+    """)
+    with pytest.raises(LoadMismatch) as error:
+        trace(str(folder), TRUST)
+    message = str(error.value)
+    assert "6 unexpected parameters" in message
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in message
+    assert "model.layers.0.mlp.switch_mlp.gate_proj.weight: shape [7, 64, 64], model has [8, 64, 64]" in message
+
+
+def test_sanitize_that_drops_a_tensor_fails_naming_the_missing_parameter(checkpoints, tmp_path, capsys):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            weights = super().sanitize(weights)
+            weights.pop("model.layers.1.mlp.switch_mlp.down_proj.weight")
+            return weights
+    """)
+    rc = sanitrace_main(["trace", str(folder), "-o", str(tmp_path / "p.msgpack"), "--trust-remote-code"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "1 missing parameters" in err and "model.layers.1.mlp.switch_mlp.down_proj.weight" in err
+    assert not (tmp_path / "p.msgpack").exists()
+
+
+def test_proxies_are_mx_arrays_inside_sanitize(checkpoints, tmp_path, eager):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            assert all(isinstance(v, mx.array) for v in weights.values())
+            weights = {k: mx.array(v) for k, v in weights.items()}  # wraps every value
+            return super().sanitize(weights)
+    """)
+    plan = build_plan(trace(str(folder), TRUST))
+    assert any(node[0] == "mx.array" for node in plan["nodes"])
+    out = tmp_path / "out"
+    execute(plan, str(folder), str(out), progress=False)
+    assert compare_folders(str(eager(checkpoints["qwen3_moe"], [])), str(out)) == []
+
+
+VALUE_CHECK = """
+    def sanitize(self, weights):
+        norm = weights["model.norm.weight"]
+        if mx.all(norm.astype(mx.float32) < 100.0).item():  # a value check, like prism's
+            weights = super().sanitize(weights)
+        return weights
+"""
+
+
+def test_value_check_without_data_fails_with_file_and_line(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, VALUE_CHECK)
+    strip_data(folder, sparse=False)
+    with pytest.raises(TraceError) as error:
+        trace(str(folder), TRUST)
+    message = str(error.value)
+    assert "custom_model.py:" in message and ".item" in message and "headers only" in message
+
+
+def test_value_check_with_data_is_a_guard_checked_at_execute(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, VALUE_CHECK)
+    plan = plan_ir.loads(plan_ir.dumps(build_plan(trace(str(folder), TRUST))))
+    assert [(g["method"], g["value"]) for g in plan["guards"]] == [("item", True)]
+    execute(plan, str(folder), str(tmp_path / "ok"), progress=False)
+    # same header, different values: the guard must stop the run before writing
+    path = folder / "model.safetensors"
+    header = __import__("sanitrace.safetensors_format", fromlist=["x"]).read_header(str(path))
+    norm = header.tensors["model.norm.weight"]
+    with open(path, "r+b") as f:
+        f.seek(norm.begin)
+        f.write(b"\x00\x7f" * (norm.nbytes // 2))  # bf16 +inf everywhere
+    with pytest.raises(GuardFailed):
+        execute(plan, str(folder), str(tmp_path / "bad"), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_item_assignment_fails_with_file_and_line(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            weights["model.norm.weight"][0] = 1.0
+            return super().sanitize(weights)
+    """)
+    with pytest.raises(TraceError, match=r"custom_model\.py:\d+"):
+        trace(str(folder), TRUST)
+
+
+def test_untracked_computation_is_caught(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            weights = super().sanitize(weights)
+            w = weights["model.norm.weight"]
+            weights["model.norm.weight"] = mx.fast.rms_norm(w, None, 1e-5)  # mx.fast is not traced
+            return weights
+    """)
+    with pytest.raises(TraceError, match="untracked"):
+        trace(str(folder), TRUST)
+
+
+def _patched_state():
+    import mlx_lm.utils
+
+    return (mx.stack, mx.load, mx.save_safetensors, mx.eval, mx.array, mx.quantize,
+            mx.linalg.norm, nn.Module.load_weights, mlx_lm.utils.load_tokenizer)
+
+
+def test_patching_is_undone_after_success_and_failure(checkpoints, tmp_path):
+    before = _patched_state()
+    trace(str(checkpoints["deepseek_v3"]), ConvertOptions(quantize=True))
+    assert _patched_state() == before
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            raise RuntimeError("boom")
+    """)
+    with pytest.raises(RuntimeError, match="boom"):
+        trace(str(folder), TRUST)
+    assert _patched_state() == before
+    assert type(mx.array([1])) is mx.array and mx.stack([mx.array([1])]).shape == (1, 1)
+
+
+def test_custom_model_needs_trust_remote_code(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        pass
+    """)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        trace(str(folder), ConvertOptions())
+
+
+def test_not_a_model_folder(tmp_path, capsys):
+    assert sanitrace_main(["trace", str(tmp_path), "-o", str(tmp_path / "p")]) == 1
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_bad_safetensors_header_names_the_file(checkpoints, tmp_path, capsys):
+    folder = copy_tree(checkpoints["llama"], tmp_path / "bad")
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.seek(8)
+        f.write(b"[not json")
+    assert sanitrace_main(["trace", str(folder), "-o", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "not valid JSON" in err
+
+
+def test_convert_via_cli_matches_eager_with_custom_model(checkpoints, tmp_path, eager):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            return super().sanitize(weights)
+    """)
+    out = sanitrace_convert(folder, tmp_path / "out", ["-q", "--trust-remote-code"])
+    assert compare_folders(str(eager(checkpoints["qwen3_moe"], ["-q"])), str(out)) == []
+    assert os.path.exists(out / "custom_model.py")  # *.py files are copied, as eager does
