@@ -1,6 +1,7 @@
 """Command line: sanitrace trace | execute | convert | show."""
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -82,16 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args):
     from .tracer import ConvertOptions
 
-    return ConvertOptions(
-        quantize=args.quantize,
-        q_group_size=args.q_group_size,
-        q_bits=args.q_bits,
-        q_mode=args.q_mode,
-        quant_predicate=args.quant_predicate,
-        dtype=args.dtype,
-        dequantize=args.dequantize,
-        trust_remote_code=args.trust_remote_code,
-    )
+    names = [f.name for f in dataclasses.fields(ConvertOptions)]
+    return ConvertOptions(**{name: getattr(args, name) for name in names})
 
 
 def _trace(model: str, args) -> dict:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict
 
 import mlx.core as mx
 import msgpack
+import numpy as np
 
 FORMAT = "sanitrace-plan"
 VERSION = 1
@@ -342,6 +343,13 @@ def group_peak(group: dict, rows: int) -> int:
         return group["fixed_bytes"]
     units = -(-(rows or group["rows"]) // group["unit"])
     return group["fixed_bytes"] + group["unit_bytes"] * units
+
+
+def const_array(node: list) -> mx.array:
+    """The array of a ``const`` node (raw little-endian bytes + its aval)."""
+    (data,), (dtype, shape) = node[1], node[3][0]
+    raw = mx.array(np.frombuffer(data, dtype=np.uint8))
+    return raw.view(getattr(mx, dtype)).reshape(shape)
 
 
 def apply(op: str, args: list, kwargs: dict):

@@ -199,6 +199,17 @@ def test_pad_in_middle_of_rows(tmp_path):
     check(lambda w: mx.pad(w, ((2, 3), (1, 0))), [rand(5, 4)], tmp_path)
 
 
+def test_scalar_constants(tmp_path):
+    scale = mx.array(0.125)  # a 0-d real array, stored as a const node
+
+    def fn(w):
+        return w * scale + mx.array(1.0, dtype=mx.bfloat16)
+
+    nodes, _ = record(fn, [rand(3, 4)], tmp_path)
+    assert sum(op == "const" for op, *_ in nodes) == 2
+    check(fn, [rand(3, 4)], tmp_path)
+
+
 def test_matmul_is_not_chunked(tmp_path):
     nodes, refs = record(lambda a, b: a @ b, [rand(4, 3), rand(3, 2)], tmp_path)
     with pytest.raises(NotChunkable):

@@ -21,7 +21,7 @@ import mlx.core as mx
 
 from .. import plan as plan_ir
 from .replay import Replayer
-from .sources import SourceMismatch, SourceReader, fill_all, verify_sources
+from .sources import SourceMismatch, SourceReader, byte_view, fill_all, verify_sources
 from .writer import OutputExists, OutputWriter
 
 
@@ -52,7 +52,7 @@ def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: Th
     pieces = {key: reader.prepare(*key) for key in keys}
     mx.eval([p.buffer for p in pieces.values()])
     for p in pieces.values():
-        p.view = memoryview(p.buffer).cast("B")
+        p.view = byte_view(p.buffer)
     return pieces, pool.submit(fill_all, list(pieces.values()))
 
 
@@ -87,7 +87,7 @@ def _check_guards(plan: dict, replayer: Replayer, reader: SourceReader) -> None:
         pieces = {key: reader.prepare(*key) for key in keys}
         mx.eval([p.buffer for p in pieces.values()])
         for p in pieces.values():
-            p.view = memoryview(p.buffer).cast("B")
+            p.view = byte_view(p.buffer)
             p.fill()
         replayer.sources = {k: p.array() for k, p in pieces.items()}
         value = getattr(replayer.value(guard["ref"], None), guard["method"])()
@@ -143,7 +143,7 @@ def execute(
     replayer = Replayer(plan)
     total = sum(o["nbytes"] for o in plan["outputs"])
     bar = _progress(total, progress)
-    mx.set_cache_limit(plan_ir.cache_limit(budget))
+    previous_cache_limit = mx.set_cache_limit(plan_ir.cache_limit(budget))
     try:
         _check_guards(plan, replayer, reader)
         chunks, skipped = plan_chunks(plan, budget, writer)
@@ -165,7 +165,7 @@ def execute(
                     _check_piece(out, array, chunk.region)
                 arrays = [_host_layout(a) for a in arrays]
                 mx.eval(arrays)
-                views = [memoryview(a).cast("B") for a in arrays]
+                views = [byte_view(a) for a in arrays]
                 del arrays
                 if pending is not None:
                     pending.result()
@@ -175,6 +175,7 @@ def execute(
                 pending.result()
         writer.finish(source_dir)
     finally:
+        mx.set_cache_limit(previous_cache_limit)
         bar.close()
         reader.close()
         writer.close()

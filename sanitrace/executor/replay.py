@@ -9,10 +9,9 @@ the chunk rules of regions.py, so only the source rows a chunk needs are read.
 from typing import Dict, List, Optional, Tuple
 
 import mlx.core as mx
-import numpy as np
 
 from .. import regions
-from ..plan import Ref, apply, iter_refs, map_refs
+from ..plan import Ref, apply, const_array, iter_refs, map_refs
 
 Region = Optional[Tuple[int, int, int]]
 
@@ -61,9 +60,7 @@ class Replayer:
             return self.sources[(args[0], region)]
         if op == "const":
             if ref.node not in self._consts:
-                dtype, shape = outs[0]
-                data = mx.array(np.frombuffer(args[0], dtype=np.uint8))
-                self._consts[ref.node] = data.view(getattr(mx, dtype)).reshape(shape)
+                self._consts[ref.node] = const_array(self.nodes[ref.node])
             whole = self._consts[ref.node]
             if region is None:
                 return whole

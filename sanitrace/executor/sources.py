@@ -128,6 +128,11 @@ class SourceReader:
         return Piece(buffer, None, self._fd(file_index), offset, self.files[file_index], name, final, crop)
 
 
+def byte_view(array: mx.array) -> memoryview:
+    """The bytes of an evaluated, contiguous array (no copy)."""
+    return memoryview(array).cast("B") if array.size else memoryview(b"")
+
+
 def fill_all(pieces) -> None:
     for piece in pieces:
         piece.fill()

@@ -7,9 +7,8 @@ into row ranges along axis 0 when every op between the sources and the outputs
 has a chunk rule (regions.py); the range must be a multiple of the group's
 granularity.
 
-Memory is estimated from the graph alone: the bytes of every array a chunk
-creates (views are free) plus the read buffer of the largest source piece. It is
-linear in the chunk length: ``fixed + units * per_unit``.
+Memory is estimated from the graph alone (see ``Chunker.cost``) and is linear
+in the chunk length: ``fixed + units * per_unit``.
 """
 
 from typing import Dict, List, Optional, Tuple

@@ -9,6 +9,7 @@ the small text files verbatim.
 """
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import os
@@ -18,20 +19,20 @@ from typing import Dict, List, Optional
 
 import mlx.core as mx
 
-from ..plan import Ref, apply, map_refs
+from ..plan import Ref, apply, const_array, map_refs
 from ..safetensors_format import Header
 from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
 from .sources import SourceSet
 
-# files save() writes itself; everything else in its output is copied from the source
 _REAL_LOAD = mx.load
+# files save() writes itself; everything else in its output is copied from the source
 WRITTEN_FILES = ("config.json", "model.safetensors.index.json", "README.md")
 
 
 @dataclass
 class ConvertOptions:
-    """mlx_lm.convert's flags (same names and defaults)."""
+    """mlx_lm.convert's flags: field names are its keyword arguments."""
 
     quantize: bool = False
     q_group_size: Optional[int] = None
@@ -43,7 +44,7 @@ class ConvertOptions:
     trust_remote_code: bool = False
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _value_source(recorder: Recorder, sources: SourceSet):
                 path = os.path.join(sources.model_dir, args[0])
                 cache[ref.node] = [_REAL_LOAD(path)[args[1]]]
             elif op == "const":
-                raise TraceError("guard on a constant")
+                cache[ref.node] = [const_array(recorder.nodes[ref.node])]
             else:
                 result = apply(op, map_refs(args, value), map_refs(kwargs, value))
                 cache[ref.node] = list(result) if isinstance(result, (list, tuple)) else [result]
@@ -98,25 +99,14 @@ def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
         raise TraceError(f"{model_dir}: no config.json; not a Hugging Face model folder")
     recorder = Recorder(os.path.basename(model_dir))
     sources = SourceSet(model_dir)
+    recorder.value_source = _value_source(recorder, sources)
     extra = [(lm_utils, "load_tokenizer", lambda *a, **k: _NoTokenizer())]
     try:
         with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
             out = os.path.join(tmp, "out")
             with tracing(recorder, sources, extra) as capture:
-                recorder.value_source = _value_source(recorder, sources)
                 with contextlib.redirect_stdout(io.StringIO()):
-                    lm_convert.convert(
-                        hf_path=model_dir,
-                        mlx_path=out,
-                        quantize=options.quantize,
-                        q_group_size=options.q_group_size,
-                        q_bits=options.q_bits,
-                        q_mode=options.q_mode,
-                        dtype=options.dtype,
-                        dequantize=options.dequantize,
-                        quant_predicate=options.quant_predicate,
-                        trust_remote_code=options.trust_remote_code,
-                    )
+                    lm_convert.convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
             text_files = {}
             for name in WRITTEN_FILES:
                 path = os.path.join(out, name)

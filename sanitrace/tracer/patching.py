@@ -126,8 +126,6 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
         return arrays
 
     def save_safetensors(file, arrays, metadata=None):
-        if not contains_proxy(arrays):
-            raise TraceError(f"{recorder.model_name}: unexpected save of {file} without checkpoint tensors")
         capture.shards.append((os.path.basename(os.fspath(file)), list(arrays.items()), metadata))
 
     def no_eval(*args, **kwargs):

@@ -48,6 +48,7 @@ class Recorder:
         self.nodes: List[list] = []
         self.consts: Dict[tuple, int] = {}
         self.guards: List[dict] = []
+        self.loads: Dict[tuple, int] = {}
         self.value_source: Optional[Callable[[Ref], mx.array]] = None
 
     def add(self, op: str, args: list, kwargs: dict, outs: list) -> int:
@@ -55,8 +56,10 @@ class Recorder:
         return len(self.nodes) - 1
 
     def source(self, file: str, name: str, placeholder) -> "Proxy":
-        node = self.add("load", [file, name], {}, [aval(placeholder)])
-        return Proxy.wrap(placeholder, Ref(node), self)
+        """A checkpoint tensor; loading the same tensor again gives the same node."""
+        if (file, name) not in self.loads:
+            self.loads[(file, name)] = self.add("load", [file, name], {}, [aval(placeholder)])
+        return Proxy.wrap(placeholder, Ref(self.loads[(file, name)]), self)
 
     def const(self, array) -> Ref:
         """A real (non-proxy) array used by the conversion becomes a constant node."""
@@ -67,7 +70,7 @@ class Recorder:
                 f"{user_site()}; only small constants can be stored in a plan"
             )
         try:
-            data = bytes(memoryview(mx.contiguous(array).view(mx.uint8)))
+            data = bytes(memoryview(mx.contiguous(array.reshape(-1)).view(mx.uint8)))
         except RuntimeError as e:
             if POISON_MESSAGE in str(e):
                 raise TraceError(
