@@ -36,6 +36,13 @@ DTYPE_SIZES = {
     "F8_E8M0": 1,
 }
 
+# the safetensors Dtype enum order; its writer stores tensors by this order,
+# descending, then by name
+WRITER_ORDER = [
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+    "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+]
+
 # mlx dtype name -> safetensors dtype string, as mx.save_safetensors writes it
 MLX_TO_SAFETENSORS = {
     "bool": "BOOL",
