@@ -2,7 +2,7 @@
 
 An output computed in chunks is cut along one axis into row ranges. For a node
 and a requested ``(axis, start, stop)`` of one of its outputs, ``rule()`` says,
-for every array input (in ``iter_refs`` order), the axis and range it needs
+for every input of the node, the axis and range it needs
 (``None`` = the whole input, ``SKIP`` = not needed), and how to run the op on
 those pieces so the result equals the same rows of the unchunked result, bit
 for bit. Ops with no rule are computed whole.
@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import mlx.core as mx
 
-from .plan import Ref, apply, iter_refs, map_refs
+from .plan import Node, Slot, call
 
 SKIP = "skip"
 
@@ -44,38 +44,32 @@ def _axis(axis: int, ndim: int) -> int:
     return axis + ndim if axis < 0 else axis
 
 
-def _substitute(args, kwargs, pieces):
-    it = iter(pieces)
-    return map_refs(args, lambda r: next(it)), map_refs(kwargs, lambda r: next(it))
-
-
 def _shape(aval) -> list:
     return aval[1]
 
 
-def _same_op(op, args, kwargs):
-    def call(pieces, start, stop):
-        a, k = _substitute(args, kwargs, pieces)
-        return apply(op, a, k)
+def _same_op(node):
+    def run(pieces, start, stop):
+        return call(node, pieces)
 
-    return call
+    return run
 
 
 def _rows(in_axes: List[Optional[int]], node: list, all_outputs: bool = False) -> Rule:
     """Output rows a:b need rows a:b of each input along its axis in ``in_axes``
     (None = the whole input); the op itself runs unchanged on the pieces."""
-    op, args, kwargs, _ = node
+    op, _, args, kwargs, _ = node
     return Rule(
         in_axes,
         lambda a, b, gs: [(a, b) if j is not None else None for j in in_axes],
         lambda gs: _lcm([g for g, j in zip(gs, in_axes) if j is not None]),
-        _same_op(op, args, kwargs),
+        _same_op(node),
         all_outputs,
     )
 
 
 def _elementwise(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     n = len(_shape(outs[out]))
     in_axes = []
     for aval in avals:
@@ -87,22 +81,20 @@ def _elementwise(node, out, axis, avals):
     return _rows(in_axes, node)
 
 
-def _permutation(op, args, kwargs, in_shape):
+def _permutation(node, in_shape):
     """Output axis i comes from input axis perm[i]: run the op on a probe with distinct sizes."""
     probe_shape = [i + 2 for i in range(len(in_shape))]
-    probe = mx.zeros(probe_shape, dtype=mx.uint8)
-    a, k = _substitute(args, kwargs, [probe])
-    result = apply(op, a, k)
+    result = call(node, [mx.zeros(probe_shape, dtype=mx.uint8)])
     return [probe_shape.index(d) for d in result.shape]
 
 
 def _transpose(node, out, axis, avals):
-    op, args, kwargs, outs = node
-    return _rows([_permutation(op, args, kwargs, _shape(avals[0]))[axis]], node)
+    op, _, args, kwargs, outs = node
+    return _rows([_permutation(node, _shape(avals[0]))[axis]], node)
 
 
 def _reshape(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     out_shape, in_shape = _shape(outs[out]), _shape(avals[0])
     prefix = math.prod(out_shape[:axis])
     r_out = math.prod(out_shape[axis + 1:])
@@ -135,7 +127,7 @@ def _normalize_index(index, in_shape):
     """Basic index -> list of (kind, input axis, value) with Ellipsis expanded."""
     if not isinstance(index, tuple):
         index = (index,)
-    if any(isinstance(i, Ref) or isinstance(i, (list,)) for i in index):
+    if any(isinstance(i, (Slot, list)) for i in index):
         raise NotChunkable("advanced indexing")
     consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
     entries, j = [], 0
@@ -161,7 +153,7 @@ def _normalize_index(index, in_shape):
 
 
 def _getitem(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     in_shape = _shape(avals[0])
     entries = _normalize_index(args[1], in_shape)
     produced = [e for e in entries if e[0] != "int"]
@@ -203,9 +195,9 @@ def _arg(args, kwargs, position, name, default):
 
 
 def _stack_concat(node, out, axis, avals):
-    op, args, kwargs, outs = node
-    refs = list(iter_refs((args, kwargs)))
-    if len(refs) != len(args[0]) or not all(isinstance(r, Ref) for r in args[0]):
+    op, _, args, kwargs, outs = node
+    refs = node.inputs
+    if len(refs) != len(args[0]) or not all(isinstance(r, Slot) for r in args[0]):
         raise NotChunkable("stack/concatenate with non-array arguments")
     n = len(_shape(outs[out]))
     along = _axis(_arg(args, kwargs, 1, "axis", 0), n)
@@ -245,7 +237,7 @@ def _stack_concat(node, out, axis, avals):
 
 
 def _split(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     n = len(_shape(avals[0]))
     along = _axis(_arg(args, kwargs, 2, "axis", 0), n)
     sizes = [_shape(o)[along] for o in outs]
@@ -272,10 +264,10 @@ def _fail(message):
 
 
 def _pad(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     if _arg(args, kwargs, 2, "mode", "constant") != "constant":
         raise NotChunkable("non-constant padding")
-    if len(list(iter_refs((args, kwargs)))) != 1:
+    if len(node.inputs) != 1:
         raise NotChunkable("array padding value")
     in_shape = _shape(avals[0])
     widths = _arg(args, kwargs, 1, "pad_width", 0)
@@ -312,7 +304,7 @@ def _pad(node, out, axis, avals):
 
 def _quantized(node, out, axis, avals):
     """quantize / dequantize: rows are independent along every axis but the last."""
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     if axis >= len(_shape(outs[out])) - 1:
         raise NotChunkable("quantization groups run along the last axis")
     in_axes = [axis if len(_shape(av)) > axis + 1 else None for av in avals]
@@ -320,7 +312,7 @@ def _quantized(node, out, axis, avals):
 
 
 def _broadcast_to(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     out_shape = _shape(outs[out])
     rule = _elementwise(node, out, axis, avals)
 
@@ -334,7 +326,7 @@ def _broadcast_to(node, out, axis, avals):
 
 
 def _repeat(node, out, axis, avals):
-    op, args, kwargs, outs = node
+    op, _, args, kwargs, outs = node
     along = _arg(args, kwargs, 2, "axis", None)
     repeats = _arg(args, kwargs, 1, "repeats", 1)
     if along is None or not isinstance(repeats, int):
@@ -346,7 +338,7 @@ def _repeat(node, out, axis, avals):
         [axis],
         lambda a, b, gs: [(a // repeats, -(-b // repeats))],
         lambda gs: repeats * gs[0],
-        _same_op(op, args, kwargs),
+        _same_op(node),
     )
 
 
@@ -355,7 +347,7 @@ def _along_other_axes(axis_position: int, keepdims_position: Optional[int]):
     over given axes: chunkable along any other axis."""
 
     def rule(node, out, axis, avals):
-        op, args, kwargs, outs = node
+        op, _, args, kwargs, outs = node
         n_in = len(_shape(avals[0]))
         reduced = _arg(args, kwargs, axis_position, "axis", None)
         if reduced is None:
@@ -426,14 +418,13 @@ for _n in "cumsum cumprod cummax cummin logcumsumexp".split():
     _RULES[f"array.{_n}"] = _along_other_axes(1, None)
 
 
-def rule(node: list, out: int, axis: int, avals: Sequence[list]) -> Rule:
+def rule(node: Node, out: int, axis: int, avals: Sequence[list]) -> Rule:
     """The chunk rule of ``node``'s output ``out`` along ``axis``; ``avals`` are
-    the [dtype, shape] of its array inputs in ``iter_refs`` order."""
-    op = node[0]
-    op_rule = _RULES.get(op)
+    the [dtype, shape] of its inputs."""
+    op_rule = _RULES.get(node.op)
     if op_rule is None:
-        raise NotChunkable(f"{op} has no chunk rule")
-    if len(_shape(node[3][out])) <= axis:
+        raise NotChunkable(f"{node.op} has no chunk rule")
+    if len(_shape(node.outs[out])) <= axis:
         raise NotChunkable("scalar output")
     return op_rule(node, out, axis, avals)
 

@@ -8,20 +8,20 @@ Used by the planner (to choose and cost chunks) and the executor (to replay them
 from typing import List
 
 from .chunk_rules import SKIP, NotChunkable, Rule, rule
-from .plan import Ref, iter_refs
+from .plan import Node, Ref
 
 __all__ = ["Rules", "input_avals", "NotChunkable", "SKIP", "Rule"]
 
 
-def input_avals(nodes: List[list], node: list) -> list:
-    """[dtype, shape] of each array input of ``node``, in iter_refs order."""
-    return [nodes[r.node][3][r.out] for r in iter_refs((node[1], node[2]))]
+def input_avals(nodes: List[Node], node: Node) -> list:
+    """[dtype, shape] of each input of ``node``."""
+    return [nodes[r.node].outs[r.out] for r in node.inputs]
 
 
 class Rules:
     """Chunk rules and granularities of one graph, cached per (node, output, axis)."""
 
-    def __init__(self, nodes: List[list]):
+    def __init__(self, nodes: List[Node]):
         self.nodes = nodes
         self._rules: dict = {}
         self._granularity: dict = {}
@@ -39,7 +39,7 @@ class Rules:
         key = (ref.node, ref.out, axis)
         if key not in self._granularity:
             node = self.nodes[ref.node]
-            if node[0] in ("load", "const"):
+            if node.op in ("load", "const"):
                 g = 1
             else:
                 op_rule = self(ref, axis)
@@ -48,10 +48,9 @@ class Rules:
         return self._granularity[key]
 
     def _input_granularities(self, ref: Ref, op_rule: Rule) -> List[int]:
-        node = self.nodes[ref.node]
         return [
             self.granularity(r, j) if j is not None else 1
-            for r, j in zip(iter_refs((node[1], node[2])), op_rule.in_axes)
+            for r, j in zip(self.nodes[ref.node].inputs, op_rule.in_axes)
         ]
 
     def input_ranges(self, ref: Ref, axis: int, start: int, stop: int) -> list:

@@ -4,7 +4,7 @@ import os
 
 import msgpack
 import pytest
-from conftest import copy_tree
+from conftest import copy_tree, make_checkpoint
 
 from sanitrace import plan as plan_ir
 from sanitrace.planner import build_plan
@@ -57,14 +57,21 @@ def _tamper(data: bytes, change) -> bytes:
     return msgpack.packb(raw, use_bin_type=True)
 
 
+def _last_computed(p):
+    return next(row for row in reversed(p["nodes"]) if p["signatures"][row[0]][0] != "load")
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda p: p["nodes"][-1].__setitem__(0, "os.system"), "not in the replay allowlist"),
-        (lambda p: p["nodes"][-1].__setitem__(0, "mx.load"), "not in the replay allowlist"),
+        (lambda p: p["signatures"][-1].__setitem__(0, "os.system"), "not in the replay allowlist"),
+        (lambda p: p["signatures"][-1].__setitem__(0, "mx.load"), "not in the replay allowlist"),
         (lambda p: p.__setitem__("version", 99), "format version"),
         (lambda p: p.__setitem__("format", "pickle"), "not a sanitrace plan"),
-        (lambda p: p["nodes"][0].__setitem__(1, [10**6]), "out of range"),
+        (lambda p: p["nodes"][0].__setitem__(1, 10**6), "out of range"),
+        (lambda p: _last_computed(p).__setitem__(1, 10**6), "not earlier"),
+        (lambda p: _last_computed(p).append(1), "slots"),
+        (lambda p: p["source"]["tensors"][0].__setitem__(1, 10**4), "malformed source tensor"),
     ],
 )
 def test_loading_rejects_bad_plans(change, message, checkpoints):
@@ -73,12 +80,17 @@ def test_loading_rejects_bad_plans(change, message, checkpoints):
         plan_ir.loads(_tamper(data, change))
 
 
-def test_loading_rejects_forward_references(checkpoints):
-    plan = build_plan(trace(str(checkpoints["llama"]), ConvertOptions()))
-    node = next(i for i, n in enumerate(plan["nodes"]) if n[0] != "load")
-    plan["nodes"][node][1][0] = plan_ir.Ref(len(plan["nodes"]) - 1)
-    with pytest.raises(plan_ir.PlanError, match="not earlier"):
-        plan_ir.loads(plan_ir.dumps(plan))
+def test_repeated_structure_is_stored_once(tmp_path):
+    """Experts repeat the same chains and names: the file stores each once, so the
+    number of signatures and name templates does not grow with the expert count."""
+    sizes = {}
+    for experts in (6, 40):  # sizes that coincide with no other dimension
+        src = make_checkpoint(tmp_path / f"e{experts}", "deepseek_v3", layers=3, experts=experts)
+        raw = msgpack.unpackb(plan_bytes(src, quantize=True), raw=False, strict_map_key=False)
+        sizes[experts] = (len(raw["signatures"]), len(raw["source"]["names"]), len(raw["nodes"]))
+    assert sizes[6][:2] == sizes[40][:2]
+    # while each added expert adds its 3 projection loads in each of the 2 MoE layers
+    assert sizes[40][2] == sizes[6][2] + (40 - 6) * 3 * 2
 
 
 def test_loading_rejects_garbage_and_oversize():

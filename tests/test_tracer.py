@@ -83,7 +83,7 @@ def test_proxies_are_mx_arrays_inside_sanitize(checkpoints, tmp_path, eager):
             return super().sanitize(weights)
     """)
     plan = build_plan(trace(str(folder), TRUST))
-    assert any(node[0] == "mx.array" for node in plan["nodes"])
+    assert any(node.op == "mx.array" for node in plan["nodes"])
     out = tmp_path / "out"
     execute(plan, str(folder), str(out), progress=False)
     assert compare_folders(str(eager(checkpoints["qwen3_moe"], [])), str(out)) == []
@@ -198,3 +198,32 @@ def test_convert_via_cli_matches_eager_with_custom_model(checkpoints, tmp_path, 
     out = sanitrace_convert(folder, tmp_path / "out", ["-q", "--trust-remote-code"])
     assert compare_folders(str(eager(checkpoints["qwen3_moe"], ["-q"])), str(out)) == []
     assert os.path.exists(out / "custom_model.py")  # *.py files are copied, as eager does
+
+
+def test_trace_leaves_nothing_alive(checkpoints):
+    import gc
+
+    from sanitrace.plan import Node
+    from sanitrace.tracer.proxy import Recorder
+
+    trace(str(checkpoints["deepseek_v3"]), ConvertOptions(quantize=True))
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, (Node, Recorder))]
+    assert alive == []
+
+
+def test_stand_ins_captured_during_a_trace_stay_correct(tmp_path):
+    from sanitrace.tracer.patching import tracing
+    from sanitrace.tracer.proxy import Recorder
+    from sanitrace.tracer.sources import SourceSet
+
+    first = Recorder("first")
+    with tracing(first, SourceSet(str(tmp_path))):
+        captured_stack, captured_array = mx.stack, mx.array  # e.g. a module imported mid-trace
+    assert captured_stack([mx.array([1, 2])]).tolist() == [[1, 2]]
+    assert isinstance(mx.zeros((1,)), captured_array)
+    second = Recorder("second")
+    with tracing(second, SourceSet(str(tmp_path))):
+        proxy = second.source("f", "w", mx.zeros((2, 3)))
+        captured_stack([proxy, proxy])
+    assert [n.op for n in second.nodes] == ["load", "mx.stack"] and first.nodes == []

@@ -11,14 +11,14 @@ from typing import Dict, List, Optional, Tuple
 import mlx.core as mx
 
 from .. import regions
-from ..plan import Ref, apply, const_array, iter_refs, map_refs
+from ..plan import Node, Ref, call, const_array
 
 Region = Optional[Tuple[int, int, int]]
 
 
 class Replayer:
     def __init__(self, plan: dict):
-        self.nodes: List[list] = plan["nodes"]
+        self.nodes: List[Node] = plan["nodes"]
         self.rules = regions.Rules(self.nodes)
         self.sources: Dict[tuple, mx.array] = {}  # (tensor index, region) -> array
         self.memo: Dict[tuple, object] = {}
@@ -30,8 +30,7 @@ class Replayer:
 
     def _inputs(self, ref: Ref, region: Region) -> List[Tuple[Ref, Region]]:
         """(input, region) pairs a value needs; SKIPped inputs are left out."""
-        op, args, kwargs, _ = self.nodes[ref.node]
-        refs = list(iter_refs((args, kwargs)))
+        refs = self.nodes[ref.node].inputs
         if region is None:
             return [(r, None) for r in refs]
         ranges = self.rules.input_ranges(ref, region[0], region[1], region[2])
@@ -47,20 +46,20 @@ class Replayer:
             if key in seen:
                 continue
             seen.add(key)
-            op, args, _, _ = self.nodes[ref.node]
-            if op == "load":
-                result.append((args[0], reg))
-            elif op != "const":
+            node = self.nodes[ref.node]
+            if node.op == "load":
+                result.append((node.args[0], reg))
+            elif node.op != "const":
                 work.extend(self._inputs(ref, reg))
         return sorted(set(result), key=lambda x: (x[0], x[1] or ()))
 
     def value(self, ref: Ref, region: Region) -> mx.array:
-        op, args, kwargs, outs = self.nodes[ref.node]
-        if op == "load":
-            return self.sources[(args[0], region)]
-        if op == "const":
+        node = self.nodes[ref.node]
+        if node.op == "load":
+            return self.sources[(node.args[0], region)]
+        if node.op == "const":
             if ref.node not in self._consts:
-                self._consts[ref.node] = const_array(self.nodes[ref.node])
+                self._consts[ref.node] = const_array(node)
             whole = self._consts[ref.node]
             if region is None:
                 return whole
@@ -69,8 +68,7 @@ class Replayer:
         if region is None:
             key = (ref.node, -1, None)
             if key not in self.memo:
-                resolve = lambda r: self.value(r, None)  # noqa: E731
-                result = apply(op, map_refs(args, resolve), map_refs(kwargs, resolve))
+                result = call(node, [self.value(r, None) for r in node.inputs])
                 self.memo[key] = list(result) if isinstance(result, (list, tuple)) else [result]
             return self.memo[key][ref.out]
         axis, start, stop = region
@@ -79,7 +77,7 @@ class Replayer:
         if key not in self.memo:
             pieces = []
             ranges = self.rules.input_ranges(ref, axis, start, stop)
-            for r, rng in zip(iter_refs((args, kwargs)), ranges):
+            for r, rng in zip(node.inputs, ranges):
                 pieces.append(None if rng == regions.SKIP else self.value(r, rng))
             self.memo[key] = rule.call(pieces, start, stop)
         result = self.memo[key]

@@ -28,7 +28,7 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
     files, tensors, tensor_index = source_table(result.headers)
 
     def raw_aval(ref: Ref):
-        return result.nodes[ref.node][3][ref.out]
+        return result.nodes[ref.node].outs[ref.out]
 
     out_files, outputs = output_files(result.shards, raw_aval)
     roots = [o["ref"] for o in outputs] + [g["ref"] for g in result.guards]

@@ -2,12 +2,13 @@
 
 from typing import Dict, List
 
-from ..plan import iter_refs
+from ..plan import Node
+
 from .graph import consumers
 
 
 def account(
-    raw_nodes: List[list],
+    raw_nodes: List[Node],
     remap: Dict[int, int],
     tensor_index: dict,
     loaded_keys: List[str],
@@ -22,14 +23,14 @@ def account(
     """
     use_count = consumers(raw_nodes)
     used, dropped = 0, []
-    for i, (op, args, _, _) in enumerate(raw_nodes):
-        if op != "load":
+    for i, node in enumerate(raw_nodes):
+        if node.op != "load":
             continue
         if i in remap:
             used += 1
             continue
         reason = "read only by discarded ops" if use_count.get(i) else "removed by sanitize"
-        dropped.append([args[0], args[1], reason])
+        dropped.append([node.args[0], node.args[1], reason])
     dropped.sort()
     names = [o["name"] for o in outputs]
     if len(set(names)) != len(names):
@@ -42,18 +43,3 @@ def account(
         "strict_load": "ok",
         "loaded_parameters": len(loaded_keys),
     }
-
-
-def sources_of(nodes: List[list], ref_node: int) -> List[int]:
-    """Source tensor indices an output depends on."""
-    result, stack, seen = set(), [ref_node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        op, args, kwargs, _ = nodes[n]
-        if op == "load":
-            result.add(args[0])
-        stack.extend(r.node for r in iter_refs((args, kwargs)))
-    return sorted(result)

@@ -14,11 +14,11 @@ in the chunk length: ``fixed + units * per_unit``.
 from typing import Dict, List, Optional, Tuple
 
 from .. import regions
-from ..plan import BASELINE_BYTES, VIEW_OPS, Ref, cache_limit, chunk_rows, group_peak, iter_refs
+from ..plan import BASELINE_BYTES, VIEW_OPS, Node, Ref, cache_limit, chunk_rows, group_peak
 from .layout import nbytes
 
 
-def groups_of(nodes: List[list], outputs: List[dict]) -> List[List[int]]:
+def groups_of(nodes: List[Node], outputs: List[dict]) -> List[List[int]]:
     """Output indices grouped by shared computed (non-load, non-const) nodes."""
     parent = list(range(len(outputs)))
 
@@ -33,14 +33,14 @@ def groups_of(nodes: List[list], outputs: List[dict]) -> List[List[int]]:
         stack, seen = [out["ref"].node], set()
         while stack:
             n = stack.pop()
-            if n in seen or nodes[n][0] in ("load", "const"):
+            if n in seen or nodes[n].op in ("load", "const"):
                 continue
             seen.add(n)
             if n in owner:
                 parent[find(i)] = find(owner[n])
             else:
                 owner[n] = i
-            stack.extend(r.node for r in iter_refs((nodes[n][1], nodes[n][2])))
+            stack.extend(r.node for r in nodes[n].inputs)
     members: Dict[int, List[int]] = {}
     for i in range(len(outputs)):
         members.setdefault(find(i), []).append(i)
@@ -50,7 +50,7 @@ def groups_of(nodes: List[list], outputs: List[dict]) -> List[List[int]]:
 class Chunker:
     """Granularity and memory cost of computing outputs of one graph in chunks."""
 
-    def __init__(self, nodes: List[list]):
+    def __init__(self, nodes: List[Node]):
         self.nodes = nodes
         self.rule = regions.Rules(nodes)
         self.granularity = self.rule.granularity
@@ -66,42 +66,42 @@ class Chunker:
         while work:
             ref, region = work.pop()
             node = self.nodes[ref.node]
-            op = node[0]
+            op = node.op
             rule = None if region is None or op in ("load", "const") else self.rule(ref, region[0])
             key = (ref.node, -1 if rule is not None and rule.all_outputs else ref.out, region)
             if key in seen:
                 continue
             seen.add(key)
-            outs = range(len(node[3])) if rule is not None and rule.all_outputs else [ref.out]
+            outs = range(len(node.outs)) if rule is not None and rule.all_outputs else [ref.out]
             for o in outs:
-                size = nbytes(node[3][o])
+                size = nbytes(node.outs[o])
                 if region is not None:
                     axis, a, b = region
-                    size = size * (b - a) // max(node[3][o][1][axis], 1)
+                    size = size * (b - a) // max(node.outs[o][1][axis], 1)
                 if op == "load":
                     read += size
                 if op not in VIEW_OPS:
                     created += size
-            refs = list(iter_refs((node[1], node[2])))
             if op in ("load", "const"):
                 continue
             if rule is None:
-                work.extend((r, None) for r in refs)
+                work.extend((r, None) for r in node.inputs)
                 continue
             ranges = self.rule.input_ranges(ref, region[0], region[1], region[2])
-            for r, rng in zip(refs, ranges):
+            for r, rng in zip(node.inputs, ranges):
                 if rng != regions.SKIP:
                     work.append((r, rng))
         written = 0
         for r in roots:
-            size = nbytes(self.nodes[r.node][3][r.out])
+            aval = self.nodes[r.node].outs[r.out]
+            size = nbytes(aval)
             if start is not None:
-                size = size * (stop - start) // max(self.nodes[r.node][3][r.out][1][0], 1)
+                size = size * (stop - start) // max(aval[1][0], 1)
             written += size
         return created + read + written
 
 
-def plan_groups(nodes: List[list], outputs: List[dict]) -> List[dict]:
+def plan_groups(nodes: List[Node], outputs: List[dict]) -> List[dict]:
     """One entry per output group: chunking (if any) and its linear memory model."""
     chunker = Chunker(nodes)
     result = []

@@ -1,14 +1,14 @@
 """Canonical form of a traced graph: only what the outputs need, in a fixed order.
 
 Nodes are renumbered in depth-first post-order from the outputs (inputs in
-argument order), so the numbering depends on the conversion, not on the order
-in which sanitize happened to create its arrays. Load nodes refer to the source
+slot order), so the numbering depends on the conversion, not on the order in
+which sanitize happened to create its arrays. Load nodes refer to the source
 tensor table by index.
 """
 
 from typing import Dict, List, Tuple
 
-from ..plan import Ref, iter_refs, map_refs
+from ..plan import Node, Ref
 from ..safetensors_format import Header
 
 
@@ -33,8 +33,8 @@ def source_table(headers: Dict[str, Header]) -> Tuple[list, list, dict]:
 
 
 def canonical_nodes(
-    nodes: List[list], roots: List[Ref], tensor_index: dict
-) -> Tuple[List[list], Dict[int, int]]:
+    nodes: List[Node], roots: List[Ref], tensor_index: dict
+) -> Tuple[List[Node], Dict[int, int]]:
     """Nodes reachable from ``roots`` in canonical order, and old id -> new id."""
     order: List[int] = []
     seen = set()
@@ -49,28 +49,25 @@ def canonical_nodes(
                 continue
             seen.add(node)
             stack.append((node, True))
-            _, args, kwargs, _ = nodes[node]
-            inputs = [r.node for r in iter_refs((args, kwargs))]
-            for child in reversed(inputs):
-                if child not in seen:
-                    stack.append((child, False))
+            for r in reversed(nodes[node].inputs):
+                if r.node not in seen:
+                    stack.append((r.node, False))
     remap = {old: new for new, old in enumerate(order)}
     result = []
     for old in order:
-        op, args, kwargs, outs = nodes[old]
+        op, inputs, args, kwargs, outs = nodes[old]
         if op == "load":
             args = [tensor_index[(args[0], args[1])]]
         else:
-            fix = lambda r: Ref(remap[r.node], r.out)  # noqa: E731
-            args, kwargs = map_refs(args, fix), map_refs(kwargs, fix)
-        result.append([op, args, kwargs, outs])
+            inputs = [Ref(remap[r.node], r.out) for r in inputs]
+        result.append(Node(op, inputs, args, kwargs, outs))
     return result, remap
 
 
-def consumers(nodes: List[list]) -> Dict[int, int]:
+def consumers(nodes: List[Node]) -> Dict[int, int]:
     """How many times each node is used as an input."""
     counts: Dict[int, int] = {}
-    for _, args, kwargs, _ in nodes:
-        for r in iter_refs((args, kwargs)):
+    for n in nodes:
+        for r in n.inputs:
             counts[r.node] = counts.get(r.node, 0) + 1
     return counts

@@ -13,13 +13,14 @@ import dataclasses
 import importlib
 import io
 import os
+import pathlib
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import mlx.core as mx
 
-from ..plan import Ref, apply, const_array, map_refs
+from ..plan import Node, Ref, call, const_array
 from ..safetensors_format import Header
 from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
@@ -51,7 +52,7 @@ class ConvertOptions:
 class TraceResult:
     library: str
     options: ConvertOptions
-    nodes: List[list]
+    nodes: List[Node]
     guards: List[dict]
     headers: Dict[str, Header]
     shards: List[tuple]  # (file name, [(tensor name, Ref)], metadata)
@@ -75,18 +76,29 @@ def _value_source(recorder: Recorder, sources: SourceSet):
         if not sources.has_data():
             return None
         if ref.node not in cache:
-            op, args, kwargs, _ = recorder.nodes[ref.node]
-            if op == "load":
-                path = os.path.join(sources.model_dir, args[0])
-                cache[ref.node] = [_REAL_LOAD(path)[args[1]]]
-            elif op == "const":
-                cache[ref.node] = [const_array(recorder.nodes[ref.node])]
+            node = recorder.nodes[ref.node]
+            if node.op == "load":
+                path = os.path.join(sources.model_dir, node.args[0])
+                cache[ref.node] = [_REAL_LOAD(path)[node.args[1]]]
+            elif node.op == "const":
+                cache[ref.node] = [const_array(node)]
             else:
-                result = apply(op, map_refs(args, value), map_refs(kwargs, value))
+                result = call(node, [value(r) for r in node.inputs])
                 cache[ref.node] = list(result) if isinstance(result, (list, tuple)) else [result]
         return cache[ref.node][ref.out]
 
     return value
+
+
+def _import_model_module(lm_utils, model_dir: str) -> None:
+    """Import the model's module now, with mlx unpatched, so that nothing it
+    evaluates at import time (annotations, module constants) sees a stand-in."""
+    try:
+        config = lm_utils.load_config(pathlib.Path(model_dir))
+        if config.get("model_file") is None:
+            lm_utils._get_classes(config)
+    except (ValueError, KeyError, ImportError, OSError):
+        pass  # the conversion itself reports these, as eager does
 
 
 def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
@@ -97,6 +109,7 @@ def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
     model_dir = os.path.abspath(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise TraceError(f"{model_dir}: no config.json; not a Hugging Face model folder")
+    _import_model_module(lm_utils, model_dir)
     recorder = Recorder(os.path.basename(model_dir))
     sources = SourceSet(model_dir)
     recorder.value_source = _value_source(recorder, sources)
@@ -115,7 +128,7 @@ def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
                         text_files[name] = f.read()
         shards = []
         for file_name, items, metadata in capture.shards:
-            refs = [(key, recorder.encode(value)) for key, value in items]
+            refs = [(key, recorder.ref(value)) for key, value in items]
             shards.append((file_name, refs, metadata))
     finally:
         sources.close()

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .proxy import Proxy, Recorder, TraceError, contains_proxy
+from .proxy import Recorder, TraceError, find_proxy
 from .sources import SourceSet
 
 _REAL_ARRAY = mx.array
@@ -38,25 +38,47 @@ class _ArrayMeta(type):
         return getattr(_REAL_ARRAY, name)
 
 
-def _array_factory(recorder: Recorder):
-    class array(metaclass=_ArrayMeta):
-        def __new__(cls, *args, **kwargs):
-            if contains_proxy(args) or contains_proxy(kwargs):
-                return recorder.call("mx.array", _REAL_ARRAY, args, kwargs)
-            return _REAL_ARRAY(*args, **kwargs)
-
-    return array
+# The stand-ins below hold no trace state: a call with a proxy records into that
+# proxy's own recorder, a call without one is the original. So a stand-in that a
+# module captured while a trace was running (an annotation, `f = mx.stack`)
+# stays correct afterwards and keeps nothing alive.
 
 
-def _recording(recorder: Recorder, op: str, original: Callable) -> Callable:
+class array(metaclass=_ArrayMeta):
+    """Stands in for mx.array: isinstance works as usual; mx.array(proxy) is recorded."""
+
+    def __new__(cls, *args, **kwargs):
+        proxy = find_proxy((args, kwargs))
+        if proxy is not None:
+            return proxy._st_recorder.call("mx.array", _REAL_ARRAY, args, kwargs)
+        return _REAL_ARRAY(*args, **kwargs)
+
+
+def _recording(op: str, original: Callable) -> Callable:
     def wrapper(*args, **kwargs):
-        if contains_proxy(args) or contains_proxy(kwargs):
-            return recorder.call(op, original, args, kwargs)
+        proxy = find_proxy((args, kwargs))
+        if proxy is not None:
+            return proxy._st_recorder.call(op, original, args, kwargs)
         return original(*args, **kwargs)
 
     wrapper.__name__ = getattr(original, "__name__", op)
     wrapper.__doc__ = getattr(original, "__doc__", None)
     return wrapper
+
+
+def _stand_ins() -> List[tuple]:
+    """(module, name, recording stand-in) for every mlx.core / mx.linalg function."""
+    result = []
+    for module, prefix in ((mx, "mx"), (mx.linalg, "mx.linalg")):
+        for name in dir(module):
+            value = getattr(module, name)
+            if name.startswith("_") or name in _NOT_WRAPPED or type(value).__name__ != "nb_func":
+                continue
+            result.append((module, name, _recording(f"{prefix}.{name}", value)))
+    return result
+
+
+_STAND_INS = _stand_ins()
 
 
 class Capture:
@@ -116,12 +138,12 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
         path = os.fspath(file)
         if not path.endswith(".safetensors"):
             raise TraceError(f"{recorder.model_name}: cannot trace mx.load of {path}")
+        name = sources.relative_name(path)
         arrays = {
-            key: recorder.source(sources.relative_name(path), key, placeholder)
+            key: recorder.source(name, key, placeholder)
             for key, placeholder in sources.placeholders(path, original_load).items()
         }
         if kwargs.get("return_metadata") or (len(args) > 1 and args[1]):
-            name = sources.relative_name(path)
             return arrays, dict(sources.headers[name].metadata or {})
         return arrays
 
@@ -132,28 +154,20 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
         return None
 
     def load_weights(self, file_or_weights, strict=True):
-        if isinstance(file_or_weights, list) and contains_proxy(file_or_weights):
+        if isinstance(file_or_weights, list) and find_proxy(file_or_weights) is not None:
             capture.loaded_weights = dict(file_or_weights)
             if strict:
                 _check_load(recorder, self, file_or_weights)
         return original_load_weights(self, file_or_weights, strict=strict)
 
     try:
-        for name in dir(mx):
-            value = getattr(mx, name)
-            if name.startswith("_") or name in _NOT_WRAPPED:
-                continue
-            if type(value).__name__ == "nb_func":
-                patch(mx, name, _recording(recorder, f"mx.{name}", value))
-        for name in dir(mx.linalg):
-            value = getattr(mx.linalg, name)
-            if not name.startswith("_") and type(value).__name__ == "nb_func":
-                patch(mx.linalg, name, _recording(recorder, f"mx.linalg.{name}", value))
+        for module, name, stand_in in _STAND_INS:
+            patch(module, name, stand_in)
         patch(mx, "load", load)
         patch(mx, "save_safetensors", save_safetensors)
         patch(mx, "eval", no_eval)
         patch(mx, "async_eval", no_eval)
-        patch(mx, "array", _array_factory(recorder))
+        patch(mx, "array", array)
         patch(nn.Module, "load_weights", load_weights)
         for obj, name, value in extra:
             patch(obj, name, value)

@@ -4,9 +4,9 @@ A ``Proxy`` is an ``mx.array`` subclass whose own array is a lazy placeholder
 (made by the real ``mx.load`` from a data-less header file, see sources.py), so
 ``shape``, ``dtype``, ``nbytes`` and ``isinstance(x, mx.array)`` are the real
 ones. Every op on a proxy runs the real mx op on the placeholders (lazy, never
-evaluated) to get the result's shape and dtype, and appends a node
-``[op, args, kwargs, outs]`` to the recorder's graph; literal arguments are
-stored as they are, proxies as ``Ref``s, real arrays as ``const`` nodes.
+evaluated) to get the result's shape and dtype, and appends a ``Node`` to the
+recorder's graph: literal arguments are kept as they are, each proxy becomes a
+``Slot`` filled by one of the node's inputs, real arrays become ``const`` nodes.
 """
 
 import os
@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import mlx.core as mx
 import numpy as np
 
-from ..plan import Ref, dtype_name, is_allowed
+from ..plan import Node, Ref, Slot, dtype_name, is_allowed
 
 _REAL_ARRAY = mx.array
 _SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,9 @@ def user_site() -> str:
     return "<unknown>"
 
 
+_LITERALS = frozenset([int, float, bool, str, bytes, type(None), slice, type(Ellipsis), mx.Dtype])
+
+
 def aval(array) -> list:
     return [dtype_name(array.dtype), list(array.shape)]
 
@@ -45,20 +48,20 @@ class Recorder:
 
     def __init__(self, model_name: str):
         self.model_name = model_name
-        self.nodes: List[list] = []
+        self.nodes: List[Node] = []
         self.consts: Dict[tuple, int] = {}
         self.guards: List[dict] = []
         self.loads: Dict[tuple, int] = {}
         self.value_source: Optional[Callable[[Ref], mx.array]] = None
 
-    def add(self, op: str, args: list, kwargs: dict, outs: list) -> int:
-        self.nodes.append([op, args, kwargs, outs])
+    def add(self, op: str, inputs: list, args: list, kwargs: dict, outs: list) -> int:
+        self.nodes.append(Node(op, inputs, args, kwargs, outs))
         return len(self.nodes) - 1
 
     def source(self, file: str, name: str, placeholder) -> "Proxy":
         """A checkpoint tensor; loading the same tensor again gives the same node."""
         if (file, name) not in self.loads:
-            self.loads[(file, name)] = self.add("load", [file, name], {}, [aval(placeholder)])
+            self.loads[(file, name)] = self.add("load", [], [file, name], {}, [aval(placeholder)])
         return Proxy.wrap(placeholder, Ref(self.loads[(file, name)]), self)
 
     def const(self, array) -> Ref:
@@ -80,21 +83,29 @@ class Recorder:
             raise
         key = (dtype_name(array.dtype), tuple(array.shape), data)
         if key not in self.consts:
-            self.consts[key] = self.add("const", [data], {}, [aval(array)])
+            self.consts[key] = self.add("const", [], [data], {}, [aval(array)])
         return Ref(self.consts[key])
 
-    def encode(self, value):
-        """Argument structure with proxies as Refs and real arrays as const Refs."""
-        if isinstance(value, Proxy):
-            return value._st_ref
+    def ref(self, value) -> Ref:
+        """The graph value of a proxy, or of a real array as a constant."""
+        return value._st_ref if isinstance(value, Proxy) else self.const(value)
+
+    def encode(self, value, inputs: list):
+        """``value`` with each array replaced by a Slot, its Ref appended to ``inputs``;
+        dicts in key order (the order slots are numbered and plans are stored in)."""
+        kind = type(value)
+        if kind in _LITERALS:
+            return value
         if isinstance(value, _REAL_ARRAY):
-            return self.const(value)
-        if isinstance(value, list):
-            return [self.encode(v) for v in value]
-        if isinstance(value, tuple):
-            return tuple(self.encode(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self.encode(v) for k, v in value.items()}
+            inputs.append(self.ref(value))
+            return Slot(len(inputs) - 1)
+        if kind is tuple or kind is list:
+            if all(type(v) in _LITERALS for v in value):  # shapes, axes: the common case
+                return value
+            encoded = [self.encode(v, inputs) for v in value]
+            return encoded if kind is list else tuple(encoded)
+        if kind is dict:
+            return {k: self.encode(value[k], inputs) for k in sorted(value)}
         if isinstance(value, np.generic):
             return value.item()
         return value
@@ -108,8 +119,9 @@ class Recorder:
             )
         try:
             result = fn(*args, **kwargs)
-            enc_args = self.encode(list(args))
-            enc_kwargs = self.encode(dict(kwargs))
+            inputs = []
+            enc_args = [self.encode(a, inputs) for a in args]
+            enc_kwargs = self.encode(kwargs, inputs) if kwargs else {}
         except TraceError:
             raise
         except (TypeError, ValueError, RuntimeError) as e:
@@ -120,12 +132,12 @@ class Recorder:
                 ) from None
             raise
         if isinstance(result, _REAL_ARRAY):
-            node = self.add(op, enc_args, enc_kwargs, [aval(result)])
+            node = self.add(op, inputs, enc_args, enc_kwargs, [aval(result)])
             return Proxy.wrap(result, Ref(node), self)
         if isinstance(result, (list, tuple)) and all(
             isinstance(r, _REAL_ARRAY) for r in result
         ):
-            node = self.add(op, enc_args, enc_kwargs, [aval(r) for r in result])
+            node = self.add(op, inputs, enc_args, enc_kwargs, [aval(r) for r in result])
             wrapped = [Proxy.wrap(r, Ref(node, i), self) for i, r in enumerate(result)]
             return type(result)(wrapped)
         raise TraceError(
@@ -262,11 +274,15 @@ for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__",
     setattr(Proxy, _name, _value_method(_name))
 
 
-def contains_proxy(value) -> bool:
+def find_proxy(value) -> Optional["Proxy"]:
+    """The first proxy inside a (nested) argument structure, or None."""
     if isinstance(value, Proxy):
-        return True
+        return value
     if isinstance(value, (list, tuple)):
-        return any(contains_proxy(v) for v in value)
-    if isinstance(value, dict):
-        return any(contains_proxy(v) for v in value.values())
-    return False
+        for v in value:
+            found = find_proxy(v)
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        return find_proxy(list(value.values()))
+    return None

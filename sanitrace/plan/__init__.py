@@ -1,0 +1,161 @@
+"""The plan IR: what a plan holds (docs/plan-format.md).
+
+The tracer produces its graph, the planner fills in layout, chunking, memory
+and accounting, the executor replays it. This package is the only thing they
+share about the format:
+
+- here: the graph types, argument substitution, the memory model;
+- ops.py: the op allowlist and ``apply``;
+- format.py: the canonical msgpack file (``dumps``/``loads``/``save``/``load``).
+
+A plan is a plain dict. Its graph is ``plan["nodes"]``, a list of ``Node``s in
+topological order. A node's array inputs are ``Ref``s in ``node.inputs``; its
+literal arguments ``args``/``kwargs`` hold a ``Slot(i)`` where input ``i`` goes.
+"""
+
+from typing import Any, Callable, List, NamedTuple
+
+import mlx.core as mx
+import numpy as np
+
+from .ops import OPS, VIEW_OPS, PlanError, apply, is_allowed
+
+
+class Ref:
+    """Output ``out`` of graph node ``node`` (immutable; hundreds of thousands are made)."""
+
+    __slots__ = ("node", "out")
+
+    def __init__(self, node: int, out: int = 0):
+        self.node = node
+        self.out = out
+
+    def __eq__(self, other):
+        return type(other) is Ref and self.node == other.node and self.out == other.out
+
+    def __hash__(self):
+        return hash((self.node, self.out))
+
+    def __repr__(self):
+        return f"Ref({self.node}, {self.out})"
+
+
+class Slot:
+    """Where array input ``index`` of a node goes in its arguments."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __eq__(self, other):
+        return type(other) is Slot and self.index == other.index
+
+    def __hash__(self):
+        return hash(("slot", self.index))
+
+    def __repr__(self):
+        return f"Slot({self.index})"
+
+
+class Node(NamedTuple):
+    op: str  # "load", "const" or an allowlisted op name
+    inputs: List[Ref]  # array inputs, in the order their Slots appear in args then kwargs
+    args: list  # literal positional arguments (load: [source tensor index]; const: [bytes])
+    kwargs: dict
+    outs: List[list]  # [dtype name, shape] of each output
+
+
+def substitute(value: Any, fn: Callable[[int], Any]) -> Any:
+    """Copy of an argument structure with every Slot(i) replaced by ``fn(i)``."""
+    if isinstance(value, Slot):
+        return fn(value.index)
+    if isinstance(value, list):
+        return [substitute(v, fn) for v in value]
+    if isinstance(value, tuple):
+        return tuple(substitute(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: substitute(v, fn) for k, v in value.items()}
+    return value
+
+
+def call(node: Node, inputs: list):
+    """Apply ``node``'s op with ``inputs`` (arrays, in slot order) in its slots."""
+    args = substitute(node.args, inputs.__getitem__)
+    kwargs = substitute(node.kwargs, inputs.__getitem__)
+    return apply(node.op, args, kwargs)
+
+
+_DTYPE_NAMES = {}
+
+
+def dtype_name(dtype) -> str:
+    """'bfloat16' for mx.bfloat16."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).rsplit(".", 1)[-1]
+    return name
+
+
+def const_array(node: Node) -> mx.array:
+    """The array of a ``const`` node (raw little-endian bytes + its aval)."""
+    (data,), (dtype, shape) = node.args, node.outs[0]
+    raw = mx.array(np.frombuffer(data, dtype=np.uint8))
+    return raw.view(getattr(mx, dtype)).reshape(shape)
+
+
+# ---------------------------------------------------------------- memory model
+
+# Resident size of an executor before it computes (Python, mlx, numpy, the plan;
+# plus mlx-lm and the trace when run by `convert`): the part of a memory budget
+# that chunks cannot use. bench/memory_baseline.py measured 39 MiB idle, 74 MiB
+# with mlx-lm imported (Linux x86-64).
+BASELINE_BYTES = 96 << 20
+
+
+def cache_limit(budget: int) -> int:
+    """mlx buffer cache allowed under ``budget`` (reused across same-size chunks)."""
+    return max(budget - BASELINE_BYTES, 0) // 4
+
+
+def chunk_rows(group: dict, budget: int) -> int:
+    """Rows per chunk for an output group under a memory ``budget``; 0 = whole.
+
+    A group's memory model is ``fixed_bytes + unit_bytes * units`` where a unit
+    is ``unit`` rows along axis 0 (unit 0 = not chunkable); it covers the
+    chunk's arrays plus the reads of the next chunk and the writes of the last.
+    """
+    if not group["unit"]:
+        return 0
+    working = budget - BASELINE_BYTES - cache_limit(budget) - group["fixed_bytes"]
+    units = max(working // max(group["unit_bytes"], 1), 1)
+    rows = int(units) * group["unit"]
+    return 0 if rows >= group["rows"] else rows
+
+
+def group_peak(group: dict, rows: int) -> int:
+    """Bytes a group needs when computed ``rows`` at a time (0 = whole)."""
+    if not group["unit"]:
+        return group["fixed_bytes"]
+    units = -(-(rows or group["rows"]) // group["unit"])
+    return group["fixed_bytes"] + group["unit_bytes"] * units
+
+
+from .format import (  # noqa: E402  (format needs the types above)
+    FORMAT,
+    MAX_PLAN_BYTES,
+    VERSION,
+    digest,
+    dumps,
+    load,
+    loads,
+    save,
+    validate,
+)
+
+__all__ = [
+    "Ref", "Slot", "Node", "PlanError", "substitute", "call", "apply", "dtype_name",
+    "const_array", "OPS", "VIEW_OPS", "is_allowed", "BASELINE_BYTES", "cache_limit",
+    "chunk_rows", "group_peak", "FORMAT", "VERSION", "MAX_PLAN_BYTES", "dumps",
+    "loads", "save", "load", "digest", "validate",
+]
