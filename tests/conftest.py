@@ -23,6 +23,26 @@ FIXTURES = {
     "split_experts": dict(arch="qwen3_moe", shards=2, split_experts=True),
 }
 
+# Quantized source formats (issue: FP8 block, MXFP4, compressed-tensors int4),
+# with dims that are not multiples of 128 and matrices spanning several blocks.
+_RAGGED = dict(hidden=320, intermediate=448, moe_intermediate=192, heads=4, kv_heads=4,
+               head_dim=32, q_lora_rank=192, kv_lora_rank=64)
+SOURCE_FIXTURES = {
+    "deepseek_v3_fp8": dict(
+        arch="deepseek_v3", source_format="fp8_block", layers=3, shards=2,
+        split_before=r"model\.layers\.1\.self_attn\.o_proj\.weight_scale_inv", **_RAGGED,
+    ),
+    "gpt_oss_mxfp4": dict(arch="gpt_oss", intermediate=64),
+    "kimi_k2_int4": dict(
+        arch="deepseek_v3", source_format="int4_packed", layers=3,
+        config_overrides={"model_type": "kimi_k2"},
+    ),
+    "minimax_fp8": dict(
+        arch="minimax", source_format="fp8_block", hidden=320, moe_intermediate=192,
+        heads=4, kv_heads=2, head_dim=32,
+    ),
+}
+
 MODES = {
     "bf16": [],
     "q4": ["-q"],
@@ -41,7 +61,7 @@ def make_checkpoint(path: Path, arch: str, **kwargs) -> Path:
 def checkpoints(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("checkpoints")
     result = {}
-    for name, spec in FIXTURES.items():
+    for name, spec in {**FIXTURES, **SOURCE_FIXTURES}.items():
         spec = dict(spec)
         result[name] = make_checkpoint(base / name, spec.pop("arch"), **spec)
     return result
