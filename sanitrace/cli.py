@@ -29,8 +29,15 @@ def parse_size(text: str) -> int:
 
 
 def _add_convert_flags(parser: argparse.ArgumentParser):
-    """The flags of mlx_lm.convert, with the same names, choices and defaults."""
-    from mlx_lm.convert import MODEL_CONVERSION_DTYPES, QUANT_RECIPES
+    """The flags of mlx_lm.convert / mlx_vlm.convert, with the same names, choices
+    and defaults (recipes: either library's; the traced one checks its own)."""
+    from mlx_lm.convert import MODEL_CONVERSION_DTYPES
+    from mlx_lm.convert import QUANT_RECIPES as LM_RECIPES
+    from mlx_vlm.convert import QUANT_RECIPES as VLM_RECIPES
+
+    QUANT_RECIPES = sorted(set(LM_RECIPES) | set(VLM_RECIPES))
+    parser.add_argument("--library", choices=["mlx_lm", "mlx_vlm"], default=None,
+                        help="Conversion to follow (default: mlx_vlm for vision/audio models, else mlx_lm).")
 
     parser.add_argument("-q", "--quantize", action="store_true", help="Generate a quantized model.")
     parser.add_argument("--q-group-size", type=int, default=None, help="Group size for quantization.")
@@ -77,16 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
     _add_execute_flags(p)
 
+    p = sub.add_parser("check", help="Convert with the library's own convert and with sanitrace; compare.")
+    p.add_argument("model", help="Hugging Face model folder (small, or a few layers of a big one).")
+    _add_convert_flags(p)
+    p.add_argument("--memory-budget", type=parse_size, default=None, help="sanitrace's memory budget.")
+    p.add_argument("--keep", default=None, help="Keep both outputs in this folder.")
+
     p = sub.add_parser("show", help="Render a plan as text for review.")
     p.add_argument("plan", help="Plan file.")
     return parser
 
 
-def _options(args):
+def options_from_args(args):
+    """ConvertOptions from parsed convert flags."""
     from .tracer import ConvertOptions
 
     names = [f.name for f in dataclasses.fields(ConvertOptions)]
     return ConvertOptions(**{name: getattr(args, name) for name in names})
+
 
 
 @contextlib.contextmanager
@@ -109,7 +124,7 @@ def _trace(model: str, args) -> dict:
 
     start = time.time()
     with _gc_paused():
-        result = trace(model, _options(args))
+        result = trace(model, options_from_args(args), args.library)
         plan = build_plan(result, args.memory_budget or DEFAULT_MEMORY_BUDGET)
         del result
     acc, mem = plan["accounting"], plan["memory"]
@@ -156,6 +171,8 @@ def main(argv=None) -> int:
             if os.path.exists(args.out):
                 raise FileExistsError(f"{args.out} already exists")
             _execute(_trace(args.model, args), args.model, args.out, args)
+        elif args.command == "check":
+            return _check(args)
         elif args.command == "show":
             sys.stdout.write(_render(args.plan))
     except (TraceError, plan_ir.PlanError, SafetensorsError, SourceMismatch,
@@ -163,6 +180,21 @@ def main(argv=None) -> int:
         print(f"sanitrace {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check(args) -> int:
+    from .check import check, eager_flags
+
+    options = options_from_args(args)
+    result = check(args.model, options, args.library, args.keep, args.memory_budget)
+    flags = " ".join(eager_flags(options)) or "no flags"
+    print(f"check {args.model} ({result.library}, {flags}): {result.verdict}, {result.tensors} tensors")
+    for line in (result.eager_failed, result.sanitrace_failed):
+        if line:
+            print(f"  {line}")
+    for line in result.differences[:10]:
+        print(f"  {line}")
+    return 0 if result.identical else 1
 
 
 def _render(path: str) -> str:

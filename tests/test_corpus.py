@@ -1,29 +1,22 @@
-"""Conformance on ../shared/corpus (skipped when it is absent): every mlx_lm case whose
-eager conversion is marked ok converts bit-identically, in bf16 and with -q."""
-
-import json
+"""Conformance on ../shared/corpus (skipped when it is absent): every case whose eager
+conversion the manifest marks ok, converted with the manifest's library, in bf16
+and with -q, with the smallest chunks, equals the library's own conversion."""
 
 import pytest
-from conftest import SHARED, eager_convert, sanitrace_convert
+from conftest import SHARED
 
-from sanitrace.compare import compare_folders
+from sanitrace.check import check
+from sanitrace.conformance import MODES, corpus_cases
 
-MANIFEST = SHARED / "corpus" / "manifest.json"
-CASES = []
-if MANIFEST.exists():
-    CASES = [
-        c for c in json.loads(MANIFEST.read_text())
-        if c["library"] == "mlx_lm" and c.get("kept", True)
-    ]
+CORPUS = SHARED / "corpus"
+CASES = corpus_cases(str(CORPUS)) if (CORPUS / "manifest.json").exists() else []
 
 
-@pytest.mark.skipif(not MANIFEST.exists(), reason="../shared/corpus is not present")
-@pytest.mark.parametrize("flags", [[], ["-q"]], ids=["bf16", "q4"])
+@pytest.mark.skipif(not CASES, reason="../shared/corpus is not present")
+@pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("case", CASES, ids=[c["case"] for c in CASES])
-def test_corpus_case(case, flags, tmp_path):
-    if case["eager_q4" if flags else "eager_bf16"] != "ok":
-        pytest.skip("eager conversion does not accept this case")
-    src = SHARED / "corpus" / "cases" / case["case"]
-    expected = eager_convert(src, tmp_path / "eager", flags)
-    out = sanitrace_convert(src, tmp_path / "ours", flags, budget="1")
-    assert compare_folders(str(expected), str(out)) == []
+def test_corpus_case(case, mode):
+    if case[f"eager_{mode}"] != "ok":
+        pytest.skip("the manifest says eager conversion refuses this case")
+    result = check(str(CORPUS / "cases" / case["case"]), MODES[mode], case["library"], memory_budget=1)
+    assert result.verdict == "identical", (result.sanitrace_failed, result.eager_failed, result.differences[:5])

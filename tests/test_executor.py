@@ -125,3 +125,18 @@ def test_executor_never_imports_mlx_lm(qplan, checkpoints, tmp_path):
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("library, copied", [("mlx_vlm", True), ("mlx_lm", False)])
+def test_subfolders_are_copied_as_the_library_does(library, copied, checkpoints, tmp_path):
+    from sanitrace.check import eager_convert
+
+    src = copy_tree(checkpoints["llama"], tmp_path / "src")
+    (src / "extra").mkdir()
+    (src / "extra" / "notes.txt").write_text("kept by mlx_vlm.convert")
+    assert eager_convert(str(src), str(tmp_path / "eager"), library, []) is None
+    plan = build_plan(trace(str(src), ConvertOptions(), library))
+    execute(plan, str(src), str(tmp_path / "out"), progress=False)
+    assert (tmp_path / "eager" / "extra" / "notes.txt").exists() == copied
+    assert (tmp_path / "out" / "extra" / "notes.txt").exists() == copied
+    assert compare_folders(str(tmp_path / "eager"), str(tmp_path / "out")) == []

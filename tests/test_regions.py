@@ -4,48 +4,9 @@ smallest chunks its granularity allows, must equal the eager mx result bit for b
 import mlx.core as mx
 import pytest
 
-from sanitrace.executor.replay import Replayer
+from tracing_helpers import record, replay, same_bits
+
 from sanitrace.regions import NotChunkable, Rules
-from sanitrace.tracer.patching import tracing
-from sanitrace.tracer.proxy import Recorder
-from sanitrace.tracer.sources import SourceSet
-
-
-def record(fn, arrays, tmp_path):
-    """Trace fn(*proxies) with the real tracer; returns (nodes, output refs)."""
-    recorder = Recorder("test")
-    sources = SourceSet(str(tmp_path))
-    try:
-        with tracing(recorder, sources):
-            proxies = [recorder.source("f", str(i), a) for i, a in enumerate(arrays)]
-            result = fn(*proxies)
-    finally:
-        sources.close()
-    results = list(result) if isinstance(result, (list, tuple)) else [result]
-    nodes = [
-        n._replace(args=[int(n.args[1])]) if n.op == "load" else n for n in recorder.nodes
-    ]
-    return nodes, [r._st_ref for r in results]
-
-
-def replay(nodes, refs, arrays, region):
-    replayer = Replayer({"nodes": nodes})
-    for index, reg in replayer.reads(refs, region):
-        piece = arrays[index]
-        if reg is not None:
-            axis, a, b = reg
-            piece = piece[(slice(None),) * axis + (slice(a, b),)]
-        replayer.sources[(index, reg)] = piece
-    values = [replayer.value(r, region) for r in refs]
-    mx.eval(values)
-    return values
-
-
-def same_bits(a, b) -> bool:
-    def raw(x):
-        return bytes(memoryview(mx.contiguous(x.reshape(-1)).view(mx.uint8)))
-
-    return a.dtype == b.dtype and a.shape == b.shape and raw(a) == raw(b)
 
 
 def check(fn, arrays, tmp_path, expect_granularity=None):

@@ -4,7 +4,8 @@ Everything is written to ``OUT.partial``. Each shard is created at its final
 size with its header first; tensors are written at their plan offsets. After
 each output group, a journal line records the sha256 of every tensor it wrote;
 ``--resume`` skips groups whose bytes still match. ``finish()`` writes the text
-files, copies the source's non-weight files and renames to ``OUT``.
+files, copies the source's non-weight files (and its sub-folders, for
+libraries that do) and renames to ``OUT``.
 """
 
 import hashlib
@@ -119,13 +120,12 @@ class OutputWriter:
                     fh.write(f["data"])
         for name in sorted(os.listdir(source_dir)):
             path = os.path.join(source_dir, name)
-            if (
-                os.path.isfile(path)
-                and not name.startswith(".")
-                and not name.endswith(_WEIGHT_SUFFIXES)
-                and name not in _SKIPPED
-            ):
+            if name.startswith("."):
+                continue
+            if os.path.isfile(path) and not name.endswith(_WEIGHT_SUFFIXES) and name not in _SKIPPED:
                 shutil.copyfile(path, os.path.join(self.partial, name))
+            elif os.path.isdir(path) and self.plan["copy_subdirectories"]:
+                shutil.copytree(path, os.path.join(self.partial, name))
         os.rename(self.partial, self.out_dir)
 
     def close(self) -> None:

@@ -234,7 +234,7 @@ def loads(data: bytes) -> dict:
         raise PlanError(
             f"plan format version {plan.get('version')!r}; this sanitrace reads {VERSION}"
         )
-    for key in ("source", "signatures", "nodes", "outputs", "files", "groups", "guards"):
+    for key in ("source", "signatures", "nodes", "outputs", "files", "groups", "guards", "copy_subdirectories"):
         if key not in plan:
             raise PlanError(f"plan has no {key!r} section")
     source = plan["source"]

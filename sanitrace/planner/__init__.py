@@ -57,6 +57,7 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
         "nodes": nodes,
         "outputs": outputs,
         "files": out_files,
+        "copy_subdirectories": result.copy_subdirectories,
         "groups": groups,
         "guards": guards,
         "memory": {

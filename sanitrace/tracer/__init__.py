@@ -1,19 +1,18 @@
 """Trace a conversion: run the library's own convert() on shape-only proxies.
 
-``trace()`` calls ``mlx_lm.convert.convert`` itself (load_model, sanitize, the
-legacy-quantization handling, load_weights, the dtype cast with the model's
-cast_predicate, quantize_model with its predicates and recipes, save_model's
-sharding, save_config, the model card) with mlx patched by ``tracing()``. What
-it would have written is captured instead: the shards as graph references, and
-the small text files verbatim.
+``trace()`` calls ``mlx_lm.convert.convert`` (or ``mlx_vlm.convert.convert``)
+itself: load_model, sanitize (and mlx-vlm's pre-sanitize transforms and second
+sanitize passes), the legacy-quantization handling, load_weights, the dtype
+cast with the model's cast_predicate, quantize_model with its predicates and
+recipes, the sharding, save_config, the model card; with mlx patched by
+``tracing()``. What it would have written is captured instead: the shards as
+graph references, and the small text files verbatim.
 """
 
 import contextlib
 import dataclasses
-import importlib
 import io
 import os
-import pathlib
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -24,6 +23,7 @@ from ..plan import Node, Ref, call, const_array
 from ..safetensors_format import Header
 from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
+from .libraries import LIBRARIES, choose_library
 from .sources import SourceSet
 
 _REAL_LOAD = mx.load
@@ -50,21 +50,15 @@ class ConvertOptions:
 
 @dataclass
 class TraceResult:
-    library: str
+    library: str  # "mlx_lm" or "mlx_vlm"
     options: ConvertOptions
     nodes: List[Node]
     guards: List[dict]
     headers: Dict[str, Header]
     shards: List[tuple]  # (file name, [(tensor name, Ref)], metadata)
     text_files: Dict[str, bytes]
+    copy_subdirectories: bool = False  # what the library copies besides top-level files
     loaded_keys: List[str] = field(default_factory=list)
-
-
-class _NoTokenizer:
-    """Stands in for the tokenizer: sanitrace copies tokenizer files verbatim."""
-
-    def save_pretrained(self, path):
-        pass
 
 
 def _value_source(recorder: Recorder, sources: SourceSet):
@@ -90,36 +84,26 @@ def _value_source(recorder: Recorder, sources: SourceSet):
     return value
 
 
-def _import_model_module(lm_utils, model_dir: str) -> None:
-    """Import the model's module now, with mlx unpatched, so that nothing it
-    evaluates at import time (annotations, module constants) sees a stand-in."""
-    try:
-        config = lm_utils.load_config(pathlib.Path(model_dir))
-        if config.get("model_file") is None:
-            lm_utils._get_classes(config)
-    except (ValueError, KeyError, ImportError, OSError):
-        pass  # the conversion itself reports these, as eager does
-
-
-def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
-    """Trace mlx_lm.convert of ``model_dir`` with ``options``. Reads headers only."""
-    lm_convert = importlib.import_module("mlx_lm.convert")
-    lm_utils = importlib.import_module("mlx_lm.utils")
-
+def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None) -> TraceResult:
+    """Trace the conversion of ``model_dir`` with ``options`` by ``library``
+    ("mlx_lm" or "mlx_vlm"; chosen from config.json when None). Reads headers only."""
     model_dir = os.path.abspath(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise TraceError(f"{model_dir}: no config.json; not a Hugging Face model folder")
-    _import_model_module(lm_utils, model_dir)
+    lib = LIBRARIES[library or choose_library(model_dir)]
+    if options.quant_predicate is not None and options.quant_predicate not in lib.recipes():
+        raise TraceError(f"{lib.name} has no quantization recipe {options.quant_predicate!r}")
+    convert = lib.convert()
+    lib.import_model_module(model_dir)
     recorder = Recorder(os.path.basename(model_dir))
     sources = SourceSet(model_dir)
     recorder.value_source = _value_source(recorder, sources)
-    extra = [(lm_utils, "load_tokenizer", lambda *a, **k: _NoTokenizer())]
     try:
         with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
             out = os.path.join(tmp, "out")
-            with tracing(recorder, sources, extra) as capture:
+            with tracing(recorder, sources, lib.stubs()) as capture:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    lm_convert.convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
+                    convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
             text_files = {}
             for name in WRITTEN_FILES:
                 path = os.path.join(out, name)
@@ -133,15 +117,16 @@ def trace(model_dir: str, options: ConvertOptions) -> TraceResult:
     finally:
         sources.close()
     return TraceResult(
-        library="mlx_lm",
+        library=lib.name,
         options=options,
         nodes=recorder.nodes,
         guards=recorder.guards,
         headers=dict(sources.headers),
         shards=shards,
         text_files=text_files,
+        copy_subdirectories=lib.copies_subdirectories,
         loaded_keys=sorted(capture.loaded_weights),
     )
 
 
-__all__ = ["trace", "ConvertOptions", "TraceResult", "TraceError", "LoadMismatch"]
+__all__ = ["trace", "ConvertOptions", "TraceResult", "TraceError", "LoadMismatch", "LIBRARIES", "choose_library"]
