@@ -18,16 +18,8 @@ _INFIX = {"__add__": "+", "__sub__": "-", "__mul__": "*", "__truediv__": "/", "_
           "__floordiv__": "//", "__mod__": "%", "__pow__": "**"}
 _REFLECTED = {f"__r{k[2:]}": v for k, v in _INFIX.items()}
 
-# Source-format chains: (name, pattern). A pattern is (op, [input patterns]) or
-# a capture name; the chain's op names must match exactly.
-FP8_BLOCK_DEQUANT = (
-    "array.astype", [("array.__getitem__", [("array.reshape", [("array.__mul__", [
-        ("array.reshape", [("mx.pad", [("mx.from_fp8", ["weight"])])]),
-        ("array.__getitem__", ["scale"]),
-    ])])])],
-)
-MXFP4_VIEW = ("array.flatten", [("array.view", ["blocks"])])
-PACKED_VIEW = ("array.view", ["packed"])
+_PLAIN = {int, float, str, bool, type(None)}
+_RECOGNIZED = {"array.astype", "array.flatten", "array.view"}  # ops that may end a named chain
 
 
 def human_bytes(n: float) -> str:
@@ -38,60 +30,94 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
+def ranges(values: List[int], width: int = 0) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0..2,5,7..8" (numbers zero-padded to ``width``)."""
+    values = sorted(set(values))
+    text = lambda v: str(v).zfill(width)  # noqa: E731
+    parts, start = [], values[0]
+    for prev, cur in zip(values, values[1:] + [None]):
+        if cur != prev + 1:
+            parts.append(text(start) if start == prev else f"{text(start)}..{text(prev)}")
+            start = cur
+    return ",".join(parts)
+
+
+def collapse_numbers(lines: List[str]) -> List[str]:
+    """Lines that differ only in one number (which may appear several times in a
+    line, like a layer index) become one line with ``{a..b}`` in its place.
+    Lines keep the order of their first appearance."""
+    buckets: Dict[tuple, List[str]] = {}
+    for line in lines:
+        buckets.setdefault(tuple(_NUMBER.split(line)), []).append(line)
+    result = []
+    for skeleton, group in buckets.items():
+        tokens = [_NUMBER.findall(line) for line in group]
+        varying = [i for i in range(len(tokens[0])) if len({t[i] for t in tokens}) > 1]
+        columns = {tuple(t[i] for t in tokens) for i in varying}
+        values = [int(t[varying[0]]) for t in tokens] if varying else []
+        if len(group) == 1 or len(columns) != 1 or len(set(values)) != len(values):
+            result.extend(group)
+            continue
+        column = [t[varying[0]] for t in tokens]
+        padded = all(len(x) == len(column[0]) for x in column) and column[0][0] == "0" and len(column[0]) > 1
+        nums = list(tokens[0])
+        for i in varying:
+            nums[i] = "{" + ranges(values, len(column[0]) if padded else 0) + "}"
+        result.append("".join(p + (nums[i] if i < len(nums) else "") for i, p in enumerate(skeleton)))
+    return result
+
+
 def collapse(items: List[str]) -> str:
-    """Render a list whose items differ only in one running number as one pattern
-    (the number may appear several times in each item)."""
-    if len(items) > 2:
-        skeletons = {tuple(_NUMBER.split(s)) for s in items}
-        if len(skeletons) == 1:
-            numbers = [[int(x) for x in _NUMBER.findall(s)] for s in items]
-            varying = [i for i in range(len(numbers[0])) if len({n[i] for n in numbers}) > 1]
-            columns = {tuple(n[i] for n in numbers) for i in varying}
-            if len(columns) == 1:
-                col = list(next(iter(columns)))
-                if col == list(range(col[0], col[0] + len(col))):
-                    parts = _NUMBER.split(items[0])
-                    nums = [str(x) for x in numbers[0]]
-                    for i in varying:
-                        nums[i] = f"{{{col[0]}..{col[-1]}}}"
-                    return "".join(p + (nums[i] if i < len(nums) else "") for i, p in enumerate(parts))
-    return ", ".join(items)
+    """A list of expressions: one pattern when they differ in one running number."""
+    lines = collapse_numbers(items) if len(items) > 2 else items
+    return ", ".join(lines)
 
 
 class Renderer:
     def __init__(self, plan: dict):
         self.nodes: List[Node] = plan["nodes"]
         self.tensors = plan["source"]["tensors"]
+        self._exprs: Dict[tuple, str] = {}
 
-    def match(self, ref: Ref, pattern, captures: dict) -> bool:
-        if isinstance(pattern, str):
-            captures[pattern] = ref
-            return True
-        op, children = pattern
-        node = self.nodes[ref.node]
-        if node.op != op or len(node.inputs) != len(children):
-            return False
-        captures.setdefault("_nodes", []).append(node)
-        return all(self.match(r, c, captures) for r, c in zip(node.inputs, children))
+    def _input(self, node: Node, i: int, op: str) -> Optional[Node]:
+        """Input ``i`` of ``node`` when it is an ``op`` node."""
+        if len(node.inputs) <= i:
+            return None
+        child = self.nodes[node.inputs[i].node]
+        return child if child.op == op else None
 
     def recognize(self, ref: Ref) -> Optional[str]:
-        c: dict = {}
-        if self.match(ref, FP8_BLOCK_DEQUANT, c):
-            astype, blocked = c["_nodes"][0], c["_nodes"][4]  # (rows/b, b, cols/b, b)
-            _, rows, _, cols = blocked.outs[0][1]
-            return (f"fp8_block_dequant({self.expr(c['weight'])}, {self.expr(c['scale'])}, "
-                    f"{rows}x{cols}, {self.literal(astype.args[1], [])})")
-        c = {}
-        if self.match(ref, MXFP4_VIEW, c) and self.nodes[c["blocks"].node].op == "load":
-            return f"mxfp4_blocks({self.expr(c['blocks'])})"
-        c = {}
-        if self.match(ref, PACKED_VIEW, c) and self.nodes[c["packed"].node].op == "load":
-            return f"{self.expr(c['packed'])}.view({self.literal(self.nodes[ref.node].args[1], [])})"
+        """A name for the source-format chains sanitize code spells out op by op."""
+        node = self.nodes[ref.node]
+        if node.op == "array.astype":
+            # FP8 block dequant: from_fp8 -> pad -> reshape to blocks -> * scale[:, None, :, None]
+            # -> reshape -> crop -> astype
+            crop = self._input(node, 0, "array.__getitem__")
+            flat = crop and self._input(crop, 0, "array.reshape")
+            mul = flat and self._input(flat, 0, "array.__mul__")
+            blocks = mul and self._input(mul, 0, "array.reshape")
+            pad = blocks and self._input(blocks, 0, "mx.pad")
+            decode = pad and self._input(pad, 0, "mx.from_fp8")
+            scale = mul and self._input(mul, 1, "array.__getitem__")
+            if decode and scale:
+                _, rows, _, cols = blocks.outs[0][1]
+                return (f"fp8_block_dequant({self.expr(decode.inputs[0])}, {self.expr(scale.inputs[0])}, "
+                        f"{rows}x{cols}, {self.literal(node.args[1], [])})")
+        elif node.op == "array.flatten":
+            view = self._input(node, 0, "array.view")
+            blocks = view and self._input(view, 0, "load")
+            if blocks:
+                return f"mxfp4_blocks({self.expr(view.inputs[0])})"
+        elif node.op == "array.view" and self._input(node, 0, "load"):
+            return f"{self.expr(node.inputs[0])}.view({self.literal(node.args[1], [])})"
         return None
 
     def literal(self, value, inputs: List[str]) -> str:
-        if isinstance(value, Slot):
+        kind = type(value)
+        if kind is Slot:
             return inputs[value.index]
+        if kind in _PLAIN:
+            return repr(value)
         if isinstance(value, tuple):
             inner = [self.literal(v, inputs) for v in value]
             return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
@@ -109,13 +135,19 @@ class Renderer:
         return repr(value)
 
     def expr(self, ref: Ref) -> str:
+        key = (ref.node, ref.out)
+        if key not in self._exprs:
+            self._exprs[key] = self._expr(ref)
+        return self._exprs[key]
+
+    def _expr(self, ref: Ref) -> str:
         node = self.nodes[ref.node]
         if node.op == "load":
             return self.tensors[node.args[0]][1]
         if node.op == "const":
             dtype, shape = node.outs[0]
             return f"const {dtype}{shape}"
-        text = self.recognize(ref)
+        text = self.recognize(ref) if node.op in _RECOGNIZED else None
         if text is None:
             text = self._call(node, [self.expr(r) for r in node.inputs])
         return text + (f"[{ref.out}]" if len(node.outs) > 1 else "")
@@ -141,40 +173,32 @@ class Renderer:
         return f"{name}({', '.join(args + keywords)})"
 
 
-def render(plan: dict) -> str:
-    """The review rendering of ``plan``."""
+def _chunking(group: dict, budget: int) -> str:
+    rows = chunk_rows(group, budget)
+    if rows:
+        return f"  [{-(-group['rows'] // rows)} chunks of {rows} rows]"
+    if not group["unit"] and group["rows"] > 1:
+        return "  [not chunkable]"
+    return ""
+
+
+def output_lines(plan: dict, full: bool = False) -> List[str]:
+    """One line per output node (weight/scales/biases of one quantize share a line),
+    or per output tensor with its file and offset when ``full``."""
     r = Renderer(plan)
-    v = plan["versions"]
-    opts = plan["options"]
-    set_opts = " ".join(f"{k}={opts[k]}" for k in sorted(opts) if opts[k] not in (None, False))
-    outputs = plan["outputs"]
-    shards = [f for f in plan["files"] if f["kind"] == "safetensors"]
-    mem = plan["memory"]
-    acc = plan["accounting"]
-    source_bytes = sum(t[5] - t[4] for t in plan["source"]["tensors"])
-    lines = [
-        f"# sanitrace plan v{plan['version']}: {plan['library']} "
-        f"(sanitrace {v['sanitrace']}, mlx {v['mlx']}, mlx-lm {v['mlx-lm']}, mlx-vlm {v['mlx-vlm']})",
-        f"options: {set_opts or 'defaults'}",
-        f"source: {len(plan['source']['files'])} files, {len(plan['source']['tensors'])} tensors, {human_bytes(source_bytes)}",
-        f"output: {len(outputs)} tensors in {len(shards)} shards, {human_bytes(sum(o['nbytes'] for o in outputs))}",
-        f"memory: predicted peak {human_bytes(mem['predicted_peak'])} at budget {human_bytes(mem['budget'])}",
-        f"accounting: {acc['used_sources']} sources used, {len(acc['dropped'])} dropped, "
-        f"{acc['outputs']} outputs, strict load {acc['strict_load']}",
-        "",
-        "## outputs",
-    ]
+    outputs, budget = plan["outputs"], plan["memory"]["budget"]
+    lines = []
     for group in plan["groups"]:
         members = [outputs[i] for i in group["outputs"]]
+        chunk = _chunking(group, budget)
+        if full:
+            for o in members:
+                where = f"{plan['files'][o['file']]['name']}@{o['offset']}"
+                lines.append(f"{o['name']}: {o['dtype']}{o['shape']} {where} = {r.expr(o['ref'])}{chunk}")
+            continue
         by_node: Dict[int, List[dict]] = {}
         for out in members:
             by_node.setdefault(out["ref"].node, []).append(out)
-        rows = chunk_rows(group, mem["budget"])
-        chunk = ""
-        if rows:
-            chunk = f"  [{-(-group['rows'] // rows)} chunks of {rows} rows]"
-        elif not group["unit"] and group["rows"] > 1:
-            chunk = "  [not chunkable]"
         for node, outs in by_node.items():
             if len(outs) > 1:
                 prefix = outs[0]["name"].rsplit(".", 1)[0]
@@ -184,10 +208,64 @@ def render(plan: dict) -> str:
             else:
                 names, types, expr = outs[0]["name"], f"{outs[0]['dtype']}{outs[0]['shape']}", r.expr(outs[0]["ref"])
             lines.append(f"{names}: {types} = {expr}{chunk}")
+    return lines
+
+
+def dropped_lines(plan: dict, full: bool = False) -> List[str]:
+    dropped = plan["accounting"]["dropped"]
+    if full:
+        return [f"{name} ({why}) in {file}" for file, name, why in dropped]
+    return collapse_numbers([f"{name} ({why})" for _, name, why in dropped])
+
+
+def header_lines(plan: dict) -> List[str]:
+    v, opts, mem, acc = plan["versions"], plan["options"], plan["memory"], plan["accounting"]
+    set_opts = " ".join(f"{k}={opts[k]}" for k in sorted(opts) if opts[k] not in (None, False))
+    shards = [f["name"] for f in plan["files"] if f["kind"] == "safetensors"]
+    source_bytes = sum(t[5] - t[4] for t in plan["source"]["tensors"])
+    return [
+        f"# sanitrace plan v{plan['version']}: {plan['library']} "
+        f"(sanitrace {v['sanitrace']}, mlx {v['mlx']}, mlx-lm {v['mlx-lm']}, mlx-vlm {v['mlx-vlm']})",
+        f"options: {set_opts or 'defaults'}",
+        f"source: {len(plan['source']['files'])} files, {len(plan['source']['tensors'])} tensors, "
+        f"{human_bytes(source_bytes)}",
+        f"output: {len(plan['outputs'])} tensors, {human_bytes(sum(o['nbytes'] for o in plan['outputs']))} "
+        f"in {len(shards)} shards ({', '.join(collapse_numbers(shards))})",
+        f"memory: predicted peak {human_bytes(mem['predicted_peak'])} at budget {human_bytes(mem['budget'])}",
+        f"accounting: {acc['source_tensors']} source tensors = {acc['used_sources']} used + "
+        f"{len(acc['dropped'])} dropped; {acc['outputs']} outputs; strict load {acc['strict_load']}",
+    ]
+
+
+def render(plan: dict, full: bool = False) -> str:
+    """The review rendering of ``plan``: outputs collapsed across layers and
+    experts (every tensor, with file and offset, when ``full``)."""
+    lines = header_lines(plan) + ["", "## outputs"]
+    outputs = output_lines(plan, full)
+    lines += outputs if full else collapse_numbers(outputs)
     if plan["guards"]:
+        r = Renderer(plan)
         lines += ["", "## guards"]
-        for g in plan["guards"]:
-            lines.append(f"{r.expr(g['ref'])}.{g['method']}() == {g['value']!r}")
+        lines += [f"{r.expr(g['ref'])}.{g['method']}() == {g['value']!r}" for g in plan["guards"]]
     lines += ["", "## dropped sources"]
-    lines += [f"{file}: {name} ({why})" for file, name, why in acc["dropped"]] or ["none"]
+    lines += dropped_lines(plan, full) or ["none"]
     return "\n".join(lines) + "\n"
+
+
+def render_json(plan: dict) -> dict:
+    """Every output and dropped source, uncollapsed, for tools."""
+    r = Renderer(plan)
+    return {
+        "header": header_lines(plan),
+        "library": plan["library"],
+        "options": plan["options"],
+        "versions": plan["versions"],
+        "memory": plan["memory"],
+        "outputs": [
+            {"name": o["name"], "dtype": o["dtype"], "shape": o["shape"],
+             "file": plan["files"][o["file"]]["name"], "offset": o["offset"], "expr": r.expr(o["ref"])}
+            for o in plan["outputs"]
+        ],
+        "guards": [{"expr": r.expr(g["ref"]), "method": g["method"], "value": g["value"]} for g in plan["guards"]],
+        "dropped": [{"file": f, "name": n, "reason": why} for f, n, why in plan["accounting"]["dropped"]],
+    }

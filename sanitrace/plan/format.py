@@ -16,8 +16,8 @@ from typing import Any, List, Tuple
 import mlx.core as mx
 import msgpack
 
-from ..safetensors_format import DTYPE_SIZES
-from . import Node, Ref, Slot, dtype_name
+from ..safetensors_format import DTYPE_SIZES, MLX_TO_SAFETENSORS, build_header
+from . import Node, Ref, Slot, dtype_name, gc_paused
 from .ops import PlanError, is_allowed
 
 FORMAT = "sanitrace-plan"
@@ -125,7 +125,10 @@ def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
     index, signatures, rows = {}, [], []
     for i, n in enumerate(nodes):
         leaf = n.op == "load"
-        key = repr((n.op, n.outs) if leaf else (n.op, n.args, n.kwargs, n.outs))
+        if leaf:
+            key = (n.outs[0][0], tuple(n.outs[0][1]))
+        else:
+            key = repr((n.op, n.args, n.kwargs, n.outs))
         s = index.get(key)
         if s is None:
             s = index[key] = len(signatures)
@@ -139,81 +142,144 @@ def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
 
 def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
     """Nodes from (signatures, rows), checking every op, reference and slot."""
-    slots = []
+    info = []
     for s in signatures:
         if not (isinstance(s, list) and len(s) == 4 and isinstance(s[0], str)):
             raise PlanError("malformed node signature")
         if not is_allowed(s[0]):
             raise PlanError(f"op {s[0]!r} is not in the replay allowlist")
-        slots.append(_slot_count((s[1], s[2])))
+        info.append((s[0], s[1], s[2], s[3], _slot_count((s[1], s[2])), s[0] == "load"))
     nodes: List[Node] = []
+    append = nodes.append
     for i, row in enumerate(rows):
-        if not (isinstance(row, list) and row and isinstance(row[0], int) and 0 <= row[0] < len(signatures)):
-            raise PlanError(f"node {i} is malformed")
-        op, args, kwargs, outs = signatures[row[0]]
-        if op == "load":
-            if len(row) != 2 or not (isinstance(row[1], int) and 0 <= row[1] < num_tensors):
+        try:
+            op, args, kwargs, outs, slots, leaf = info[row[0]]
+        except (TypeError, IndexError, KeyError):
+            raise PlanError(f"node {i} is malformed") from None
+        if leaf:
+            if len(row) != 2 or type(row[1]) is not int or not 0 <= row[1] < num_tensors:
                 raise PlanError(f"node {i}: source tensor index out of range")
-            nodes.append(Node(op, [], [row[1]], {}, outs))
+            append(Node(op, [], [row[1]], {}, outs))
             continue
+        if len(row) - 1 != slots:
+            raise PlanError(f"node {i}: {len(row) - 1} inputs for {slots} slots")
         inputs = []
         for x in row[1:]:
-            back, out = (x, 0) if isinstance(x, int) else x
-            if not (isinstance(back, int) and 0 < back <= i):
-                raise PlanError(f"node {i}: reference to a node that is not earlier")
-            if not (isinstance(out, int) and 0 <= out < len(nodes[i - back].outs)):
-                raise PlanError(f"node {i}: reference to a missing output of node {i - back}")
-            inputs.append(Ref(i - back, out))
-        if len(inputs) != slots[row[0]]:
-            raise PlanError(f"node {i}: {len(inputs)} inputs for {slots[row[0]]} slots")
-        nodes.append(Node(op, inputs, args, kwargs, outs))
+            if type(x) is int:
+                if not 0 < x <= i:
+                    raise PlanError(f"node {i}: reference to a node that is not earlier")
+                inputs.append(Ref(i - x))
+                continue
+            if not (isinstance(x, list) and len(x) == 2 and type(x[0]) is int and type(x[1]) is int
+                    and 0 < x[0] <= i and 0 <= x[1] < len(nodes[i - x[0]].outs)):
+                raise PlanError(f"node {i}: reference to a missing node output")
+            inputs.append(Ref(i - x[0], x[1]))
+        append(Node(op, inputs, args, kwargs, outs))
     return nodes
 
 
 # ---------------------------------------------------------------- source tensors
 
 
-def encode_tensors(tensors: list) -> Tuple[list, list]:
-    """(name templates, rows [file, template, numbers, dtype, shape, begin])."""
-    index, templates, rows = {}, [], []
-    for file, name, dtype, shape, begin, _ in tensors:
-        template = _NUMBER.sub(_HOLE, name)
-        t = index.get(template)
+def encode_tensors(tensors: list, files: list) -> Tuple[list, list]:
+    """(templates [name with \\0 holes, dtype, shape], rows [file, template, numbers, gap]).
+
+    Tensors are in data order within each file, so a tensor's offset is stored
+    as its gap after the previous one (almost always 0)."""
+    index, templates, rows, ends = {}, [], [], {}
+    for file, name, dtype, shape, begin, end in tensors:
+        key = (_NUMBER.sub(_HOLE, name), dtype, tuple(shape))
+        t = index.get(key)
         if t is None:
-            t = index[template] = len(templates)
-            templates.append(template)
-        rows.append([file, t, [int(x) for x in _NUMBER.findall(name)], dtype, shape, begin])
+            t = index[key] = len(templates)
+            templates.append([key[0], dtype, list(shape)])
+        start = ends.get(file, 8 + files[file]["header_length"])
+        rows.append([file, t, [int(x) for x in _NUMBER.findall(name)], begin - start])
+        ends[file] = end
     return templates, rows
 
 
-def decode_tensors(templates: list, rows: list, num_files: int) -> list:
-    tensors = []
+def decode_tensors(templates: list, rows: list, files: list) -> list:
+    tensors, ends = [], {}
     for row in rows:
         try:
-            file, t, numbers, dtype, shape, begin = row
-            parts = templates[t].split(_HOLE)
-            if len(parts) != len(numbers) + 1 or not 0 <= file < num_files:
+            file, t, numbers, gap = row
+            template, dtype, shape = templates[t]
+            parts = template.split(_HOLE)
+            if len(parts) != len(numbers) + 1:
                 raise ValueError
             name = parts[0] + "".join(str(n) + p for n, p in zip(numbers, parts[1:]))
+            begin = ends.get(file, 8 + files[file]["header_length"]) + gap
             size = DTYPE_SIZES[dtype]
             for d in shape:
                 size *= d
+            if begin < 8 + files[file]["header_length"] or begin + size > files[file]["size"]:
+                raise ValueError
         except (ValueError, TypeError, IndexError, KeyError):
             raise PlanError(f"malformed source tensor entry {row!r:.80}") from None
-        tensors.append([file, name, dtype, shape, begin, begin + size])
+        tensors.append([file, name, dtype, list(shape), begin, begin + size])
+        ends[file] = begin + size
     return tensors
 
 
-# ---------------------------------------------------------------- files
+# ---------------------------------------------------------------- outputs and files
+
+_OUTPUT_FIELDS = ("name", "dtype", "shape", "ref", "file", "offset")
+
+
+def _itemsize(dtype: str) -> int:
+    value = getattr(mx, dtype, None)
+    if not isinstance(value, mx.Dtype):
+        raise PlanError(f"unknown dtype {dtype!r}")
+    return value.size
+
+
+def decode_outputs(rows: list) -> list:
+    outputs = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == len(_OUTPUT_FIELDS)):
+            raise PlanError("malformed output entry")
+        out = dict(zip(_OUTPUT_FIELDS, row))
+        size = _itemsize(out["dtype"])
+        for d in out["shape"]:
+            size *= d
+        out["nbytes"] = size
+        outputs.append(out)
+    return outputs
+
+
+def attach_shard_headers(files: list, outputs: list) -> None:
+    """Give each shard entry the header bytes its outputs imply, checking that the
+    outputs' offsets are exactly where that header puts them."""
+    members: dict = {}
+    for out in outputs:
+        members.setdefault(out["file"], []).append(out)
+    for i, f in enumerate(files):
+        if f["kind"] != "safetensors":
+            continue
+        entries = sorted(members.get(i, []), key=lambda o: o["name"])
+        header, offsets = build_header(
+            [(o["name"], MLX_TO_SAFETENSORS[o["dtype"]], o["shape"], o["nbytes"]) for o in entries],
+            f["metadata"],
+        )
+        if [o["offset"] for o in entries] != offsets:
+            raise PlanError(f"{f['name']}: output offsets do not match the shard layout")
+        f["header"] = header
 
 
 def dumps(plan: dict) -> bytes:
-    body = {k: v for k, v in plan.items() if k != "nodes"}
-    body["source"] = dict(plan["source"])
-    names, tensors = encode_tensors(plan["source"]["tensors"])
-    del body["source"]["tensors"]
+    source = plan["source"]
+    tensor_index = {(source["files"][t[0]]["name"], t[1]): i for i, t in enumerate(source["tensors"])}
+    body = {k: v for k, v in plan.items() if k not in ("nodes", "outputs", "files", "accounting", "source")}
+    body["source"] = {k: v for k, v in source.items() if k != "tensors"}
+    body["outputs"] = [[o[k] for k in _OUTPUT_FIELDS] for o in plan["outputs"]]
+    body["files"] = [{k: v for k, v in f.items() if k != "header"} for f in plan["files"]]
+    body["accounting"] = dict(plan["accounting"])
+    body["accounting"]["dropped"] = [
+        [tensor_index[(file, name)], reason] for file, name, reason in plan["accounting"]["dropped"]
+    ]
     body = _sorted(body)
-    body["source"]["names"], body["source"]["tensors"] = names, tensors
+    body["source"]["names"], body["source"]["tensors"] = encode_tensors(source["tensors"], source["files"])
     body["signatures"], body["nodes"] = encode_graph(plan["nodes"])
     return pack({k: body[k] for k in sorted(body)})
 
@@ -234,12 +300,24 @@ def loads(data: bytes) -> dict:
         raise PlanError(
             f"plan format version {plan.get('version')!r}; this sanitrace reads {VERSION}"
         )
-    for key in ("source", "signatures", "nodes", "outputs", "files", "groups", "guards", "copy_subdirectories"):
+    for key in ("source", "signatures", "nodes", "outputs", "files", "groups", "guards",
+                "copy_subdirectories", "accounting"):
         if key not in plan:
             raise PlanError(f"plan has no {key!r} section")
-    source = plan["source"]
-    source["tensors"] = decode_tensors(source.pop("names"), source["tensors"], len(source["files"]))
-    plan["nodes"] = decode_graph(plan.pop("signatures"), plan["nodes"], len(source["tensors"]))
+    try:
+        source = plan["source"]
+        source["tensors"] = decode_tensors(source.pop("names"), source["tensors"], source["files"])
+        plan["nodes"] = decode_graph(plan.pop("signatures"), plan["nodes"], len(source["tensors"]))
+        plan["outputs"] = decode_outputs(plan["outputs"])
+        attach_shard_headers(plan["files"], plan["outputs"])
+        plan["accounting"]["dropped"] = [
+            [source["files"][source["tensors"][i][0]]["name"], source["tensors"][i][1], reason]
+            for i, reason in plan["accounting"]["dropped"]
+        ]
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        if isinstance(e, PlanError):
+            raise
+        raise PlanError(f"malformed plan: {type(e).__name__}: {e}") from None
     validate(plan)
     return plan
 
@@ -257,7 +335,8 @@ def validate(plan: dict) -> None:
 
 
 def save(plan: dict, path: str) -> bytes:
-    data = dumps(plan)
+    with gc_paused():
+        data = dumps(plan)
     with open(path, "wb") as f:
         f.write(data)
     return data
@@ -267,7 +346,8 @@ def load(path: str) -> dict:
     with open(path, "rb") as f:
         data = f.read(MAX_PLAN_BYTES + 1)
     try:
-        return loads(data)
+        with gc_paused():
+            return loads(data)
     except PlanError as e:
         raise PlanError(f"{path}: {e}") from None
 

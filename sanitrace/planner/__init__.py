@@ -53,7 +53,7 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
         "versions": library_versions(),
         "library": result.library,
         "options": result.options.as_dict(),
-        "source": {"files": files, "tensors": tensors},
+        "source": {"files": files, "tensors": tensors, "read_files": result.read_files},
         "nodes": nodes,
         "outputs": outputs,
         "files": out_files,

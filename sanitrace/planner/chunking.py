@@ -30,16 +30,15 @@ def groups_of(nodes: List[Node], outputs: List[dict]) -> List[List[int]]:
 
     owner: Dict[int, int] = {}
     for i, out in enumerate(outputs):
-        stack, seen = [out["ref"].node], set()
+        stack = [out["ref"].node]
         while stack:
             n = stack.pop()
-            if n in seen or nodes[n].op in ("load", "const"):
+            if nodes[n].op in ("load", "const"):
                 continue
-            seen.add(n)
-            if n in owner:
+            if n in owner:  # walked before, with everything below it: just join
                 parent[find(i)] = find(owner[n])
-            else:
-                owner[n] = i
+                continue
+            owner[n] = i
             stack.extend(r.node for r in nodes[n].inputs)
     members: Dict[int, List[int]] = {}
     for i in range(len(outputs)):

@@ -13,22 +13,26 @@ from ..safetensors_format import Header
 
 
 def source_table(headers: Dict[str, Header]) -> Tuple[list, list, dict]:
-    """(files, tensors, index) for every tensor of every loaded file, sorted by file and name.
+    """(files, tensors, index) for every tensor of every loaded file: files sorted
+    by name, tensors in data order within each file.
 
-    files: [{"name", "size", "header_sha256"}]; tensors: [[file, name, dtype,
-    shape, begin, end]] with absolute byte offsets; index: (file name, tensor
-    name) -> position in tensors.
+    files: [{"name", "size", "header_sha256", "header_length", "metadata"}];
+    tensors: [[file, name, dtype, shape, begin, end]] with absolute byte
+    offsets; index: (file name, tensor name) -> position in tensors.
     """
     files, tensors, index = [], [], {}
     for f, name in enumerate(sorted(headers)):
         header = headers[name]
-        files.append(
-            {"name": name, "size": header.expected_size, "header_sha256": header.sha256}
-        )
-        for key in sorted(header.tensors):
-            t = header.tensors[key]
-            index[(name, key)] = len(tensors)
-            tensors.append([f, key, t.dtype, list(t.shape), t.begin, t.end])
+        files.append({
+            "name": name,
+            "size": header.expected_size,
+            "header_sha256": header.sha256,
+            "header_length": len(header.header_bytes),
+            "metadata": header.metadata,
+        })
+        for t in sorted(header.tensors.values(), key=lambda t: (t.begin, t.name)):
+            index[(name, t.name)] = len(tensors)
+            tensors.append([f, t.name, t.dtype, list(t.shape), t.begin, t.end])
     return files, tensors, index
 
 
@@ -37,21 +41,21 @@ def canonical_nodes(
 ) -> Tuple[List[Node], Dict[int, int]]:
     """Nodes reachable from ``roots`` in canonical order, and old id -> new id."""
     order: List[int] = []
-    seen = set()
+    state = bytearray(len(nodes))  # 0 new, 1 inputs pushed, 2 placed
     for root in roots:
-        stack = [(root.node, False)]
+        stack = [root.node]
         while stack:
-            node, expanded = stack.pop()
-            if expanded:
+            node = stack[-1]
+            if state[node] == 0:
+                state[node] = 1
+                for r in reversed(nodes[node].inputs):
+                    if state[r.node] == 0:
+                        stack.append(r.node)
+                continue
+            stack.pop()
+            if state[node] == 1:
+                state[node] = 2
                 order.append(node)
-                continue
-            if node in seen:
-                continue
-            seen.add(node)
-            stack.append((node, True))
-            for r in reversed(nodes[node].inputs):
-                if r.node not in seen:
-                    stack.append((r.node, False))
     remap = {old: new for new, old in enumerate(order)}
     result = []
     for old in order:

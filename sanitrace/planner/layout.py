@@ -49,7 +49,11 @@ def output_files(shards: List[tuple], avals_of) -> (list, list):
                 }
             )
             size = max(size, offset + nbytes(aval))
-        files.append(
-            {"name": file_name, "kind": "safetensors", "header": header, "size": size}
-        )
+        files.append({
+            "name": file_name,
+            "kind": "safetensors",
+            "metadata": metadata,
+            "header": header,  # not stored in the file: rebuilt from outputs and metadata
+            "size": size,
+        })
     return files, outputs

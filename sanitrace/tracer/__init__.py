@@ -12,6 +12,7 @@ graph references, and the small text files verbatim.
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class TraceResult:
     text_files: Dict[str, bytes]
     copy_subdirectories: bool = False  # what the library copies besides top-level files
     loaded_keys: List[str] = field(default_factory=list)
+    read_files: Dict[str, bytes] = field(default_factory=dict)  # small files the library read
 
 
 def _value_source(recorder: Recorder, sources: SourceSet):
@@ -82,6 +84,26 @@ def _value_source(recorder: Recorder, sources: SourceSet):
         return cache[ref.node][ref.out]
 
     return value
+
+
+MAX_READ_FILE_BYTES = 4 << 20
+
+
+def _read_files(model_dir: str, names) -> Dict[str, bytes]:
+    """The bytes of the files the library read while converting (config.json,
+    generation_config.json, ...), plus a remote-code model file, for re-tracing."""
+    names = set(names)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        model_file = json.load(f).get("model_file")
+    if model_file:
+        names.add(model_file)
+    result = {}
+    for name in sorted(names):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path) and os.path.getsize(path) <= MAX_READ_FILE_BYTES:
+            with open(path, "rb") as f:
+                result[name] = f.read()
+    return result
 
 
 def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None) -> TraceResult:
@@ -126,6 +148,7 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
         text_files=text_files,
         copy_subdirectories=lib.copies_subdirectories,
         loaded_keys=sorted(capture.loaded_weights),
+        read_files=_read_files(model_dir, capture.read_files),
     )
 
 

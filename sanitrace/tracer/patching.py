@@ -2,12 +2,16 @@
 
 ``tracing()`` swaps in recording versions of every mlx.core function (and
 mx.linalg), a proxy-returning ``mx.load``, a capturing ``mx.save_safetensors``,
-a no-op ``mx.eval``, an ``mx.array`` that also accepts proxies, and a strict
-``nn.Module.load_weights`` that reports every mismatch at once. Everything is
-restored on exit, also when the trace fails.
+a no-op ``mx.eval``, an ``mx.array`` that also accepts proxies, a strict
+``nn.Module.load_weights`` that reports every mismatch at once, and an ``open``
+that notes which files of the model folder the library reads (so a plan can
+hold them for re-tracing). Everything is restored on exit, also when the trace
+fails.
 """
 
+import builtins
 import contextlib
+import io
 import os
 from typing import Callable, List, Tuple
 
@@ -56,7 +60,9 @@ class array(metaclass=_ArrayMeta):
 
 def _recording(op: str, original: Callable) -> Callable:
     def wrapper(*args, **kwargs):
-        proxy = find_proxy((args, kwargs))
+        proxy = find_proxy(args)
+        if proxy is None and kwargs:
+            proxy = find_proxy(kwargs)
         if proxy is not None:
             return proxy._st_recorder.call(op, original, args, kwargs)
         return original(*args, **kwargs)
@@ -82,11 +88,13 @@ _STAND_INS = _stand_ins()
 
 
 class Capture:
-    """What the conversion tried to write: shards of (name, value) pairs in save order."""
+    """What the conversion did besides ops: the shards it tried to write (name,
+    value) in save order, the weights it loaded, the files it read."""
 
     def __init__(self):
         self.shards: List[Tuple[str, list, dict]] = []
         self.loaded_weights: dict = {}
+        self.read_files: set = set()  # relative to the model folder, safetensors excluded
 
 
 def _check_load(recorder: Recorder, model: nn.Module, weights: list):
@@ -133,6 +141,14 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
 
     original_load = mx.load
     original_load_weights = nn.Module.load_weights
+    original_open = builtins.open
+
+    def watched_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and not any(c in mode for c in "wax+"):
+            path = os.path.abspath(os.fspath(file))
+            if path.startswith(sources.model_dir + os.sep) and not path.endswith(".safetensors"):
+                capture.read_files.add(os.path.relpath(path, sources.model_dir))
+        return original_open(file, mode, *args, **kwargs)
 
     def load(file, *args, **kwargs):
         path = os.fspath(file)
@@ -169,6 +185,8 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
         patch(mx, "async_eval", no_eval)
         patch(mx, "array", array)
         patch(nn.Module, "load_weights", load_weights)
+        patch(builtins, "open", watched_open)
+        patch(io, "open", watched_open)
         for obj, name, value in extra:
             patch(obj, name, value)
         yield capture

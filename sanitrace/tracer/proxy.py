@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import mlx.core as mx
 import numpy as np
 
-from ..plan import Node, Ref, Slot, dtype_name, is_allowed
+from ..plan import OPS, Node, Ref, Slot, dtype_name, is_allowed
 
 _REAL_ARRAY = mx.array
 _SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,10 +37,16 @@ def user_site() -> str:
 
 
 _LITERALS = frozenset([int, float, bool, str, bytes, type(None), slice, type(Ellipsis), mx.Dtype])
+_SLOTS = [Slot(i) for i in range(256)]  # immutable; shared by every node
+_ALLOWED = frozenset(op for op in OPS)
 
 
 def aval(array) -> list:
     return [dtype_name(array.dtype), list(array.shape)]
+
+
+def _slot(index: int) -> Slot:
+    return _SLOTS[index] if index < 256 else Slot(index)
 
 
 class Recorder:
@@ -98,7 +104,7 @@ class Recorder:
             return value
         if isinstance(value, _REAL_ARRAY):
             inputs.append(self.ref(value))
-            return Slot(len(inputs) - 1)
+            return _slot(len(inputs) - 1)
         if kind is tuple or kind is list:
             if all(type(v) in _LITERALS for v in value):  # shapes, axes: the common case
                 return value
@@ -111,19 +117,16 @@ class Recorder:
         return value
 
     def call(self, op: str, fn: Callable, args: tuple, kwargs: dict):
-        """Run ``fn`` on the placeholders and record it as node ``op``."""
-        if not is_allowed(op):
+        """Run ``fn`` on the placeholders and record it as node ``op``.
+
+        This runs for every op of a trace (450k for DeepSeek-V3): keep it lean."""
+        if op not in _ALLOWED:
             raise TraceError(
                 f"{self.model_name}: {op} on a checkpoint tensor at {user_site()} "
                 "is not a replayable op"
             )
         try:
             result = fn(*args, **kwargs)
-            inputs = []
-            enc_args = [self.encode(a, inputs) for a in args]
-            enc_kwargs = self.encode(kwargs, inputs) if kwargs else {}
-        except TraceError:
-            raise
         except (TypeError, ValueError, RuntimeError) as e:
             if POISON_MESSAGE in str(e):
                 raise TraceError(
@@ -131,9 +134,23 @@ class Recorder:
                     "tensor; sanitize may only build lazy graphs"
                 ) from None
             raise
-        if isinstance(result, _REAL_ARRAY):
-            node = self.add(op, inputs, enc_args, enc_kwargs, [aval(result)])
-            return Proxy.wrap(result, Ref(node), self)
+        inputs, enc_args = [], []
+        for a in args:  # the common cases inline: a proxy, a literal
+            kind = type(a)
+            if kind is Proxy:
+                inputs.append(a._st_ref)
+                enc_args.append(_slot(len(inputs) - 1))
+            elif kind in _LITERALS:
+                enc_args.append(a)
+            else:
+                enc_args.append(self.encode(a, inputs))
+        enc_kwargs = self.encode(kwargs, inputs) if kwargs else {}
+        if type(result) is _REAL_ARRAY:
+            self.nodes.append(Node(op, inputs, enc_args, enc_kwargs, [aval(result)]))
+            proxy = Proxy(result)
+            proxy._st_ref = Ref(len(self.nodes) - 1)
+            proxy._st_recorder = self
+            return proxy
         if isinstance(result, (list, tuple)) and all(
             isinstance(r, _REAL_ARRAY) for r in result
         ):
@@ -276,6 +293,10 @@ for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__",
 
 def find_proxy(value) -> Optional["Proxy"]:
     """The first proxy inside a (nested) argument structure, or None."""
+    if type(value) is tuple:  # fast path: a proxy among the top-level arguments
+        for v in value:
+            if type(v) is Proxy:
+                return v
     if isinstance(value, Proxy):
         return value
     if isinstance(value, (list, tuple)):
