@@ -26,7 +26,7 @@ def record(fn, arrays, tmp_path):
 
 
 def replay(nodes, refs, arrays, region):
-    replayer = Replayer({"nodes": nodes})
+    replayer = Replayer({"nodes": nodes, "outputs": [{"ref": r} for r in refs]})
     for index, reg in replayer.reads(refs, region):
         piece = arrays[index]
         if reg is not None:

@@ -159,6 +159,7 @@ def execute(
                     ahead = _read_ahead(chunks[i + 1], replayer, reader, reads)
                 replayer.sources = {key: p.array() for key, p in pieces.items()}
                 del pieces
+                replayer.release_when_used([o["ref"] for o in chunk.outputs], chunk.region)
                 arrays = [replayer.value(o["ref"], chunk.region) for o in chunk.outputs]
                 replayer.clear()
                 for out, array in zip(chunk.outputs, arrays):

@@ -130,31 +130,36 @@ BASELINE_BYTES = 96 << 20
 
 
 def cache_limit(budget: int) -> int:
-    """mlx buffer cache allowed under ``budget`` (reused across same-size chunks)."""
-    return max(budget - BASELINE_BYTES, 0) // 4
+    """mlx buffer cache allowed under ``budget`` (reused across same-size chunks);
+    counted as full in predictions, so kept small."""
+    return max(budget - BASELINE_BYTES, 0) // 16
 
 
 def chunk_rows(group: dict, budget: int) -> int:
     """Rows per chunk for an output group under a memory ``budget``; 0 = whole.
 
-    A group's memory model is ``fixed_bytes + unit_bytes * units`` where a unit
-    is ``unit`` rows along axis 0 (unit 0 = not chunkable); it covers the
-    chunk's arrays plus the reads of the next chunk and the writes of the last.
+    A group's memory model is ``max(fixed + per_unit * units)`` over its
+    ``peak_lines`` ``[fixed, per_unit]``, where a unit is ``unit`` rows along
+    axis 0 (unit 0 = not chunkable); it covers the chunk's arrays plus the
+    reads of the next chunk and the writes of the last.
     """
     if not group["unit"]:
         return 0
-    working = budget - BASELINE_BYTES - cache_limit(budget) - group["fixed_bytes"]
-    units = max(working // max(group["unit_bytes"], 1), 1)
-    rows = int(units) * group["unit"]
-    return 0 if rows >= group["rows"] else rows
+    working = budget - BASELINE_BYTES - cache_limit(budget)
+    units = min((working - fixed) // max(per_unit, 1) for fixed, per_unit in group["peak_lines"])
+    rows = max(int(units), 1) * group["unit"]
+    if rows >= group["rows"]:
+        return 0
+    # as many chunks as needed, of equal size: 64 rows at most 52 at a time are
+    # 2 x 32, not 52 + 12 (the pipeline holds neighbours of about the same size)
+    chunks = -(-group["rows"] // rows)
+    return -(-group["rows"] // (chunks * group["unit"])) * group["unit"]
 
 
 def group_peak(group: dict, rows: int) -> int:
     """Bytes a group needs when computed ``rows`` at a time (0 = whole)."""
-    if not group["unit"]:
-        return group["fixed_bytes"]
-    units = -(-(rows or group["rows"]) // group["unit"])
-    return group["fixed_bytes"] + group["unit_bytes"] * units
+    units = -(-(rows or group["rows"]) // group["unit"]) if group["unit"] else 1
+    return max(fixed + per_unit * units for fixed, per_unit in group["peak_lines"])
 
 
 from .format import (  # noqa: E402  (format needs the types above)

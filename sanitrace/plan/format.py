@@ -21,7 +21,7 @@ from . import Node, Ref, Slot, dtype_name, gc_paused
 from .ops import PlanError, is_allowed
 
 FORMAT = "sanitrace-plan"
-VERSION = 1
+VERSION = 2
 MAX_PLAN_BYTES = 1 << 30
 
 # ext type codes (application range 0..127)
@@ -332,6 +332,10 @@ def validate(plan: dict) -> None:
     for group in plan["groups"]:
         if not all(isinstance(i, int) and 0 <= i < len(plan["outputs"]) for i in group["outputs"]):
             raise PlanError("a group names a missing output")
+        lines = group.get("peak_lines")
+        if not (isinstance(lines, list) and lines and all(
+                isinstance(l, list) and len(l) == 2 and all(isinstance(x, int) for x in l) for l in lines)):
+            raise PlanError("a group has no memory model (peak_lines)")
 
 
 def save(plan: dict, path: str) -> bytes:

@@ -17,6 +17,16 @@ from .. import regions
 from ..plan import BASELINE_BYTES, VIEW_OPS, Node, Ref, cache_limit, chunk_rows, group_peak
 from .layout import nbytes
 
+# Temporary memory of mlx's quantize / dequantize kernels, as a multiple of the
+# input (quantize) or output (dequantize) bytes, by mode; measured with
+# bench/op_workspace.py on mlx 0.32.4 (CPU backend).
+WORKSPACE = {
+    "mx.quantize": {"affine": 0.0, "mxfp4": 20.4, "mxfp8": 2.4, "nvfp4": 38.3},
+    "mx.dequantize": {"affine": 4.0, "mxfp4": 1.5, "mxfp8": 0.0, "nvfp4": 1.6},
+}
+_MODE_POSITION = {"mx.quantize": 3, "mx.dequantize": 5}
+LARGE_CHUNK_UNITS = 16  # where the second line of a group's memory model is fitted
+
 
 def groups_of(nodes: List[Node], outputs: List[dict]) -> List[List[int]]:
     """Output indices grouped by shared computed (non-load, non-const) nodes."""
@@ -54,50 +64,111 @@ class Chunker:
         self.rule = regions.Rules(nodes)
         self.granularity = self.rule.granularity
 
+    def _values(self, roots: List[Ref], region) -> (dict, list):
+        """The values computing ``roots`` at ``region`` needs: key -> (op, bytes,
+        input keys, shares its first input's buffer), and the keys in the
+        depth-first order mlx evaluates them in."""
+        values, order = {}, []
+
+        def key_of(ref, reg):
+            node = self.nodes[ref.node]
+            if reg is None or node.op in ("load", "const"):
+                return (ref.node, ref.out, reg), None
+            rule = self.rule(ref, reg[0])
+            return (ref.node, -1 if rule.all_outputs else ref.out, reg), rule
+
+        stack = [key_of(r, region) + (r,) for r in reversed(roots)]
+        while stack:
+            key, rule, ref = stack[-1]
+            node, reg = self.nodes[ref.node], key[2]
+            if key in values:
+                stack.pop()
+                if values[key] is None:  # inputs done: place it
+                    values[key] = self._value(node, ref, reg, rule)
+                    order.append(key)
+                continue
+            values[key] = None
+            if node.op in ("load", "const"):
+                continue
+            if reg is None:
+                inputs = [(r, None) for r in node.inputs]
+            else:
+                ranges = self.rule.input_ranges(ref, reg[0], reg[1], reg[2])
+                inputs = [(r, rng) for r, rng in zip(node.inputs, ranges) if rng != regions.SKIP]
+            keys = [key_of(r, rng) + (r,) for r, rng in inputs]
+            self._inputs[key] = [k for k, _, _ in keys]
+            stack.extend(k for k in reversed(keys) if k[0] not in values)
+        return values, order
+
+    def _value(self, node: Node, ref: Ref, region, rule) -> tuple:
+        outs = range(len(node.outs)) if rule is not None and rule.all_outputs else [ref.out]
+        size = 0
+        for o in outs:
+            b = nbytes(node.outs[o])
+            if region is not None:
+                b = b * (region[2] - region[1]) // max(node.outs[o][1][region[0]], 1)
+            size += b
+        same_dtype = node.op.endswith("astype") and node.inputs and (
+            self.nodes[node.inputs[0].node].outs[node.inputs[0].out][0] == node.outs[ref.out][0])
+        workspace = 0
+        if node.op in WORKSPACE:
+            position = _MODE_POSITION[node.op]
+            mode = node.args[position] if len(node.args) > position else node.kwargs.get("mode", "affine")
+            if node.op == "mx.quantize":
+                first = nbytes(self.nodes[node.inputs[0].node].outs[node.inputs[0].out])
+                base = first if region is None else first * (region[2] - region[1]) // max(node.outs[0][1][0], 1)
+            else:
+                base = size
+            workspace = int(WORKSPACE[node.op].get(mode, 0.0) * base)
+        return (node.op, size, node.op in VIEW_OPS or bool(same_dtype), workspace)
+
     def cost(self, roots: List[Ref], start: Optional[int], stop: Optional[int]) -> int:
         """Peak bytes of the executor pipeline for rows start:stop of ``roots``
-        along axis 0 (whole values when start is None): every array the chunk
-        creates (views are free), plus the next chunk's source reads and the
-        previous chunk's outputs, taken to be the same size."""
-        seen = set()
-        created, read = 0, 0
-        work = [(r, None if start is None else (0, start, stop)) for r in roots]
-        while work:
-            ref, region = work.pop()
-            node = self.nodes[ref.node]
-            op = node.op
-            rule = None if region is None or op in ("load", "const") else self.rule(ref, region[0])
-            key = (ref.node, -1 if rule is not None and rule.all_outputs else ref.out, region)
-            if key in seen:
+        along axis 0 (whole values when start is None).
+
+        Simulates what is alive while mlx evaluates the chunk depth first: its
+        source pieces (all read before it starts) until their last use, each
+        new array (views share their input's buffer) until its last consumer
+        is done, the outputs to the end; plus the next chunk's source reads and
+        the previous chunk's outputs (in flight in the pipeline), taken to be
+        the same size. mlx's quantize/dequantize workspace (WORKSPACE) is
+        counted while that op runs."""
+        self._inputs: Dict[tuple, list] = {}
+        region = None if start is None else (0, start, stop)
+        values, order = self._values(roots, region)
+        buffer = {}  # value key -> key of the value owning its memory
+        users: Dict[tuple, int] = {}
+        for key in order:
+            op, size, shares, _ = values[key]
+            inputs = self._inputs.get(key, [])
+            buffer[key] = buffer[inputs[0]] if shares and inputs else key
+            for k in inputs:
+                users[buffer[k]] = users.get(buffer[k], 0) + 1
+        root_keys = {self._root_key(r, region) for r in roots}
+        for k in root_keys:
+            users[buffer[k]] = users.get(buffer[k], 0) + 1  # kept until written
+        sources = sum(values[k][1] for k in order if values[k][0] == "load")
+        live = peak = sources
+        for key in order:
+            op, size, shares, workspace = values[key]
+            if op == "load":
                 continue
-            seen.add(key)
-            outs = range(len(node.outs)) if rule is not None and rule.all_outputs else [ref.out]
-            for o in outs:
-                size = nbytes(node.outs[o])
-                if region is not None:
-                    axis, a, b = region
-                    size = size * (b - a) // max(node.outs[o][1][axis], 1)
-                if op == "load":
-                    read += size
-                if op not in VIEW_OPS:
-                    created += size
-            if op in ("load", "const"):
-                continue
-            if rule is None:
-                work.extend((r, None) for r in node.inputs)
-                continue
-            ranges = self.rule.input_ranges(ref, region[0], region[1], region[2])
-            for r, rng in zip(node.inputs, ranges):
-                if rng != regions.SKIP:
-                    work.append((r, rng))
-        written = 0
-        for r in roots:
-            aval = self.nodes[r.node].outs[r.out]
-            size = nbytes(aval)
-            if start is not None:
-                size = size * (stop - start) // max(aval[1][0], 1)
-            written += size
-        return created + read + written
+            peak = max(peak, live + workspace + (size if buffer[key] == key else 0))
+            if buffer[key] == key:
+                live += size
+            for k in self._inputs.get(key, []):
+                owner = buffer[k]
+                users[owner] -= 1
+                if users[owner] == 0:
+                    live -= values[owner][1]
+        outputs = sum(values[k][1] for k in root_keys)
+        return peak + sources + outputs
+
+    def _root_key(self, ref: Ref, region) -> tuple:
+        node = self.nodes[ref.node]
+        if region is None or node.op in ("load", "const"):
+            return (ref.node, ref.out, region)
+        return (ref.node, -1 if self.rule(ref, region[0]).all_outputs else ref.out, region)
 
 
 def plan_groups(nodes: List[Node], outputs: List[dict]) -> List[dict]:
@@ -115,14 +186,32 @@ def plan_groups(nodes: List[Node], outputs: List[dict]) -> List[dict]:
                 unit = None
         entry = {"outputs": members, "rows": next(iter(rows)) if len(rows) == 1 else 0}
         if unit is None or unit >= entry["rows"]:
-            entry.update(unit=0, fixed_bytes=chunker.cost(roots, None, None), unit_bytes=0)
+            entry.update(unit=0, peak_lines=[[chunker.cost(roots, None, None), 0]])
         else:
-            one = chunker.cost(roots, 0, unit)
-            two = chunker.cost(roots, 0, 2 * unit)
-            per_unit = max(two - one, 0)
-            entry.update(unit=unit, fixed_bytes=max(one - per_unit, 0), unit_bytes=per_unit)
+            entry.update(unit=unit, peak_lines=peak_lines(chunker, roots, unit, entry["rows"]))
         result.append(entry)
     return result
+
+
+def peak_lines(chunker: Chunker, roots: List[Ref], unit: int, rows: int) -> List[List[int]]:
+    """The chunk cost as the upper envelope of two lines, ``[fixed, per_unit]``:
+    one through 1 and 2 units, one through m and 2m units (m = 16, or half the
+    rows when fewer). The cost is the largest of a few phases, each linear in
+    the chunk size (one expert's dequant temporaries dominate small chunks, the
+    stack of all of them large ones), so one line would miss the others."""
+    total = -(-rows // unit)
+
+    def line(a: int, b: int) -> List[int]:
+        cost_a = chunker.cost(roots, 0, min(a * unit, rows))
+        cost_b = chunker.cost(roots, 0, min(b * unit, rows))
+        per_unit = max(cost_b - cost_a, 0) // (b - a)
+        return [max(cost_a - per_unit * a, 0), per_unit]
+
+    lines = [line(1, 2)]
+    m = min(total // 2, LARGE_CHUNK_UNITS)
+    if m > 2:
+        lines.append(line(m, 2 * m))
+    return lines
 
 
 def predicted_peak(groups: List[dict], budget: int) -> Tuple[int, int]:
@@ -132,5 +221,4 @@ def predicted_peak(groups: List[dict], budget: int) -> Tuple[int, int]:
         peak = group_peak(g, chunk_rows(g, budget))
         if peak > worst:
             worst, which = peak, i
-    # the buffer cache only holds what earlier chunks freed: at most one more working set
-    return BASELINE_BYTES + min(cache_limit(budget), worst) + worst, which
+    return BASELINE_BYTES + cache_limit(budget) + worst, which
