@@ -1,7 +1,8 @@
-"""Command line: sanitrace trace | execute | convert | show."""
+"""Command line: sanitrace trace | execute | convert | check | show | diff | retrace."""
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -86,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="Render a plan as text for review.")
     p.add_argument("plan", help="Plan file.")
+    p.add_argument("--full", action="store_true", help="Every tensor, with its file and offset.")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("diff", help="Semantic diff of two plans (exit status 1 when they differ).")
+    p.add_argument("old")
+    p.add_argument("new")
+
+    p = sub.add_parser("retrace", help="Re-trace plans with the installed libraries, from the plans "
+                                       "alone; report what would change (exit status 1 if anything).")
+    p.add_argument("plans", nargs="+", help="Plan files (a .txt rendering beside one is checked too).")
+    p.add_argument("--write", action="store_true", help="Rewrite stale plans (and their .txt).")
     return parser
 
 
@@ -154,7 +166,11 @@ def main(argv=None) -> int:
         elif args.command == "check":
             return _check(args)
         elif args.command == "show":
-            sys.stdout.write(_render(args.plan))
+            sys.stdout.write(_render(args.plan, args.full, args.format))
+        elif args.command == "diff":
+            return _diff(args.old, args.new)
+        elif args.command == "retrace":
+            return _retrace(args.plans, args.write)
     except (TraceError, plan_ir.PlanError, SafetensorsError, SourceMismatch,
             OutputExists, GuardFailed, FileExistsError, FileNotFoundError) as e:
         print(f"sanitrace {args.command}: error: {e}", file=sys.stderr)
@@ -177,7 +193,50 @@ def _check(args) -> int:
     return 0 if result.identical else 1
 
 
-def _render(path: str) -> str:
+def _render(path: str, full: bool = False, form: str = "text") -> str:
+    from .show import render, render_json
+
+    plan = plan_ir.load(path)
+    if form == "json":
+        return json.dumps(render_json(plan), indent=1) + "\n"
+    return render(plan, full)
+
+
+def _diff(old_path: str, new_path: str) -> int:
+    from .diff import diff
+
+    lines = diff(plan_ir.load(old_path), plan_ir.load(new_path))
+    print("\n".join(lines) if lines else "no differences")
+    return 1 if lines else 0
+
+
+def _retrace(paths, write: bool) -> int:
+    from .diff import diff
+    from .retrace import retrace
     from .show import render
 
-    return render(plan_ir.load(path))
+    stale = 0
+    for path in paths:
+        old = plan_ir.load(path)
+        fresh = retrace(old)
+        text_path = os.path.splitext(path)[0] + ".txt"
+        problems = diff(old, fresh)
+        if not problems and plan_ir.dumps(fresh) != plan_ir.dumps(old):
+            problems = ["plan bytes differ with no semantic difference (format change?)"]
+        if os.path.exists(text_path):
+            with open(text_path) as f:
+                if f.read() != render(fresh):
+                    problems.append(f"{text_path} does not match the plan's rendering")
+        if not problems:
+            print(f"{path}: fresh")
+            continue
+        stale += 1
+        print(f"{path}: stale")
+        print("\n".join("  " + line for line in problems))
+        if write:
+            plan_ir.save(fresh, path)
+            if os.path.exists(text_path):
+                with open(text_path, "w") as f:
+                    f.write(render(fresh))
+            print(f"  rewritten")
+    return 1 if stale and not write else 0

@@ -74,8 +74,13 @@ def collapse(items: List[str]) -> str:
 
 
 class Renderer:
-    def __init__(self, plan: dict):
+    """Expressions over source names; lists of arguments that differ in one
+    running number (the experts of a stack) collapse unless ``collapse_lists``
+    is false."""
+
+    def __init__(self, plan: dict, collapse_lists: bool = True):
         self.nodes: List[Node] = plan["nodes"]
+        self.collapse_lists = collapse_lists
         self.tensors = plan["source"]["tensors"]
         self._exprs: Dict[tuple, str] = {}
 
@@ -122,7 +127,8 @@ class Renderer:
             inner = [self.literal(v, inputs) for v in value]
             return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
         if isinstance(value, list):
-            return "[" + collapse([self.literal(v, inputs) for v in value]) + "]"
+            items = [self.literal(v, inputs) for v in value]
+            return "[" + (collapse(items) if self.collapse_lists else ", ".join(items)) + "]"
         if isinstance(value, dict):
             return "{" + ", ".join(f"{k}: {self.literal(v, inputs)}" for k, v in value.items()) + "}"
         if isinstance(value, slice):
@@ -184,8 +190,8 @@ def _chunking(group: dict, budget: int) -> str:
 
 def output_lines(plan: dict, full: bool = False) -> List[str]:
     """One line per output node (weight/scales/biases of one quantize share a line),
-    or per output tensor with its file and offset when ``full``."""
-    r = Renderer(plan)
+    or per output tensor with its file, offset and every input when ``full``."""
+    r = Renderer(plan, collapse_lists=not full)
     outputs, budget = plan["outputs"], plan["memory"]["budget"]
     lines = []
     for group in plan["groups"]:
@@ -254,7 +260,7 @@ def render(plan: dict, full: bool = False) -> str:
 
 def render_json(plan: dict) -> dict:
     """Every output and dropped source, uncollapsed, for tools."""
-    r = Renderer(plan)
+    r = Renderer(plan, collapse_lists=False)
     return {
         "header": header_lines(plan),
         "library": plan["library"],

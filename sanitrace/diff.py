@@ -1,0 +1,86 @@
+"""Semantic diff of two plans, readable in a pull-request comment.
+
+Outputs are compared by name: added, removed, renamed (same dtype, shape and
+op chain under another name), changed (dtype/shape/op chain/quantization);
+then the dropped sources, the options and library versions, the shards and the
+predicted memory. Lines that differ only in a layer or expert number collapse
+as in ``show``.
+"""
+
+from typing import Dict, List
+
+from .show import Renderer, collapse_numbers, human_bytes
+
+
+def _outputs(plan: dict) -> Dict[str, str]:
+    r = Renderer(plan)
+    return {o["name"]: f"{o['dtype']}{o['shape']} = {r.expr(o['ref'])}" for o in plan["outputs"]}
+
+
+def _fields(label: str, old: dict, new: dict) -> List[str]:
+    return [
+        f"{label}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def diff(old: dict, new: dict) -> List[str]:
+    """Lines describing how ``new`` differs from ``old``; empty when they agree."""
+    lines: List[str] = []
+    if old["library"] != new["library"]:
+        lines.append(f"library: {old['library']} -> {new['library']}")
+    lines += _fields("options", old["options"], new["options"])
+    lines += _fields("versions", old["versions"], new["versions"])
+
+    before, after = _outputs(old), _outputs(new)
+    removed = sorted(before.keys() - after.keys())
+    added = sorted(after.keys() - before.keys())
+    by_value: Dict[str, List[str]] = {}
+    for name in added:
+        by_value.setdefault(after[name], []).append(name)
+    renamed = []
+    for name in list(removed):
+        match = by_value.get(before[name])
+        if match:
+            renamed.append(f"{name} -> {match.pop(0)}")
+            removed.remove(name)
+    added = [n for names in by_value.values() for n in names]
+    changed = [
+        f"{name}:\n      - {before[name]}\n      + {after[name]}"
+        for name in sorted(before.keys() & after.keys())
+        if before[name] != after[name]
+    ]
+    for title, items, mark in (
+        ("outputs removed", [f"{n}: {before[n]}" for n in removed], "-"),
+        ("outputs added", [f"{n}: {after[n]}" for n in sorted(added)], "+"),
+        ("outputs renamed", renamed, "~"),
+        ("outputs changed", changed, "!"),
+    ):
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines += [f"  {mark} {line}" for line in collapse_numbers(items)]
+
+    old_dropped = {(n, why) for _, n, why in old["accounting"]["dropped"]}
+    new_dropped = {(n, why) for _, n, why in new["accounting"]["dropped"]}
+    for title, items, mark in (
+        ("sources newly dropped", sorted(new_dropped - old_dropped), "+"),
+        ("sources no longer dropped", sorted(old_dropped - new_dropped), "-"),
+    ):
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines += [f"  {mark} {line}" for line in collapse_numbers([f"{n} ({why})" for n, why in items])]
+
+    shards = lambda p: [f["name"] for f in p["files"] if f["kind"] == "safetensors"]  # noqa: E731
+    if shards(old) != shards(new):
+        lines.append(f"shards: {len(shards(old))} -> {len(shards(new))}")
+    if old["memory"]["predicted_peak"] != new["memory"]["predicted_peak"]:
+        lines.append(
+            f"memory: predicted peak {human_bytes(old['memory']['predicted_peak'])} -> "
+            f"{human_bytes(new['memory']['predicted_peak'])}"
+        )
+    texts = lambda p: {f["name"]: f["data"] for f in p["files"] if f["kind"] == "text"}  # noqa: E731
+    for name in sorted(set(texts(old)) | set(texts(new))):
+        if texts(old).get(name) != texts(new).get(name):
+            lines.append(f"{name}: content changed")
+    return lines

@@ -1,0 +1,211 @@
+"""Plans as reviewable artifacts: show --full / json, diff, retrace and the
+committed plans' freshness, and the seeded reviewer cases (checkpoints a
+sanitize does not handle must fail loudly, naming every parameter)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm.models.qwen3_moe as qwen3_moe
+import pytest
+from conftest import REPO, make_checkpoint
+
+from sanitrace import plan as plan_ir
+from sanitrace.cli import main as sanitrace_main
+from sanitrace.diff import diff
+from sanitrace.planner import build_plan
+from sanitrace.retrace import retrace
+from sanitrace.show import render, render_json
+from sanitrace.tracer import ConvertOptions, TraceError, trace
+
+PLANS = sorted((REPO / "plans").glob("*.msgpack"))
+EXAMPLE_PLAN = REPO / "plans" / "tiny-qwen3-moe-q4.msgpack"
+
+
+def traced(model_dir: Path, **options) -> dict:
+    return build_plan(trace(str(model_dir), ConvertOptions(**options)))
+
+
+def cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sanitrace", *map(str, argv)],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+# --- committed plans ------------------------------------------------------
+
+
+def test_plans_folder_holds_the_flagships_with_renderings():
+    names = {p.stem for p in PLANS}
+    for model in ("deepseek-v3", "kimi-k2-instruct", "qwen3-235b-a22b", "gpt-oss-120b", "minimax-m2",
+                  "glm-4.5", "mixtral-8x22b", "qwen3-next-80b-a3b-instruct"):
+        assert {f"{model}-bf16", f"{model}-q4"} <= names
+    for path in PLANS:
+        assert path.with_suffix(".txt").read_text() == render(plan_ir.load(str(path))), path.name
+    assert sum(p.stat().st_size for p in (REPO / "plans").iterdir()) <= 60 << 20
+
+
+@pytest.mark.parametrize("path", PLANS, ids=[p.stem for p in PLANS])
+def test_committed_plan_is_fresh(path):
+    """The CI staleness check: re-tracing from the plan alone gives the same bytes."""
+    proc = cli("retrace", path)
+    assert proc.returncode == 0 and f"{path}: fresh" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+class ShiftedNormModel(qwen3_moe.Model):
+    """An upstream sanitize change of the kind that corrupted real conversions:
+    norm weights shifted by one."""
+
+    def sanitize(self, weights):
+        weights = super().sanitize(weights)
+        return {k: v + 1.0 if k.endswith("norm.weight") else v for k, v in weights.items()}
+
+
+def test_a_sanitize_change_makes_retrace_fail_with_a_readable_diff(tmp_path, monkeypatch, capsys):
+    plan = tmp_path / EXAMPLE_PLAN.name
+    shutil.copy(EXAMPLE_PLAN, plan)
+    shutil.copy(EXAMPLE_PLAN.with_suffix(".txt"), plan.with_suffix(".txt"))
+    monkeypatch.setattr(qwen3_moe, "Model", ShiftedNormModel)
+
+    assert sanitrace_main(["retrace", str(plan)]) == 1
+    report = capsys.readouterr().out
+    assert f"{plan}: stale" in report and "outputs changed" in report
+    assert "model.norm.weight" in report and "+ 1.0" in report
+    assert "model.layers.{0..1}.input_layernorm.weight" in report  # collapsed across layers
+    assert "does not match the plan's rendering" in report
+
+    assert sanitrace_main(["retrace", str(plan), "--write"]) == 0
+    assert plan.read_bytes() != EXAMPLE_PLAN.read_bytes()
+    assert sanitrace_main(["retrace", str(plan)]) == 0  # fresh under the changed sanitize
+    monkeypatch.undo()
+    assert sanitrace_main(["retrace", str(plan)]) == 1
+
+
+# --- diff -----------------------------------------------------------------
+
+
+def test_diff_of_equal_plans_is_empty_and_exits_zero():
+    proc = cli("diff", EXAMPLE_PLAN, EXAMPLE_PLAN)
+    assert proc.returncode == 0 and proc.stdout.strip() == "no differences"
+
+
+def test_diff_reports_quantization_dtype_and_drops(checkpoints):
+    bf16 = traced(checkpoints["deepseek_v3"])
+    q4 = traced(checkpoints["deepseek_v3"], quantize=True)
+    lines = diff(bf16, q4)
+    assert "options.quantize: False -> True" in lines
+    changed = "\n".join(lines[lines.index(next(l for l in lines if l.startswith("outputs changed"))):])
+    assert "quantize(" in changed and "uint32" in changed
+    assert any(l.startswith("outputs added") for l in lines)  # the .scales / .biases
+    assert diff(q4, q4) == []
+
+
+def test_diff_names_renamed_removed_and_newly_dropped_outputs():
+    old = plan_ir.load(str(EXAMPLE_PLAN))
+    new = plan_ir.load(str(EXAMPLE_PLAN))
+    new["outputs"][0]["name"] = "renamed.weight"
+    removed = new["outputs"].pop(1)
+    new["accounting"]["dropped"].append([0, "model.extra.weight", "not used by sanitize"])
+    lines = diff(old, new)
+    text = "\n".join(lines)
+    assert f"~ {old['outputs'][0]['name']} -> renamed.weight" in text
+    assert f"- {removed['name']}:" in text
+    assert "sources newly dropped (1):" in text and "model.extra.weight (not used by sanitize)" in text
+
+
+# --- show -----------------------------------------------------------------
+
+
+def test_show_full_and_json_list_every_tensor_with_its_place():
+    plan = plan_ir.load(str(EXAMPLE_PLAN))
+    full = cli("show", EXAMPLE_PLAN, "--full").stdout
+    for out in plan["outputs"]:
+        assert f"{out['name']}: {out['dtype']}{out['shape']} {plan['files'][out['file']]['name']}@{out['offset']}" in full
+    doc = json.loads(cli("show", EXAMPLE_PLAN, "--format", "json").stdout)
+    assert [o["name"] for o in doc["outputs"]] == [o["name"] for o in plan["outputs"]]
+    assert doc["options"] == plan["options"] and doc["header"] == render(plan).splitlines()[:6]
+
+
+def test_rendering_of_a_correct_plan_accounts_for_every_source(checkpoints):
+    plan = traced(checkpoints["deepseek_v3_fp8"], quantize=True)
+    names = [t[1] for t in plan["source"]["tensors"]]
+    acc = plan["accounting"]
+    assert acc["used_sources"] + len(acc["dropped"]) == acc["source_tensors"] == len(names)
+    assert f"{len(names)} source tensors = {acc['used_sources']} used + {len(acc['dropped'])} dropped" in render(plan)
+    shown = "\n".join(line for text in render(plan).splitlines() for line in expand(text))
+    assert [n for n in names if n not in shown] == []  # the collapsed view names every source
+    assert "weight_scale_inv" in shown  # the FP8 scales are used, not silently dropped
+    doc = render_json(plan)
+    listed = " ".join(o["expr"] for o in doc["outputs"]) + " " + " ".join(d["name"] for d in doc["dropped"])
+    assert [n for n in names if n not in listed] == []
+
+
+def expand(line: str) -> list:
+    """A rendered line with its number ranges ({1..2}, {0..7}) spelled out."""
+    match = re.search(r"\{([0-9.,]+)\}", line)
+    if not match:
+        return [line]
+    values = []
+    for part in match.group(1).split(","):
+        first, _, last = part.partition("..")
+        values += range(int(first), int(last or first) + 1)
+    return [e for v in values for e in expand(line.replace(match.group(0), str(v)))]
+
+
+# --- seeded reviewer cases: what the DeepSeek V4 port dropped silently -----
+
+
+def _rewrite(folder: Path, change) -> Path:
+    """Load every tensor of ``folder`` (real data), apply ``change`` to the dict
+    and write it back as one model.safetensors (index removed)."""
+    weights = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        weights.update(mx.load(str(shard)))
+        shard.unlink()
+    (folder / "model.safetensors.index.json").unlink(missing_ok=True)
+    change(weights)
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "pt"})
+    return folder
+
+
+def test_pre_stacked_experts_fail_naming_every_missing_and_unexpected_parameter(tmp_path):
+    folder = make_checkpoint(tmp_path / "dsv3", "deepseek_v3", layers=3)
+
+    def stack_experts(weights):
+        for key in [k for k in weights if ".mlp.experts.0." in k]:
+            prefix, rest = key.split(".experts.0.")
+            experts = sorted((k for k in weights if k.startswith(prefix + ".experts.") and k.endswith("." + rest)),
+                             key=lambda k: int(k[len(prefix) + 9:].split(".")[0]))
+            weights[f"{prefix}.experts.{rest}"] = mx.stack([weights.pop(k) for k in experts])
+
+    _rewrite(folder, stack_experts)
+    with pytest.raises(TraceError) as error:
+        trace(str(folder), ConvertOptions())
+    message = str(error.value)
+    for layer in (1, 2):  # first_k_dense_replace = 1
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            assert f"model.layers.{layer}.mlp.switch_mlp.{proj}.weight" in message.split("unexpected")[0]
+            assert f"model.layers.{layer}.mlp.experts.{proj}.weight" in message.split("unexpected")[1]
+    assert "6 missing parameters" in message and "6 unexpected parameters" in message
+
+
+def test_quantized_embed_and_head_without_quantization_config_fail_naming_them(tmp_path):
+    folder = make_checkpoint(tmp_path / "dsv3", "deepseek_v3", layers=3)
+
+    def quantize_embed_and_head(weights):
+        for name in ("model.embed_tokens", "lm_head"):
+            w, scales, biases = mx.quantize(weights[f"{name}.weight"].astype(mx.float32), 64, 4)
+            weights.update({f"{name}.weight": w, f"{name}.scales": scales.astype(mx.bfloat16),
+                            f"{name}.biases": biases.astype(mx.bfloat16)})
+
+    _rewrite(folder, quantize_embed_and_head)
+    with pytest.raises(TraceError) as error:
+        trace(str(folder), ConvertOptions(quantize=True))
+    message = str(error.value)
+    assert "4 unexpected parameters" in message
+    for name in ("model.embed_tokens", "lm_head"):
+        assert f"{name}.scales" in message and f"{name}.biases" in message
+        assert f"{name}.weight: shape" in message
