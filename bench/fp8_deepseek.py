@@ -8,20 +8,17 @@ sanitrace. Prints peak RSS, wall time and output identity.
 
 import argparse
 import os
-import shutil
 
-from harness import compare_pair, table
+from harness import add_common_arguments, run_modes
 
 from sanitrace.fixtures import write_checkpoint
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--work", default="build/bench-fp8")
+    add_common_arguments(parser, "build/bench-fp8")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--experts", type=int, default=64)
-    parser.add_argument("--budget", default=None, help="sanitrace --memory-budget (default: the plan's)")
-    parser.add_argument("--keep", action="store_true", help="keep the source checkpoint")
     args = parser.parse_args()
 
     src = os.path.join(args.work, "source")
@@ -33,12 +30,7 @@ def main():
             heads=16, kv_heads=16, head_dim=128, q_lora_rank=1536, kv_lora_rank=512,
             vocab=1024, shards=2,
         )
-    size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
-    print(f"source: {src}, {size / 1e9:.2f} GB")
-    eager, ours, identical = compare_pair(src, args.work, "q", ["-q"], args.budget)
-    print(table([("-q", eager, ours, identical)]))
-    if not args.keep:
-        shutil.rmtree(src)
+    run_modes(src, args, [("-q", ["-q"])])
 
 
 if __name__ == "__main__":

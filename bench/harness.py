@@ -93,3 +93,26 @@ def table(rows: List[tuple]) -> str:
             f"{ours.peak_rss / 2**30:.2f} GiB | {ours.wall:.1f} s | {identical} |"
         )
     return "\n".join(lines)
+
+
+def add_common_arguments(parser, work: str) -> None:
+    """--work, --budget, --keep: the flags every side-by-side benchmark takes."""
+    parser.add_argument("--work", default=work)
+    parser.add_argument("--budget", default=None, help="sanitrace --memory-budget (default: the plan's)")
+    parser.add_argument("--keep", action="store_true", help="keep the source checkpoint")
+
+
+def run_modes(src: str, args, modes: List[tuple]) -> None:
+    """Convert ``src`` both ways in each (mode, flags), print a row as each
+    finishes and the whole table at the end; remove ``src`` unless --keep."""
+    size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
+    print(f"source: {src}, {size / 1e9:.2f} GB")
+    rows = []
+    for mode, flags in modes:
+        eager, ours, identical = compare_pair(src, args.work, mode.strip("-"), flags, args.budget)
+        rows.append((mode, eager, ours, identical))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
+    if not args.keep:
+        shutil.rmtree(src)

@@ -7,22 +7,19 @@ sanitrace, with and without -q. Prints peak RSS, wall time and output identity.
 
 import argparse
 import os
-import shutil
 
-from harness import compare_pair, table
+from harness import add_common_arguments, run_modes
 
 from sanitrace.fixtures import write_checkpoint
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--work", default="build/bench-moe")
+    add_common_arguments(parser, "build/bench-moe")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--moe-intermediate", type=int, default=1536)
-    parser.add_argument("--budget", default=None, help="sanitrace --memory-budget (default: the plan's)")
-    parser.add_argument("--keep", action="store_true", help="keep the source checkpoint")
     args = parser.parse_args()
 
     src = os.path.join(args.work, "source")
@@ -33,17 +30,7 @@ def main():
             moe_intermediate=args.moe_intermediate, intermediate=4 * args.hidden, heads=16,
             kv_heads=4, head_dim=128, vocab=1024, shards=2,
         )
-    size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
-    print(f"source: {src}, {size / 1e9:.2f} GB")
-    rows = []
-    for mode, flags in (("bf16", []), ("-q", ["-q"])):
-        eager, ours, identical = compare_pair(src, args.work, mode.strip("-"), flags, args.budget)
-        rows.append((mode, eager, ours, identical))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print()
-    print(table(rows))
-    if not args.keep:
-        shutil.rmtree(src)
+    run_modes(src, args, [("bf16", []), ("-q", ["-q"])])
 
 
 if __name__ == "__main__":

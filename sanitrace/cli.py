@@ -220,12 +220,13 @@ def _retrace(paths, write: bool) -> int:
         old = plan_ir.load(path)
         fresh = retrace(old)
         text_path = os.path.splitext(path)[0] + ".txt"
+        text = render(fresh)
         problems = diff(old, fresh)
         if not problems and plan_ir.dumps(fresh) != plan_ir.dumps(old):
             problems = ["plan bytes differ with no semantic difference (format change?)"]
         if os.path.exists(text_path):
             with open(text_path) as f:
-                if f.read() != render(fresh):
+                if f.read() != text:
                     problems.append(f"{text_path} does not match the plan's rendering")
         if not problems:
             print(f"{path}: fresh")
@@ -237,6 +238,6 @@ def _retrace(paths, write: bool) -> int:
             plan_ir.save(fresh, path)
             if os.path.exists(text_path):
                 with open(text_path, "w") as f:
-                    f.write(render(fresh))
-            print(f"  rewritten")
+                    f.write(text)
+            print("  rewritten")
     return 1 if stale and not write else 0

@@ -17,6 +17,11 @@ def _outputs(plan: dict) -> Dict[str, str]:
     return {o["name"]: f"{o['dtype']}{o['shape']} = {r.expr(o['ref'])}" for o in plan["outputs"]}
 
 
+def _files(plan: dict, kind: str) -> Dict[str, object]:
+    """The plan's output files of ``kind``, in order: name -> data (None for shards)."""
+    return {f["name"]: f.get("data") for f in plan["files"] if f["kind"] == kind}
+
+
 def _fields(label: str, old: dict, new: dict) -> List[str]:
     return [
         f"{label}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
@@ -71,16 +76,16 @@ def diff(old: dict, new: dict) -> List[str]:
             lines.append(f"{title} ({len(items)}):")
             lines += [f"  {mark} {line}" for line in collapse_numbers([f"{n} ({why})" for n, why in items])]
 
-    shards = lambda p: [f["name"] for f in p["files"] if f["kind"] == "safetensors"]  # noqa: E731
-    if shards(old) != shards(new):
-        lines.append(f"shards: {len(shards(old))} -> {len(shards(new))}")
+    old_shards, new_shards = _files(old, "safetensors"), _files(new, "safetensors")
+    if list(old_shards) != list(new_shards):
+        lines.append(f"shards: {len(old_shards)} -> {len(new_shards)}")
     if old["memory"]["predicted_peak"] != new["memory"]["predicted_peak"]:
         lines.append(
             f"memory: predicted peak {human_bytes(old['memory']['predicted_peak'])} -> "
             f"{human_bytes(new['memory']['predicted_peak'])}"
         )
-    texts = lambda p: {f["name"]: f["data"] for f in p["files"] if f["kind"] == "text"}  # noqa: E731
-    for name in sorted(set(texts(old)) | set(texts(new))):
-        if texts(old).get(name) != texts(new).get(name):
+    old_texts, new_texts = _files(old, "text"), _files(new, "text")
+    for name in sorted(old_texts.keys() | new_texts.keys()):
+        if old_texts.get(name) != new_texts.get(name):
             lines.append(f"{name}: content changed")
     return lines

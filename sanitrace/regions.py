@@ -5,12 +5,14 @@ and derives each value's granularity (the multiple chunk boundaries must be).
 Used by the planner (to choose and cost chunks) and the executor (to replay them).
 """
 
-from typing import List
+from typing import List, Optional, Tuple
 
 from .chunk_rules import SKIP, NotChunkable, Rule, rule
 from .plan import Node, Ref
 
-__all__ = ["Rules", "input_avals", "NotChunkable", "SKIP", "Rule"]
+__all__ = ["Rules", "Region", "input_avals", "NotChunkable", "SKIP", "Rule"]
+
+Region = Optional[Tuple[int, int, int]]  # (axis, start, stop); None = the whole value
 
 
 def input_avals(nodes: List[Node], node: Node) -> list:
@@ -61,3 +63,20 @@ class Rules:
             rng if rng is None or rng == SKIP else (j, rng[0], rng[1])
             for j, rng in zip(op_rule.in_axes, op_rule.ranges(start, stop, gs))
         ]
+
+    def value_key(self, ref: Ref, region: Region) -> Tuple[tuple, Optional[Rule]]:
+        """The key of the value computing ``ref`` at ``region`` (the outputs of an
+        op whose rule computes them together share one), and that rule."""
+        if region is None or self.nodes[ref.node].op in ("load", "const"):
+            return (ref.node, ref.out, region), None
+        op_rule = self(ref, region[0])
+        return (ref.node, -1 if op_rule.all_outputs else ref.out, region), op_rule
+
+    def inputs(self, ref: Ref, region: Region) -> List[Tuple[Ref, Region]]:
+        """(input, region) pairs computing ``ref`` at ``region`` needs; SKIPped
+        inputs are left out."""
+        refs = self.nodes[ref.node].inputs
+        if region is None:
+            return [(r, None) for r in refs]
+        ranges = self.input_ranges(ref, region[0], region[1], region[2])
+        return [(r, rng) for r, rng in zip(refs, ranges) if rng != SKIP]

@@ -92,7 +92,7 @@ def test_diff_of_equal_plans_is_empty_and_exits_zero():
     assert proc.returncode == 0 and proc.stdout.strip() == "no differences"
 
 
-def test_diff_reports_quantization_dtype_and_drops(checkpoints):
+def test_diff_reports_quantization_and_dtype_changes(checkpoints):
     bf16 = traced(checkpoints["deepseek_v3"])
     q4 = traced(checkpoints["deepseek_v3"], quantize=True)
     lines = diff(bf16, q4)

@@ -48,12 +48,18 @@ class Chunk:
 
 def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor):
     """Allocate the chunk's source buffers (main thread) and start reading them."""
-    keys = replayer.reads([o["ref"] for o in chunk.outputs], chunk.region)
-    pieces = {key: reader.prepare(*key) for key in keys}
+    requests = replayer.reads([o["ref"] for o in chunk.outputs], chunk.region)
+    pieces = _prepare(requests, reader)
+    return pieces, requests, pool.submit(fill_all, list(pieces.values()))
+
+
+def _prepare(requests: dict, reader: SourceReader) -> dict:
+    """Empty buffers for the source pieces in ``requests``, ready to be filled."""
+    pieces = {key: reader.prepare(*key) for key in requests}
     mx.eval([p.buffer for p in pieces.values()])
     for p in pieces.values():
         p.view = byte_view(p.buffer)
-    return pieces, pool.submit(fill_all, list(pieces.values()))
+    return pieces
 
 
 def _host_layout(array: mx.array) -> mx.array:
@@ -83,12 +89,8 @@ class _Sink:
 
 def _check_guards(plan: dict, replayer: Replayer, reader: SourceReader) -> None:
     for guard in plan["guards"]:
-        keys = replayer.reads([guard["ref"]], None)
-        pieces = {key: reader.prepare(*key) for key in keys}
-        mx.eval([p.buffer for p in pieces.values()])
-        for p in pieces.values():
-            p.view = byte_view(p.buffer)
-            p.fill()
+        pieces = _prepare(replayer.reads([guard["ref"]], None), reader)
+        fill_all(list(pieces.values()))
         replayer.sources = {k: p.array() for k, p in pieces.items()}
         value = getattr(replayer.value(guard["ref"], None), guard["method"])()
         replayer.clear()
@@ -153,13 +155,13 @@ def execute(
             pending: Optional[Future] = None
             ahead = _read_ahead(chunks[0], replayer, reader, reads) if chunks else None
             for i, chunk in enumerate(chunks):
-                pieces, filled = ahead
+                pieces, requests, filled = ahead
                 filled.result()
                 if i + 1 < len(chunks):
                     ahead = _read_ahead(chunks[i + 1], replayer, reader, reads)
                 replayer.sources = {key: p.array() for key, p in pieces.items()}
+                replayer.requests = requests
                 del pieces
-                replayer.release_when_used([o["ref"] for o in chunk.outputs], chunk.region)
                 arrays = [replayer.value(o["ref"], chunk.region) for o in chunk.outputs]
                 replayer.clear()
                 for out, array in zip(chunk.outputs, arrays):

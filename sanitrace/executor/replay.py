@@ -3,7 +3,8 @@
 Values are requested as (Ref, region) where region is None (whole) or
 (axis, start, stop). Chunked requests are pushed down to the sources through
 the chunk rules of regions.py, so only the source rows a chunk needs are read.
-``reads()`` lists those source pieces first, so they can be read ahead.
+``reads()`` lists those source pieces first, so they can be read ahead, and
+how often value() will ask for each, so each is let go after its last use.
 """
 
 from typing import Dict, List, Optional, Tuple
@@ -13,7 +14,7 @@ import mlx.core as mx
 from .. import regions
 from ..plan import Node, Ref, call, const_array
 
-Region = Optional[Tuple[int, int, int]]
+Region = regions.Region
 _GATHERING = frozenset(["mx.stack", "mx.concatenate", "mx.concat"])
 
 
@@ -22,6 +23,10 @@ class Replayer:
         self.nodes: List[Node] = plan["nodes"]
         self.rules = regions.Rules(self.nodes)
         self.sources: Dict[tuple, mx.array] = {}  # (tensor index, region) -> array
+        # source piece -> times value() will still ask for it (from reads()); a piece
+        # is let go when asked for the last time, so once its consumer is
+        # evaluated (a stacked expert) its buffer is freed
+        self.requests: Dict[tuple, int] = {}
         self.memo: Dict[tuple, object] = {}  # values with several consumers only
         self._consts: Dict[int, mx.array] = {}
         self._uses = [0] * len(self.nodes)
@@ -30,67 +35,44 @@ class Replayer:
                 self._uses[r.node] += 1
         for root in plan.get("outputs", []) + plan.get("guards", []):
             self._uses[root["ref"].node] += 1
-        self._requests: Dict[tuple, int] = {}  # source piece -> times value() will still ask
 
     def clear(self):
         self.memo.clear()
         self.sources = {}
-        self._requests = {}
+        self.requests = {}
 
-    def release_when_used(self, roots: List[Ref], region: Region) -> None:
-        """Let each source piece go from ``sources`` once ``value()`` of ``roots``
-        has asked for it the last time: once its consumer is evaluated (a
-        stacked expert), its buffer is freed. Walks the graph as value() does."""
+    def _memo_key(self, ref: Ref, region: Region) -> Tuple[tuple, Optional[regions.Rule]]:
+        """Key of the value computing ``ref`` at ``region``: a whole value
+        computes all outputs of its op at once."""
+        if region is None:
+            return (ref.node, -1, None), None
+        return self.rules.value_key(ref, region)
+
+    def reads(self, roots: List[Ref], region: Region) -> Dict[Tuple[int, Region], int]:
+        """The source pieces (tensor index, region) ``value()`` of ``roots`` at
+        ``region`` asks for, in order, with how many times it asks; walks the
+        graph as value() does (values with several consumers once)."""
         counts: Dict[tuple, int] = {}
         memo = set()
 
         def walk(ref: Ref, reg: Region):
             node = self.nodes[ref.node]
             if node.op == "load":
-                key = (node.args[0], reg)
-                counts[key] = counts.get(key, 0) + 1
+                counts[(node.args[0], reg)] = counts.get((node.args[0], reg), 0) + 1
                 return
             if node.op == "const":
                 return
-            if reg is None:
-                key = (ref.node, -1, None)
-            else:
-                key = (ref.node, -1 if self.rules(ref, reg[0]).all_outputs else ref.out, reg)
+            key = self._memo_key(ref, reg)[0]
             if key in memo:
                 return
             if self._uses[ref.node] > 1:
                 memo.add(key)
-            for r, rng in self._inputs(ref, reg):
+            for r, rng in self.rules.inputs(ref, reg):
                 walk(r, rng)
 
         for root in roots:
             walk(root, region)
-        self._requests = counts
-
-    def _inputs(self, ref: Ref, region: Region) -> List[Tuple[Ref, Region]]:
-        """(input, region) pairs a value needs; SKIPped inputs are left out."""
-        refs = self.nodes[ref.node].inputs
-        if region is None:
-            return [(r, None) for r in refs]
-        ranges = self.rules.input_ranges(ref, region[0], region[1], region[2])
-        return [(r, rng) for r, rng in zip(refs, ranges) if rng != regions.SKIP]
-
-    def reads(self, roots: List[Ref], region: Region) -> List[Tuple[int, Region]]:
-        """The source pieces (tensor index, region) needed for ``roots`` at ``region``."""
-        seen, result = set(), []
-        work = [(r, region) for r in roots]
-        while work:
-            ref, reg = work.pop()
-            key = (ref.node, ref.out, reg)
-            if key in seen:
-                continue
-            seen.add(key)
-            node = self.nodes[ref.node]
-            if node.op == "load":
-                result.append((node.args[0], reg))
-            elif node.op != "const":
-                work.extend(self._inputs(ref, reg))
-        return sorted(set(result), key=lambda x: (x[0], x[1] or ()))
+        return {key: counts[key] for key in sorted(counts, key=lambda x: (x[0], x[1] or ()))}
 
     def _input(self, node: Node, ref: Ref, region: Region) -> mx.array:
         """An input of ``node``; inputs of a stack or concatenation (one per expert)
@@ -105,10 +87,10 @@ class Replayer:
         node = self.nodes[ref.node]
         if node.op == "load":
             key = (node.args[0], region)
-            left = self._requests.get(key)
+            left = self.requests.get(key)
             if left is None:
                 return self.sources[key]
-            self._requests[key] = left - 1
+            self.requests[key] = left - 1
             return self.sources.pop(key) if left == 1 else self.sources[key]
         if node.op == "const":
             if ref.node not in self._consts:
@@ -118,26 +100,17 @@ class Replayer:
                 return whole
             axis, a, b = region
             return whole[(slice(None),) * axis + (slice(a, b),)]
-        if region is None:
-            key = (ref.node, -1, None)
-            if key in self.memo:
-                return self.memo[key][ref.out]
-            result = call(node, [self._input(node, r, None) for r in node.inputs])
-            result = list(result) if isinstance(result, (list, tuple)) else [result]
+        key, rule = self._memo_key(ref, region)
+        result = self.memo.get(key)
+        if result is None:
+            if region is None:
+                result = call(node, [self._input(node, r, None) for r in node.inputs])
+                result = list(result) if isinstance(result, (list, tuple)) else [result]
+            else:
+                ranges = self.rules.input_ranges(ref, *region)
+                pieces = [None if rng == regions.SKIP else self._input(node, r, rng)
+                          for r, rng in zip(node.inputs, ranges)]
+                result = rule.call(pieces, region[1], region[2])
             if self._uses[ref.node] > 1:
                 self.memo[key] = result
-            return result[ref.out]
-        axis, start, stop = region
-        rule = self.rules(ref, axis)
-        key = (ref.node, -1 if rule.all_outputs else ref.out, region)
-        if key in self.memo:
-            result = self.memo[key]
-        else:
-            pieces = []
-            ranges = self.rules.input_ranges(ref, axis, start, stop)
-            for r, rng in zip(node.inputs, ranges):
-                pieces.append(None if rng == regions.SKIP else self._input(node, r, rng))
-            result = rule.call(pieces, start, stop)
-            if self._uses[ref.node] > 1:
-                self.memo[key] = result
-        return result[ref.out] if rule.all_outputs else result
+        return result[ref.out] if region is None or rule.all_outputs else result

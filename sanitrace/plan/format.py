@@ -58,6 +58,11 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_ext, strict_types=True, use_bin_type=True)
 
 
+# ext types stored by name: mx attributes of a known type only
+_NAMED = {EXT_DTYPE: (mx.Dtype, "dtype"), EXT_CATEGORY: (mx.DtypeCategory, "dtype category"),
+          EXT_DEVICE: (mx.DeviceType, "device")}
+
+
 def _ext_hook(code: int, data: bytes):
     if code == EXT_SLOT:
         return Slot(unpack(data))
@@ -70,21 +75,12 @@ def _ext_hook(code: int, data: bytes):
         return slice(*unpack(data))
     if code == EXT_ELLIPSIS:
         return Ellipsis
-    if code == EXT_DTYPE:
-        dtype = getattr(mx, data.decode(), None)
-        if not isinstance(dtype, mx.Dtype):
-            raise PlanError(f"unknown dtype {data!r}")
-        return dtype
-    if code == EXT_CATEGORY:
-        category = getattr(mx, data.decode(), None)
-        if not isinstance(category, mx.DtypeCategory):
-            raise PlanError(f"unknown dtype category {data!r}")
-        return category
-    if code == EXT_DEVICE:
-        device = getattr(mx, data.decode(), None)
-        if not isinstance(device, mx.DeviceType):
-            raise PlanError(f"unknown device {data!r}")
-        return device
+    if code in _NAMED:
+        kind, what = _NAMED[code]
+        value = getattr(mx, data.decode(), None)
+        if not isinstance(value, kind):
+            raise PlanError(f"unknown {what} {data!r}")
+        return value
     raise PlanError(f"unknown ext type {code}")
 
 

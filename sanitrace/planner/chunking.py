@@ -64,63 +64,42 @@ class Chunker:
         self.rule = regions.Rules(nodes)
         self.granularity = self.rule.granularity
 
-    def _values(self, roots: List[Ref], region) -> (dict, list):
-        """The values computing ``roots`` at ``region`` needs: key -> (op, bytes,
-        input keys, shares its first input's buffer), and the keys in the
-        depth-first order mlx evaluates them in."""
-        values, order = {}, []
-
-        def key_of(ref, reg):
-            node = self.nodes[ref.node]
-            if reg is None or node.op in ("load", "const"):
-                return (ref.node, ref.out, reg), None
-            rule = self.rule(ref, reg[0])
-            return (ref.node, -1 if rule.all_outputs else ref.out, reg), rule
-
-        stack = [key_of(r, region) + (r,) for r in reversed(roots)]
+    def _values(self, roots: List[Ref], region) -> Tuple[dict, list, dict]:
+        """What computing ``roots`` at ``region`` creates: value key -> (op, bytes,
+        shares its first input's buffer, workspace bytes), the keys in the
+        depth-first order mlx evaluates them in, and each key's input keys."""
+        values, order, inputs = {}, [], {}
+        stack = [self.rule.value_key(r, region) + (r,) for r in reversed(roots)]
         while stack:
             key, rule, ref = stack[-1]
-            node, reg = self.nodes[ref.node], key[2]
+            node = self.nodes[ref.node]
             if key in values:
                 stack.pop()
                 if values[key] is None:  # inputs done: place it
-                    values[key] = self._value(node, ref, reg, rule)
+                    values[key] = self._value(node, ref, key[2], rule)
                     order.append(key)
                 continue
             values[key] = None
             if node.op in ("load", "const"):
                 continue
-            if reg is None:
-                inputs = [(r, None) for r in node.inputs]
-            else:
-                ranges = self.rule.input_ranges(ref, reg[0], reg[1], reg[2])
-                inputs = [(r, rng) for r, rng in zip(node.inputs, ranges) if rng != regions.SKIP]
-            keys = [key_of(r, rng) + (r,) for r, rng in inputs]
-            self._inputs[key] = [k for k, _, _ in keys]
+            keys = [self.rule.value_key(r, rng) + (r,) for r, rng in self.rule.inputs(ref, key[2])]
+            inputs[key] = [k for k, _, _ in keys]
             stack.extend(k for k in reversed(keys) if k[0] not in values)
-        return values, order
+        return values, order, inputs
 
     def _value(self, node: Node, ref: Ref, region, rule) -> tuple:
         outs = range(len(node.outs)) if rule is not None and rule.all_outputs else [ref.out]
-        size = 0
-        for o in outs:
-            b = nbytes(node.outs[o])
-            if region is not None:
-                b = b * (region[2] - region[1]) // max(node.outs[o][1][region[0]], 1)
-            size += b
-        same_dtype = node.op.endswith("astype") and node.inputs and (
-            self.nodes[node.inputs[0].node].outs[node.inputs[0].out][0] == node.outs[ref.out][0])
+        size = sum(_region_bytes(node.outs[o], region) for o in outs)
+        first = self.nodes[node.inputs[0].node].outs[node.inputs[0].out] if node.inputs else None
+        same_dtype = node.op.endswith("astype") and first is not None and first[0] == node.outs[ref.out][0]
         workspace = 0
         if node.op in WORKSPACE:
             position = _MODE_POSITION[node.op]
             mode = node.args[position] if len(node.args) > position else node.kwargs.get("mode", "affine")
-            if node.op == "mx.quantize":
-                first = nbytes(self.nodes[node.inputs[0].node].outs[node.inputs[0].out])
-                base = first if region is None else first * (region[2] - region[1]) // max(node.outs[0][1][0], 1)
-            else:
-                base = size
+            # quantize's workspace scales with its input, dequantize's with its output
+            base = _region_bytes(first, region) if node.op == "mx.quantize" else size
             workspace = int(WORKSPACE[node.op].get(mode, 0.0) * base)
-        return (node.op, size, node.op in VIEW_OPS or bool(same_dtype), workspace)
+        return (node.op, size, node.op in VIEW_OPS or same_dtype, workspace)
 
     def cost(self, roots: List[Ref], start: Optional[int], stop: Optional[int]) -> int:
         """Peak bytes of the executor pipeline for rows start:stop of ``roots``
@@ -133,30 +112,30 @@ class Chunker:
         the previous chunk's outputs (in flight in the pipeline), taken to be
         the same size. mlx's quantize/dequantize workspace (WORKSPACE) is
         counted while that op runs."""
-        self._inputs: Dict[tuple, list] = {}
         region = None if start is None else (0, start, stop)
-        values, order = self._values(roots, region)
+        values, order, inputs = self._values(roots, region)
         buffer = {}  # value key -> key of the value owning its memory
         users: Dict[tuple, int] = {}
         for key in order:
-            op, size, shares, _ = values[key]
-            inputs = self._inputs.get(key, [])
-            buffer[key] = buffer[inputs[0]] if shares and inputs else key
-            for k in inputs:
+            shares = values[key][2]
+            ins = inputs.get(key, [])
+            buffer[key] = buffer[ins[0]] if shares and ins else key
+            for k in ins:
                 users[buffer[k]] = users.get(buffer[k], 0) + 1
-        root_keys = {self._root_key(r, region) for r in roots}
+        root_keys = {self.rule.value_key(r, region)[0] for r in roots}
         for k in root_keys:
             users[buffer[k]] = users.get(buffer[k], 0) + 1  # kept until written
         sources = sum(values[k][1] for k in order if values[k][0] == "load")
         live = peak = sources
         for key in order:
-            op, size, shares, workspace = values[key]
+            op, size, _, workspace = values[key]
             if op == "load":
                 continue
-            peak = max(peak, live + workspace + (size if buffer[key] == key else 0))
-            if buffer[key] == key:
+            owns = buffer[key] == key
+            peak = max(peak, live + workspace + (size if owns else 0))
+            if owns:
                 live += size
-            for k in self._inputs.get(key, []):
+            for k in inputs.get(key, []):
                 owner = buffer[k]
                 users[owner] -= 1
                 if users[owner] == 0:
@@ -164,11 +143,14 @@ class Chunker:
         outputs = sum(values[k][1] for k in root_keys)
         return peak + sources + outputs
 
-    def _root_key(self, ref: Ref, region) -> tuple:
-        node = self.nodes[ref.node]
-        if region is None or node.op in ("load", "const"):
-            return (ref.node, ref.out, region)
-        return (ref.node, -1 if self.rule(ref, region[0]).all_outputs else ref.out, region)
+
+def _region_bytes(aval: list, region) -> int:
+    """Bytes of the part of a value with ``aval`` that ``region`` covers."""
+    size = nbytes(aval)
+    if region is None:
+        return size
+    axis, start, stop = region
+    return size * (stop - start) // max(aval[1][axis], 1)
 
 
 def plan_groups(nodes: List[Node], outputs: List[dict]) -> List[dict]:
