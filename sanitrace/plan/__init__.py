@@ -117,6 +117,8 @@ def gc_paused():
         yield
     finally:
         if enabled:
+            gc.freeze()  # the survivors join the oldest generation unscanned,
+            gc.unfreeze()  # instead of one full scan at the next allocation
             gc.enable()
 
 

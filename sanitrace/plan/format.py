@@ -27,7 +27,7 @@ MAX_PLAN_BYTES = 1 << 30
 # ext type codes (application range 0..127)
 EXT_REF, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_DEVICE, EXT_CATEGORY, EXT_SLOT = range(1, 9)
 
-_NUMBER = re.compile(r"(?<![0-9])(0|[1-9][0-9]*)(?![0-9])")
+_NUMBER = re.compile(r"(?<![0-9])(0|[1-9][0-9]*)(?![0-9])")  # one group: split() keeps the numbers
 _HOLE = "\0"
 
 
@@ -119,12 +119,16 @@ def _slot_count(value) -> int:
 def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
     """(signatures, rows) of a node list."""
     index, signatures, rows = {}, [], []
+    outs_keys = {}  # id -> repr of the outs lists, which the tracer shares between nodes
     for i, n in enumerate(nodes):
         leaf = n.op == "load"
+        outs = outs_keys.get(id(n.outs))
+        if outs is None:
+            outs = outs_keys[id(n.outs)] = repr(n.outs)
         if leaf:
-            key = (n.outs[0][0], tuple(n.outs[0][1]))
+            key = outs
         else:
-            key = repr((n.op, n.args, n.kwargs, n.outs))
+            key = (n.op, repr(n.args), repr(n.kwargs) if n.kwargs else "", outs)
         s = index.get(key)
         if s is None:
             s = index[key] = len(signatures)
@@ -184,13 +188,14 @@ def encode_tensors(tensors: list, files: list) -> Tuple[list, list]:
     as its gap after the previous one (almost always 0)."""
     index, templates, rows, ends = {}, [], [], {}
     for file, name, dtype, shape, begin, end in tensors:
-        key = (_NUMBER.sub(_HOLE, name), dtype, tuple(shape))
+        parts = _NUMBER.split(name)  # text, number, text, ..., text
+        key = (_HOLE.join(parts[::2]), dtype, tuple(shape))
         t = index.get(key)
         if t is None:
             t = index[key] = len(templates)
             templates.append([key[0], dtype, list(shape)])
         start = ends.get(file, 8 + files[file]["header_length"])
-        rows.append([file, t, [int(x) for x in _NUMBER.findall(name)], begin - start])
+        rows.append([file, t, [int(x) for x in parts[1::2]], begin - start])
         ends[file] = end
     return templates, rows
 

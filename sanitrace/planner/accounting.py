@@ -1,15 +1,13 @@
 """Accounting: every source tensor used or dropped (with why), every output produced once."""
 
-from typing import Dict, List
+from typing import List
 
 from ..plan import Node
-
-from .graph import consumers
 
 
 def account(
     raw_nodes: List[Node],
-    remap: Dict[int, int],
+    remap: List[int],
     tensor_index: dict,
     loaded_keys: List[str],
     outputs: List[dict],
@@ -21,15 +19,16 @@ def account(
     discarded ops" when sanitize used it for something that never reached an
     output.
     """
-    use_count = consumers(raw_nodes)
+    # a load that no output needs can only be read by ops no output needs
+    read = {r.node for i, n in enumerate(raw_nodes) if remap[i] < 0 for r in n.inputs}
     used, dropped = 0, []
     for i, node in enumerate(raw_nodes):
         if node.op != "load":
             continue
-        if i in remap:
+        if remap[i] >= 0:
             used += 1
             continue
-        reason = "read only by discarded ops" if use_count.get(i) else "removed by sanitize"
+        reason = "read only by discarded ops" if i in read else "removed by sanitize"
         dropped.append([node.args[0], node.args[1], reason])
     dropped.sort()
     names = [o["name"] for o in outputs]

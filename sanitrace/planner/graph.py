@@ -38,40 +38,29 @@ def source_table(headers: Dict[str, Header]) -> Tuple[list, list, dict]:
 
 def canonical_nodes(
     nodes: List[Node], roots: List[Ref], tensor_index: dict
-) -> Tuple[List[Node], Dict[int, int]]:
-    """Nodes reachable from ``roots`` in canonical order, and old id -> new id."""
-    order: List[int] = []
-    state = bytearray(len(nodes))  # 0 new, 1 inputs pushed, 2 placed
+) -> Tuple[List[Node], List[int]]:
+    """Nodes reachable from ``roots`` in canonical order, and old id -> new id
+    (-1 for a node no root reaches)."""
+    result: List[Node] = []
+    remap = [-1] * len(nodes)
+    pushed = bytearray(len(nodes))
     for root in roots:
         stack = [root.node]
         while stack:
-            node = stack[-1]
-            if state[node] == 0:
-                state[node] = 1
-                for r in reversed(nodes[node].inputs):
-                    if state[r.node] == 0:
-                        stack.append(r.node)
-                continue
+            old = stack[-1]
+            if not pushed[old]:
+                pushed[old] = 1
+                inputs = nodes[old].inputs
+                if inputs:
+                    stack.extend(r.node for r in reversed(inputs) if not pushed[r.node])
+                    continue
             stack.pop()
-            if state[node] == 1:
-                state[node] = 2
-                order.append(node)
-    remap = {old: new for new, old in enumerate(order)}
-    result = []
-    for old in order:
-        op, inputs, args, kwargs, outs = nodes[old]
-        if op == "load":
-            args = [tensor_index[(args[0], args[1])]]
-        else:
-            inputs = [Ref(remap[r.node], r.out) for r in inputs]
-        result.append(Node(op, inputs, args, kwargs, outs))
+            if remap[old] < 0:  # every input is placed: place this node
+                op, inputs, args, kwargs, outs = nodes[old]
+                if op == "load":
+                    args = [tensor_index[(args[0], args[1])]]
+                elif inputs:
+                    inputs = [Ref(remap[r.node], r.out) for r in inputs]
+                remap[old] = len(result)
+                result.append(Node(op, inputs, args, kwargs, outs))
     return result, remap
-
-
-def consumers(nodes: List[Node]) -> Dict[int, int]:
-    """How many times each node is used as an input."""
-    counts: Dict[int, int] = {}
-    for n in nodes:
-        for r in n.inputs:
-            counts[r.node] = counts.get(r.node, 0) + 1
-    return counts

@@ -11,6 +11,7 @@ graph references, and the small text files verbatim.
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -63,27 +64,22 @@ class TraceResult:
     read_files: Dict[str, bytes] = field(default_factory=dict)  # small files the library read
 
 
-def _value_source(recorder: Recorder, sources: SourceSet):
-    """Evaluate a traced value from the real source data (for guards), or None
+def _evaluate(recorder: Recorder, sources: SourceSet, cache: dict, ref: Ref):
+    """A traced value evaluated from the real source data (for guards), or None
     when the source files hold headers only."""
-    cache = {}
-
-    def value(ref: Ref):
-        if not sources.has_data():
-            return None
-        if ref.node not in cache:
-            node = recorder.nodes[ref.node]
-            if node.op == "load":
-                path = os.path.join(sources.model_dir, node.args[0])
-                cache[ref.node] = [_REAL_LOAD(path)[node.args[1]]]
-            elif node.op == "const":
-                cache[ref.node] = [const_array(node)]
-            else:
-                result = call(node, [value(r) for r in node.inputs])
-                cache[ref.node] = list(result) if isinstance(result, (list, tuple)) else [result]
-        return cache[ref.node][ref.out]
-
-    return value
+    if not sources.has_data():
+        return None
+    if ref.node not in cache:
+        node = recorder.nodes[ref.node]
+        if node.op == "load":
+            path = os.path.join(sources.model_dir, node.args[0])
+            cache[ref.node] = [_REAL_LOAD(path)[node.args[1]]]
+        elif node.op == "const":
+            cache[ref.node] = [const_array(node)]
+        else:
+            result = call(node, [_evaluate(recorder, sources, cache, r) for r in node.inputs])
+            cache[ref.node] = list(result) if isinstance(result, (list, tuple)) else [result]
+    return cache[ref.node][ref.out]
 
 
 MAX_READ_FILE_BYTES = 4 << 20
@@ -119,7 +115,7 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
     lib.import_model_module(model_dir)
     recorder = Recorder(os.path.basename(model_dir))
     sources = SourceSet(model_dir)
-    recorder.value_source = _value_source(recorder, sources)
+    recorder.value_source = functools.partial(_evaluate, recorder, sources, {})
     try:
         with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
             out = os.path.join(tmp, "out")
@@ -138,6 +134,7 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
             shards.append((file_name, refs, metadata))
     finally:
         sources.close()
+        recorder.value_source = None  # a cycle through the graph: let refcounting free it
     return TraceResult(
         library=lib.name,
         options=options,

@@ -38,11 +38,25 @@ def user_site() -> str:
 
 _LITERALS = frozenset([int, float, bool, str, bytes, type(None), slice, type(Ellipsis), mx.Dtype])
 _SLOTS = [Slot(i) for i in range(256)]  # immutable; shared by every node
+_new_node = tuple.__new__  # Node(...) without NamedTuple's Python-level __new__
 _ALLOWED = frozenset(op for op in OPS)
 
 
 def aval(array) -> list:
     return [dtype_name(array.dtype), list(array.shape)]
+
+
+_OUTS: Dict[tuple, list] = {}
+
+
+def single_outs(array) -> list:
+    """``[aval(array)]``, one shared (never mutated) list per dtype and shape: half a
+    million nodes have a few hundred distinct ones."""
+    key = (array.dtype, array.shape)
+    outs = _OUTS.get(key)
+    if outs is None:
+        outs = _OUTS[key] = [aval(array)]
+    return outs
 
 
 def _slot(index: int) -> Slot:
@@ -67,7 +81,7 @@ class Recorder:
     def source(self, file: str, name: str, placeholder) -> "Proxy":
         """A checkpoint tensor; loading the same tensor again gives the same node."""
         if (file, name) not in self.loads:
-            self.loads[(file, name)] = self.add("load", [], [file, name], {}, [aval(placeholder)])
+            self.loads[(file, name)] = self.add("load", [], [file, name], {}, single_outs(placeholder))
         return Proxy.wrap(placeholder, Ref(self.loads[(file, name)]), self)
 
     def const(self, array) -> Ref:
@@ -106,7 +120,7 @@ class Recorder:
             inputs.append(self.ref(value))
             return _slot(len(inputs) - 1)
         if kind is tuple or kind is list:
-            if all(type(v) in _LITERALS for v in value):  # shapes, axes: the common case
+            if _LITERALS.issuperset(map(type, value)):  # shapes, axes: the common case
                 return value
             encoded = [self.encode(v, inputs) for v in value]
             return encoded if kind is list else tuple(encoded)
@@ -138,15 +152,20 @@ class Recorder:
         for a in args:  # the common cases inline: a proxy, a literal
             kind = type(a)
             if kind is Proxy:
+                enc_args.append(_SLOTS[len(inputs)])
                 inputs.append(a._st_ref)
-                enc_args.append(_slot(len(inputs) - 1))
             elif kind in _LITERALS:
                 enc_args.append(a)
             else:
                 enc_args.append(self.encode(a, inputs))
-        enc_kwargs = self.encode(kwargs, inputs) if kwargs else {}
+        if not kwargs:
+            enc_kwargs = {}
+        elif _LITERALS.issuperset(map(type, kwargs.values())):
+            enc_kwargs = {k: kwargs[k] for k in sorted(kwargs)}
+        else:
+            enc_kwargs = self.encode(kwargs, inputs)
         if type(result) is _REAL_ARRAY:
-            self.nodes.append(Node(op, inputs, enc_args, enc_kwargs, [aval(result)]))
+            self.nodes.append(_new_node(Node, (op, inputs, enc_args, enc_kwargs, single_outs(result))))
             proxy = Proxy(result)
             proxy._st_ref = Ref(len(self.nodes) - 1)
             proxy._st_recorder = self
