@@ -1,13 +1,14 @@
 """One test per construct that sanitize code uses (../shared/notes/sanitize-census.md),
-traced on real arrays and replayed from the recorded graph: the replay must equal
-running the same code eagerly, bit for bit, whole and (where the construct can be
-chunked) in its smallest chunks. A regression names the construct, not a model."""
+traced on real arrays, passed through the plan file's encoding and replayed: the
+replay must equal running the same code eagerly, bit for bit, whole and (where the
+construct can be chunked) in its smallest chunks. A regression names the
+construct, not a model."""
 
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
-from tracing_helpers import record, replay, same_bits
+from tracing_helpers import record, replay, same_bits, through_plan_file
 
 from sanitrace.regions import NotChunkable, Rules
 
@@ -93,6 +94,8 @@ CONSTRUCTS = {
     "array.reshape tuple": (lambda v: v.reshape((6, 4)), [w(3, 8)]),
     "array.astype": (lambda v: v.astype(mx.float16), [w(3, 4)]),
     "array.astype to uint32": (lambda v: v.astype(mx.uint32), [u8(3, 4)]),
+    "array.astype to bool, bool constant": (lambda v: v.astype(mx.bool_) & mx.array([True, False, True])[:, None],
+                                            [u8(3, 4)]),
     "array.moveaxis mamba conv1d": (lambda v: v.moveaxis(2, 1), [w(4, 1, 3)]),
     "array.swapaxes": (lambda v: v.swapaxes(-1, -2), [w(2, 3, 4)]),
     "array.view uint8->uint32": (lambda v: v.view(mx.uint32), [u8(3, 8)]),
@@ -137,6 +140,7 @@ def test_construct(construct, tmp_path):
     expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     mx.eval(expected)
     nodes, refs = record(fn, [mx.array(a) for a in arrays], tmp_path)
+    nodes = through_plan_file(nodes, len(arrays))
     whole = replay(nodes, refs, arrays, None)
     for e, got in zip(expected, whole):
         assert same_bits(e, got)

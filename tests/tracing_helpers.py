@@ -3,6 +3,7 @@
 import mlx.core as mx
 
 from sanitrace.executor.replay import Replayer
+from sanitrace.plan import format
 from sanitrace.tracer.patching import tracing
 from sanitrace.tracer.proxy import Recorder
 from sanitrace.tracer.sources import SourceSet
@@ -23,6 +24,12 @@ def record(fn, arrays, tmp_path):
         n._replace(args=[int(n.args[1])]) if n.op == "load" else n for n in recorder.nodes
     ]
     return nodes, [r._st_ref for r in results]
+
+
+def through_plan_file(nodes, num_sources):
+    """``nodes`` after the plan file's encoding and decoding (literals must survive it)."""
+    signatures, rows = format.encode_graph(nodes)
+    return format.decode_graph(*format.unpack(format.pack([signatures, rows])), num_sources)
 
 
 def replay(nodes, refs, arrays, region):

@@ -15,7 +15,7 @@ literal arguments ``args``/``kwargs`` hold a ``Slot(i)`` where input ``i`` goes.
 
 import contextlib
 import gc
-from typing import Any, Callable, List, NamedTuple
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import mlx.core as mx
 import numpy as np
@@ -99,11 +99,17 @@ def dtype_name(dtype) -> str:
     return name
 
 
+def mlx_dtype(name: str) -> Optional[mx.Dtype]:
+    """The mx dtype ``dtype_name`` gives ``name`` (mx.bool_ for "bool"), or None."""
+    value = getattr(mx, "bool_" if name == "bool" else name, None)
+    return value if isinstance(value, mx.Dtype) else None
+
+
 def const_array(node: Node) -> mx.array:
     """The array of a ``const`` node (raw little-endian bytes + its aval)."""
     (data,), (dtype, shape) = node.args, node.outs[0]
     raw = mx.array(np.frombuffer(data, dtype=np.uint8))
-    return raw.view(getattr(mx, dtype)).reshape(shape)
+    return raw.view(mlx_dtype(dtype)).reshape(shape)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import mlx.core as mx
 import msgpack
 
 from ..safetensors_format import DTYPE_SIZES, MLX_TO_SAFETENSORS, build_header
-from . import Node, Ref, Slot, dtype_name, gc_paused
+from . import Node, Ref, Slot, dtype_name, gc_paused, mlx_dtype
 from .ops import PlanError, is_allowed
 
 FORMAT = "sanitrace-plan"
@@ -77,7 +77,8 @@ def _ext_hook(code: int, data: bytes):
         return Ellipsis
     if code in _NAMED:
         kind, what = _NAMED[code]
-        value = getattr(mx, data.decode(), None)
+        name = data.decode()
+        value = mlx_dtype(name) if code == EXT_DTYPE else getattr(mx, name, None)
         if not isinstance(value, kind):
             raise PlanError(f"unknown {what} {data!r}")
         return value
@@ -151,6 +152,7 @@ def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
         info.append((s[0], s[1], s[2], s[3], _slot_count((s[1], s[2])), s[0] == "load"))
     nodes: List[Node] = []
     append = nodes.append
+    new = tuple.__new__  # Node(...) without NamedTuple's Python-level __new__
     for i, row in enumerate(rows):
         try:
             op, args, kwargs, outs, slots, leaf = info[row[0]]
@@ -159,10 +161,13 @@ def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
         if leaf:
             if len(row) != 2 or type(row[1]) is not int or not 0 <= row[1] < num_tensors:
                 raise PlanError(f"node {i}: source tensor index out of range")
-            append(Node(op, [], [row[1]], {}, outs))
+            append(new(Node, (op, [], [row[1]], {}, outs)))
             continue
         if len(row) - 1 != slots:
             raise PlanError(f"node {i}: {len(row) - 1} inputs for {slots} slots")
+        if slots == 1 and type(row[1]) is int and 0 < row[1] <= i:  # the common case
+            append(new(Node, (op, [Ref(i - row[1])], args, kwargs, outs)))
+            continue
         inputs = []
         for x in row[1:]:
             if type(x) is int:
@@ -174,7 +179,7 @@ def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
                     and 0 < x[0] <= i and 0 <= x[1] < len(nodes[i - x[0]].outs)):
                 raise PlanError(f"node {i}: reference to a missing node output")
             inputs.append(Ref(i - x[0], x[1]))
-        append(Node(op, inputs, args, kwargs, outs))
+        append(new(Node, (op, inputs, args, kwargs, outs)))
     return nodes
 
 
@@ -201,22 +206,24 @@ def encode_tensors(tensors: list, files: list) -> Tuple[list, list]:
 
 
 def decode_tensors(templates: list, rows: list, files: list) -> list:
-    tensors, ends = [], {}
+    tensors, ends, formats = [], {}, {}  # formats: template -> ("...%d...", holes, bytes)
     for row in rows:
         try:
             file, t, numbers, gap = row
             template, dtype, shape = templates[t]
-            parts = template.split(_HOLE)
-            if len(parts) != len(numbers) + 1:
+            if t not in formats:
+                size = DTYPE_SIZES[dtype]
+                for d in shape:
+                    size *= d
+                formats[t] = (template.replace("%", "%%").replace(_HOLE, "%d"), template.count(_HOLE), size)
+            pattern, holes, size = formats[t]
+            if len(numbers) != holes:
                 raise ValueError
-            name = parts[0] + "".join(str(n) + p for n, p in zip(numbers, parts[1:]))
+            name = pattern % tuple(numbers)
             begin = ends.get(file, 8 + files[file]["header_length"]) + gap
-            size = DTYPE_SIZES[dtype]
-            for d in shape:
-                size *= d
             if begin < 8 + files[file]["header_length"] or begin + size > files[file]["size"]:
                 raise ValueError
-        except (ValueError, TypeError, IndexError, KeyError):
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
             raise PlanError(f"malformed source tensor entry {row!r:.80}") from None
         tensors.append([file, name, dtype, list(shape), begin, begin + size])
         ends[file] = begin + size
@@ -229,8 +236,8 @@ _OUTPUT_FIELDS = ("name", "dtype", "shape", "ref", "file", "offset")
 
 
 def _itemsize(dtype: str) -> int:
-    value = getattr(mx, dtype, None)
-    if not isinstance(value, mx.Dtype):
+    value = mlx_dtype(dtype)
+    if value is None:
         raise PlanError(f"unknown dtype {dtype!r}")
     return value.size
 

@@ -88,8 +88,10 @@ class Chunker:
         return values, order, inputs
 
     def _value(self, node: Node, ref: Ref, region, rule) -> tuple:
-        outs = range(len(node.outs)) if rule is not None and rule.all_outputs else [ref.out]
-        size = sum(_region_bytes(node.outs[o], region) for o in outs)
+        if rule is not None and rule.all_outputs:
+            size = sum(_region_bytes(aval, region) for aval in node.outs)
+        else:
+            size = _region_bytes(node.outs[ref.out], region)
         first = self.nodes[node.inputs[0].node].outs[node.inputs[0].out] if node.inputs else None
         same_dtype = node.op.endswith("astype") and first is not None and first[0] == node.outs[ref.out][0]
         workspace = 0

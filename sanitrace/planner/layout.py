@@ -9,18 +9,14 @@ laid out the same way on every platform.
 import math
 from typing import List
 
-import mlx.core as mx
+from ..safetensors_format import DTYPE_SIZES, MLX_TO_SAFETENSORS, build_header
 
-from ..safetensors_format import MLX_TO_SAFETENSORS, build_header
-
-
-def itemsize(dtype_name: str) -> int:
-    return getattr(mx, dtype_name).size
+ITEMSIZE = {name: DTYPE_SIZES[st] for name, st in MLX_TO_SAFETENSORS.items()}  # by mlx dtype name
 
 
 def nbytes(aval) -> int:
     dtype, shape = aval
-    return math.prod(shape) * itemsize(dtype)
+    return math.prod(shape) * ITEMSIZE[dtype]
 
 
 def output_files(shards: List[tuple], avals_of) -> (list, list):

@@ -209,9 +209,10 @@ def _guard_value(value):
 
 def _method(name: str):
     base = getattr(_REAL_ARRAY, name)
+    op = f"array.{name}"
 
     def method(self, *args, **kwargs):
-        return self._st_recorder.call(f"array.{name}", base, (self,) + args, kwargs)
+        return self._st_recorder.call(op, base, (self,) + args, kwargs)
 
     method.__name__ = name
     return method

@@ -1,0 +1,65 @@
+"""Plan speed on real shapes: `sanitrace trace` and `sanitrace show` on full flagship header sets.
+
+Materializes each checkpoint of ../shared/giants (header-accurate sparse shards,
+no data), then times `trace` (bf16 and -q) and `show` of the resulting plan,
+each ``--repeat`` times, and prints wall time (median and worst), peak RSS, plan
+size and rendering length against issue 5's targets for DeepSeek-V3 (trace
+<= 10 s and <= 2 GiB, plan <= 10 MB, show <= 2 s and <= 400 lines).
+
+    python bench/plan_speed.py [--work DIR] [--giants ../shared/giants] [--repeat 3] [NAME ...]
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+from harness import measure
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def timed(label: str, argv: list, log: str, repeat: int):
+    """(median wall, worst wall, worst peak RSS) of ``repeat`` runs; fails loudly."""
+    runs = [measure(label, argv, log) for _ in range(repeat)]
+    for run in runs:
+        if run.returncode:
+            sys.exit(f"{label} failed (exit {run.returncode}); see {log}")
+    walls = [r.wall for r in runs]
+    return statistics.median(walls), max(walls), max(r.peak_rss for r in runs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", default=["deepseek-v3"], help="giants descriptions (default deepseek-v3)")
+    parser.add_argument("--work", default="build/bench-plan-speed")
+    parser.add_argument("--giants", default=os.path.join(REPO, "..", "shared", "giants"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    sanitrace = [sys.executable, "-m", "sanitrace"]
+    rows = []
+    for name in args.names:
+        source = os.path.join(args.work, name)
+        if not os.path.exists(source):
+            subprocess.run([sys.executable, os.path.join(args.giants, "materialize.py"),
+                            os.path.join(args.giants, name), source], check=True, stdout=subprocess.DEVNULL)
+        for variant, flags in (("bf16", []), ("-q", ["-q"])):
+            plan = os.path.join(args.work, f"{name}{flags[0] if flags else ''}.msgpack")
+            log = os.path.join(args.work, "run.log")
+            trace = timed("trace", sanitrace + ["trace", source, "-o", plan] + flags, log, args.repeat)
+            show = timed("show", sanitrace + ["show", plan], log, args.repeat)
+            rendered = subprocess.run(sanitrace + ["show", plan], check=True, capture_output=True, text=True)
+            rows.append((name, variant, trace, os.path.getsize(plan), show, rendered.stdout.count("\n")))
+    print(f"| checkpoint | mode | trace wall (median / worst of {args.repeat}) | trace peak RSS | plan size "
+          f"| show wall (median / worst) | show peak RSS | show lines |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, variant, trace, size, show, lines in rows:
+        print(f"| {name} | {variant} | {trace[0]:.2f} s / {trace[1]:.2f} s | {trace[2] / 2**30:.2f} GiB "
+              f"| {size / 1e6:.1f} MB | {show[0]:.2f} s / {show[1]:.2f} s | {show[2] / 2**30:.2f} GiB | {lines} |")
+    print("targets (DeepSeek-V3): trace <= 10 s and <= 2 GiB, plan <= 10 MB, show <= 2 s and <= 400 lines")
+
+
+if __name__ == "__main__":
+    main()
