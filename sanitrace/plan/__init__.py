@@ -116,15 +116,19 @@ def const_array(node: Node) -> mx.array:
 def gc_paused():
     """Building or decoding a graph allocates a million small acyclic objects; the
     cyclic collector would rescan them all over and over (8 s of a 17 s
-    DeepSeek-V3 trace, 1.5 s of loading its plan)."""
+    DeepSeek-V3 trace, 1.5 s of loading its plan). On exit the survivors join the
+    oldest generation unscanned (gc.freeze + unfreeze), instead of all being
+    scanned as young objects at the next allocation (1.4 s more). A process that
+    froze objects itself keeps them frozen: then the survivors are just left young."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            gc.freeze()  # the survivors join the oldest generation unscanned,
-            gc.unfreeze()  # instead of one full scan at the next allocation
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
