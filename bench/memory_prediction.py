@@ -37,9 +37,13 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
         predicted = plan_ir.load(plan_path)["memory"]["predicted_peak"]
         out = os.path.join(args.work, "out")
-        shutil.rmtree(out, ignore_errors=True)
+        for folder in (out, out + ".partial"):  # an earlier interrupted run leaves .partial
+            shutil.rmtree(folder, ignore_errors=True)
+        log = os.path.join(args.work, "execute.log")
         run = measure("execute", [sys.executable, "-m", "sanitrace", "execute", plan_path, "--source", source,
-                                  "--out", out, "--no-progress"], os.path.join(args.work, "execute.log"))
+                                  "--out", out, "--no-progress"], log)
+        if run.returncode:
+            sys.exit(f"execute of {spec} failed (exit {run.returncode}); see {log}")
         shutil.rmtree(out, ignore_errors=True)
         error = (predicted - run.peak_rss) / run.peak_rss
         print(f"| {os.path.basename(os.path.dirname(source)) or source} | {' '.join(flags) or 'bf16'} | "
