@@ -146,6 +146,19 @@ def test_untracked_computation_is_caught(checkpoints, tmp_path):
         trace(str(folder), TRUST)
 
 
+def test_untracked_computation_on_a_derived_value_is_caught(checkpoints, tmp_path):
+    """Ops run on poisoned leaves, not on the sources' chain: still never evaluable."""
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+        def sanitize(self, weights):
+            weights = super().sanitize(weights)
+            w = (weights["model.norm.weight"] * 2).astype(mx.float32)
+            weights["model.norm.weight"] = mx.fast.rms_norm(w, None, 1e-5).astype(mx.bfloat16)
+            return weights
+    """)
+    with pytest.raises(TraceError, match="untracked"):
+        trace(str(folder), TRUST)
+
+
 def _patched_state():
     import mlx_lm.utils
 

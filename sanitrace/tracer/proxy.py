@@ -3,10 +3,11 @@
 A ``Proxy`` is an ``mx.array`` subclass whose own array is a lazy placeholder
 (made by the real ``mx.load`` from a data-less header file, see sources.py), so
 ``shape``, ``dtype``, ``nbytes`` and ``isinstance(x, mx.array)`` are the real
-ones. Every op on a proxy runs the real mx op on the placeholders (lazy, never
-evaluated) to get the result's shape and dtype, and appends a ``Node`` to the
-recorder's graph: literal arguments are kept as they are, each proxy becomes a
-``Slot`` filled by one of the node's inputs, real arrays become ``const`` nodes.
+ones. Every op on a proxy runs the real mx op (lazy, never evaluated) to get the
+result's shape and dtype, on a poisoned leaf of the proxy's dtype and shape
+(``Recorder.leaf``), and appends a ``Node`` to the recorder's graph: literal
+arguments are kept as they are, each proxy becomes a ``Slot`` filled by one of
+the node's inputs, real arrays become ``const`` nodes.
 """
 
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from ..plan import OPS, Node, Ref, Slot, dtype_name, is_allowed
 
 _REAL_ARRAY = mx.array
+_BROADCAST_TO, _ASTYPE, _RESHAPE = mx.broadcast_to, mx.astype, mx.reshape  # before tracing patches them
 _SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_CONST_BYTES = 64 << 20
 POISON_MESSAGE = "Unable to read from file"
@@ -73,6 +75,21 @@ class Recorder:
         self.guards: List[dict] = []
         self.loads: Dict[tuple, int] = {}
         self.value_source: Optional[Callable[[Ref], mx.array]] = None
+        self._poison: Optional[mx.array] = None  # a scalar that fails to evaluate
+        self._leaves: Dict[tuple, mx.array] = {}
+
+    def leaf(self, proxy: "Proxy"):
+        """What an op runs on in place of ``proxy``: a poisoned lazy array of its
+        dtype and shape with no graph behind it, one per (dtype, shape). So results
+        never chain mlx's graph of the whole trace (half a million arrays, 0.4 GB
+        and 0.5 s to free for DeepSeek-V3), and evaluating one still fails."""
+        key = (proxy.dtype, proxy.shape)
+        leaf = self._leaves.get(key)
+        if leaf is None:
+            if self._poison is None:
+                return proxy  # no non-empty source tensor seen: keep the real chain
+            leaf = self._leaves[key] = _BROADCAST_TO(_ASTYPE(self._poison, key[0]), key[1])
+        return leaf
 
     def add(self, op: str, inputs: list, args: list, kwargs: dict, outs: list) -> int:
         self.nodes.append(Node(op, inputs, args, kwargs, outs))
@@ -82,6 +99,8 @@ class Recorder:
         """A checkpoint tensor; loading the same tensor again gives the same node."""
         if (file, name) not in self.loads:
             self.loads[(file, name)] = self.add("load", [], [file, name], {}, single_outs(placeholder))
+        if self._poison is None and placeholder.size > 0:
+            self._poison = _RESHAPE(placeholder, (-1,))[0]
         return Proxy.wrap(placeholder, Ref(self.loads[(file, name)]), self)
 
     def const(self, array) -> Ref:
@@ -139,8 +158,18 @@ class Recorder:
                 f"{self.model_name}: {op} on a checkpoint tensor at {user_site()} "
                 "is not a replayable op"
             )
+        inputs, enc_args, run_args = [], [], []
+        for a in args:  # the common cases inline: a proxy, a literal
+            kind = type(a)
+            if kind is Proxy:
+                enc_args.append(_SLOTS[len(inputs)])
+                inputs.append(a._st_ref)
+                run_args.append(self.leaf(a))
+                continue
+            enc_args.append(a if kind in _LITERALS else self.encode(a, inputs))
+            run_args.append(a)
         try:
-            result = fn(*args, **kwargs)
+            result = fn(*run_args, **kwargs)
         except (TypeError, ValueError, RuntimeError) as e:
             if POISON_MESSAGE in str(e):
                 raise TraceError(
@@ -148,16 +177,6 @@ class Recorder:
                     "tensor; sanitize may only build lazy graphs"
                 ) from None
             raise
-        inputs, enc_args = [], []
-        for a in args:  # the common cases inline: a proxy, a literal
-            kind = type(a)
-            if kind is Proxy:
-                enc_args.append(_SLOTS[len(inputs)])
-                inputs.append(a._st_ref)
-            elif kind in _LITERALS:
-                enc_args.append(a)
-            else:
-                enc_args.append(self.encode(a, inputs))
         if not kwargs:
             enc_kwargs = {}
         elif _LITERALS.issuperset(map(type, kwargs.values())):
