@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 from harness import measure
 
@@ -30,6 +31,16 @@ def timed(label: str, argv: list, log: str, repeat: int):
     return statistics.median(walls), max(walls), max(r.peak_rss for r in runs)
 
 
+def reference_loop() -> float:
+    """Seconds for a fixed pure-Python loop: how fast this machine is right now
+    (shared machines drift by 20-30% within an hour)."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", default=["deepseek-v3"], help="giants descriptions (default deepseek-v3)")
@@ -40,6 +51,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     sanitrace = [sys.executable, "-m", "sanitrace"]
     rows = []
+    reference = [reference_loop()]
     for name in args.names:
         source = os.path.join(args.work, name)
         if not os.path.exists(source):
@@ -52,6 +64,8 @@ def main():
             show = timed("show", sanitrace + ["show", plan], log, args.repeat)
             rendered = subprocess.run(sanitrace + ["show", plan], check=True, capture_output=True, text=True)
             rows.append((name, variant, trace, os.path.getsize(plan), show, rendered.stdout.count("\n")))
+    reference.append(reference_loop())
+    print(f"machine reference (10M-iteration Python loop): {reference[0]:.2f} s before, {reference[1]:.2f} s after")
     print(f"| checkpoint | mode | trace wall (median / worst of {args.repeat}) | trace peak RSS | plan size "
           f"| show wall (median / worst) | show peak RSS | show lines |")
     print("|---|---|---|---|---|---|---|---|")
