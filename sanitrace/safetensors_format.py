@@ -60,6 +60,7 @@ MLX_TO_SAFETENSORS = {
     "float64": "F64",
     "complex64": "C64",
 }
+MLX_ITEMSIZE = {name: DTYPE_SIZES[st] for name, st in MLX_TO_SAFETENSORS.items()}  # by mlx dtype name
 
 
 class SafetensorsError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any, List, Tuple
 import mlx.core as mx
 import msgpack
 
-from ..safetensors_format import DTYPE_SIZES, MLX_TO_SAFETENSORS, build_header
+from ..safetensors_format import DTYPE_SIZES, MLX_ITEMSIZE, MLX_TO_SAFETENSORS, build_header
 from . import Node, Ref, Slot, dtype_name, gc_paused, mlx_dtype
 from .ops import PlanError, is_allowed
 
@@ -236,10 +236,9 @@ _OUTPUT_FIELDS = ("name", "dtype", "shape", "ref", "file", "offset")
 
 
 def _itemsize(dtype: str) -> int:
-    value = mlx_dtype(dtype)
-    if value is None:
+    if dtype not in MLX_ITEMSIZE:
         raise PlanError(f"unknown dtype {dtype!r}")
-    return value.size
+    return MLX_ITEMSIZE[dtype]
 
 
 def decode_outputs(rows: list) -> list:

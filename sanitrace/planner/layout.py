@@ -9,14 +9,12 @@ laid out the same way on every platform.
 import math
 from typing import List
 
-from ..safetensors_format import DTYPE_SIZES, MLX_TO_SAFETENSORS, build_header
-
-ITEMSIZE = {name: DTYPE_SIZES[st] for name, st in MLX_TO_SAFETENSORS.items()}  # by mlx dtype name
+from ..safetensors_format import MLX_ITEMSIZE, MLX_TO_SAFETENSORS, build_header
 
 
 def nbytes(aval) -> int:
     dtype, shape = aval
-    return math.prod(shape) * ITEMSIZE[dtype]
+    return math.prod(shape) * MLX_ITEMSIZE[dtype]
 
 
 def output_files(shards: List[tuple], avals_of) -> (list, list):

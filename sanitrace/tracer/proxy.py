@@ -48,19 +48,6 @@ def aval(array) -> list:
     return [dtype_name(array.dtype), list(array.shape)]
 
 
-_OUTS: Dict[tuple, list] = {}
-
-
-def single_outs(array) -> list:
-    """``[aval(array)]``, one shared (never mutated) list per dtype and shape: half a
-    million nodes have a few hundred distinct ones."""
-    key = (array.dtype, array.shape)
-    outs = _OUTS.get(key)
-    if outs is None:
-        outs = _OUTS[key] = [aval(array)]
-    return outs
-
-
 def _slot(index: int) -> Slot:
     return _SLOTS[index] if index < 256 else Slot(index)
 
@@ -77,6 +64,16 @@ class Recorder:
         self.value_source: Optional[Callable[[Ref], mx.array]] = None
         self._poison: Optional[mx.array] = None  # a scalar that fails to evaluate
         self._leaves: Dict[tuple, mx.array] = {}
+        self._outs: Dict[tuple, list] = {}
+
+    def outs(self, array) -> list:
+        """``[aval(array)]``, one shared (never mutated) list per dtype and shape: half a
+        million nodes have a few hundred distinct ones."""
+        key = (array.dtype, array.shape)
+        outs = self._outs.get(key)
+        if outs is None:
+            outs = self._outs[key] = [aval(array)]
+        return outs
 
     def leaf(self, proxy: "Proxy"):
         """What an op runs on in place of ``proxy``: a poisoned lazy array of its
@@ -98,7 +95,7 @@ class Recorder:
     def source(self, file: str, name: str, placeholder) -> "Proxy":
         """A checkpoint tensor; loading the same tensor again gives the same node."""
         if (file, name) not in self.loads:
-            self.loads[(file, name)] = self.add("load", [], [file, name], {}, single_outs(placeholder))
+            self.loads[(file, name)] = self.add("load", [], [file, name], {}, self.outs(placeholder))
         if self._poison is None and placeholder.size > 0:
             self._poison = _RESHAPE(placeholder, (-1,))[0]
         return Proxy.wrap(placeholder, Ref(self.loads[(file, name)]), self)
@@ -162,7 +159,7 @@ class Recorder:
         for a in args:  # the common cases inline: a proxy, a literal
             kind = type(a)
             if kind is Proxy:
-                enc_args.append(_SLOTS[len(inputs)])
+                enc_args.append(_slot(len(inputs)))
                 inputs.append(a._st_ref)
                 run_args.append(self.leaf(a))
                 continue
@@ -184,7 +181,7 @@ class Recorder:
         else:
             enc_kwargs = self.encode(kwargs, inputs)
         if type(result) is _REAL_ARRAY:
-            self.nodes.append(_new_node(Node, (op, inputs, enc_args, enc_kwargs, single_outs(result))))
+            self.nodes.append(_new_node(Node, (op, inputs, enc_args, enc_kwargs, self.outs(result))))
             proxy = Proxy(result)
             proxy._st_ref = Ref(len(self.nodes) - 1)
             proxy._st_recorder = self
