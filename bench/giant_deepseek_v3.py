@@ -17,32 +17,23 @@ import subprocess
 import sys
 import time
 
-from harness import compare_pair, measure, table
+from harness import GIANTS, compare_pair, materialize, measure, table
 
 from sanitrace import plan as plan_ir
 from sanitrace.fixtures import write_tokenizer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def materialize(giants: str, dest: str, *extra: str) -> None:
-    if not os.path.exists(dest):
-        subprocess.run([sys.executable, os.path.join(giants, "materialize.py"),
-                        os.path.join(giants, "deepseek-v3"), dest, *extra], check=True,
-                       stdout=subprocess.DEVNULL)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", default="build/bench-giant")
-    parser.add_argument("--giants", default=os.path.join(REPO, "..", "shared", "giants"))
+    parser.add_argument("--giants", default=GIANTS)
     parser.add_argument("--budget", default=None)
     parser.add_argument("--skip-eager", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
     full = os.path.join(args.work, "dsv3")
-    materialize(args.giants, full)
+    materialize(args.giants, "deepseek-v3", full)
     plan_path = os.path.join(args.work, "dsv3-q4.msgpack")
     start = time.time()
     run = measure("trace", [sys.executable, "-m", "sanitrace", "trace", full, "-q", "-o", plan_path],
@@ -55,7 +46,7 @@ def main():
           f"(took {time.time() - start:.0f} s with loading)")
 
     four = os.path.join(args.work, "dsv3-4")
-    materialize(args.giants, four, "--layers", "4")
+    materialize(args.giants, "deepseek-v3", four, "--layers", "4")
     if not args.skip_eager and not os.path.exists(os.path.join(four, "tokenizer.json")):
         write_tokenizer(four, 256)  # eager mlx_lm.convert loads a tokenizer; sanitrace does not
     plan4 = os.path.join(args.work, "dsv3-4-q4.msgpack")

@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIANTS = os.path.join(REPO, "..", "shared", "giants")
+sys.path.insert(0, REPO)
 
 from sanitrace.compare import compare_folders  # noqa: E402
 
@@ -116,3 +118,11 @@ def run_modes(src: str, args, modes: List[tuple]) -> None:
     print(table(rows))
     if not args.keep:
         shutil.rmtree(src)
+
+
+def materialize(giants: str, name: str, dest: str, *extra: str) -> None:
+    """Write the header-accurate sparse checkpoint ``name`` of ../shared/giants
+    to ``dest`` (``materialize.py`` flags in ``extra``), unless it exists."""
+    if not os.path.exists(dest):
+        subprocess.run([sys.executable, os.path.join(giants, "materialize.py"), os.path.join(giants, name),
+                        dest, *extra], check=True, stdout=subprocess.DEVNULL)

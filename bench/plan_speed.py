@@ -16,9 +16,7 @@ import subprocess
 import sys
 import time
 
-from harness import measure
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import GIANTS, materialize, measure
 
 
 def timed(label: str, argv: list, log: str, repeat: int):
@@ -45,7 +43,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", default=["deepseek-v3"], help="giants descriptions (default deepseek-v3)")
     parser.add_argument("--work", default="build/bench-plan-speed")
-    parser.add_argument("--giants", default=os.path.join(REPO, "..", "shared", "giants"))
+    parser.add_argument("--giants", default=GIANTS)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -54,9 +52,7 @@ def main():
     reference = [reference_loop()]
     for name in args.names:
         source = os.path.join(args.work, name)
-        if not os.path.exists(source):
-            subprocess.run([sys.executable, os.path.join(args.giants, "materialize.py"),
-                            os.path.join(args.giants, name), source], check=True, stdout=subprocess.DEVNULL)
+        materialize(args.giants, name, source)
         for variant, flags in (("bf16", []), ("-q", ["-q"])):
             plan = os.path.join(args.work, f"{name}{flags[0] if flags else ''}.msgpack")
             log = os.path.join(args.work, "run.log")
