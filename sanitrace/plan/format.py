@@ -120,24 +120,28 @@ def _slot_count(value) -> int:
 def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
     """(signatures, rows) of a node list."""
     index, signatures, rows = {}, [], []
+    append = rows.append
     outs_keys = {}  # id -> repr of the outs lists, which the tracer shares between nodes
-    for i, n in enumerate(nodes):
-        leaf = n.op == "load"
-        outs = outs_keys.get(id(n.outs))
-        if outs is None:
-            outs = outs_keys[id(n.outs)] = repr(n.outs)
-        if leaf:
-            key = outs
-        else:
-            key = (n.op, repr(n.args), repr(n.kwargs) if n.kwargs else "", outs)
+    for i, (op, inputs, args, kwargs, outs) in enumerate(nodes):
+        outs_key = outs_keys.get(id(outs))
+        if outs_key is None:
+            outs_key = outs_keys[id(outs)] = repr(outs)
+        if op == "load":
+            s = index.get(outs_key)
+            if s is None:
+                s = index[outs_key] = len(signatures)
+                signatures.append([op, [], {}, outs])
+            append([s, args[0]])
+            continue
+        key = (op, repr((args, kwargs) if kwargs else args), outs_key)
         s = index.get(key)
         if s is None:
             s = index[key] = len(signatures)
-            signatures.append([n.op, [], {}, n.outs] if leaf else [n.op, n.args, n.kwargs, n.outs])
-        if leaf:
-            rows.append([s, n.args[0]])
+            signatures.append([op, args, kwargs, outs])
+        if len(inputs) == 1 and inputs[0].out == 0:  # most nodes
+            append([s, i - inputs[0].node])
         else:
-            rows.append([s] + [i - r.node if r.out == 0 else [i - r.node, r.out] for r in n.inputs])
+            append([s] + [i - r.node if r.out == 0 else [i - r.node, r.out] for r in inputs])
     return _sorted(signatures), rows
 
 
@@ -192,15 +196,18 @@ def encode_tensors(tensors: list, files: list) -> Tuple[list, list]:
     Tensors are in data order within each file, so a tensor's offset is stored
     as its gap after the previous one (almost always 0)."""
     index, templates, rows, ends = {}, [], [], {}
+    split, join = _NUMBER.split, _HOLE.join
     for file, name, dtype, shape, begin, end in tensors:
-        parts = _NUMBER.split(name)  # text, number, text, ..., text
-        key = (_HOLE.join(parts[::2]), dtype, tuple(shape))
+        parts = split(name)  # text, number, text, ..., text
+        key = (join(parts[::2]), dtype, *shape)
         t = index.get(key)
         if t is None:
             t = index[key] = len(templates)
             templates.append([key[0], dtype, list(shape)])
-        start = ends.get(file, 8 + files[file]["header_length"])
-        rows.append([file, t, [int(x) for x in parts[1::2]], begin - start])
+        start = ends.get(file)
+        if start is None:
+            start = 8 + files[file]["header_length"]
+        rows.append([file, t, list(map(int, parts[1::2])), begin - start])
         ends[file] = end
     return templates, rows
 

@@ -42,25 +42,34 @@ def canonical_nodes(
     """Nodes reachable from ``roots`` in canonical order, and old id -> new id
     (-1 for a node no root reaches)."""
     result: List[Node] = []
+    place = result.append
     remap = [-1] * len(nodes)
-    pushed = bytearray(len(nodes))
+    visited = bytearray(len(nodes))
+    new = tuple.__new__  # Node(...) without NamedTuple's Python-level __new__
     for root in roots:
         stack = [root.node]
         while stack:
             old = stack[-1]
-            if not pushed[old]:
-                pushed[old] = 1
-                inputs = nodes[old].inputs
-                if inputs:
-                    stack.extend(r.node for r in reversed(inputs) if not pushed[r.node])
-                    continue
+            node = nodes[old]
+            if not visited[old]:  # first visit: its unvisited inputs go first, in slot order
+                visited[old] = 1
+                inputs = node[1]
+                if len(inputs) == 1:  # most nodes: inline
+                    if not visited[inputs[0].node]:
+                        stack.append(inputs[0].node)
+                        continue
+                elif inputs:
+                    waiting = [r.node for r in reversed(inputs) if not visited[r.node]]
+                    if waiting:
+                        stack += waiting
+                        continue
             stack.pop()
             if remap[old] < 0:  # every input is placed: place this node
-                op, inputs, args, kwargs, outs = nodes[old]
+                op, inputs, args, kwargs, outs = node
                 if op == "load":
                     args = [tensor_index[(args[0], args[1])]]
                 elif inputs:
                     inputs = [Ref(remap[r.node], r.out) for r in inputs]
                 remap[old] = len(result)
-                result.append(Node(op, inputs, args, kwargs, outs))
+                place(new(Node, (op, inputs, args, kwargs, outs)))
     return result, remap

@@ -94,11 +94,13 @@ class Recorder:
 
     def source(self, file: str, name: str, placeholder) -> "Proxy":
         """A checkpoint tensor; loading the same tensor again gives the same node."""
-        if (file, name) not in self.loads:
-            self.loads[(file, name)] = self.add("load", [], [file, name], {}, self.outs(placeholder))
+        node = self.loads.get((file, name))
+        if node is None:
+            self.nodes.append(_new_node(Node, ("load", [], [file, name], {}, self.outs(placeholder))))
+            node = self.loads[(file, name)] = len(self.nodes) - 1
         if self._poison is None and placeholder.size > 0:
             self._poison = _RESHAPE(placeholder, (-1,))[0]
-        return Proxy.wrap(placeholder, Ref(self.loads[(file, name)]), self)
+        return Proxy.wrap(placeholder, Ref(node), self)
 
     def const(self, array) -> Ref:
         """A real (non-proxy) array used by the conversion becomes a constant node."""
