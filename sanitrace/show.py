@@ -9,7 +9,7 @@ well-known source-format chains are named instead of spelled out op by op
 import re
 from typing import Dict, List, Optional
 
-from .plan import Node, Ref, Slot, chunk_rows, dtype_name
+from .plan import Node, Ref, Slot, chunk_rows, dtype_name, graph_nodes
 
 _NUMBER = re.compile(r"\d+")
 _INFIX = {"__add__": "+", "__sub__": "-", "__mul__": "*", "__truediv__": "/", "__matmul__": "@",
@@ -79,7 +79,7 @@ class Renderer:
     is false."""
 
     def __init__(self, plan: dict, collapse_lists: bool = True):
-        self.nodes: List[Node] = plan["nodes"]
+        self.nodes: List[Node] = graph_nodes(plan)
         self.collapse_lists = collapse_lists
         self.tensors = plan["source"]["tensors"]
         self._exprs: Dict[tuple, str] = {}

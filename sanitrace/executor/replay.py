@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import mlx.core as mx
 
 from .. import regions
-from ..plan import Node, Ref, call, const_array
+from ..plan import Node, Ref, call, const_array, graph_nodes
 
 Region = regions.Region
 _GATHERING = frozenset(["mx.stack", "mx.concatenate", "mx.concat"])
@@ -20,7 +20,7 @@ _GATHERING = frozenset(["mx.stack", "mx.concatenate", "mx.concat"])
 
 class Replayer:
     def __init__(self, plan: dict):
-        self.nodes: List[Node] = plan["nodes"]
+        self.nodes: List[Node] = graph_nodes(plan)
         self.rules = regions.Rules(self.nodes)
         self.sources: Dict[tuple, mx.array] = {}  # (tensor index, region) -> array
         # source piece -> times value() will still ask for it (from reads()); a piece

@@ -8,9 +8,10 @@ share about the format:
 - ops.py: the op allowlist and ``apply``;
 - format.py: the canonical msgpack file (``dumps``/``loads``/``save``/``load``).
 
-A plan is a plain dict. Its graph is ``plan["nodes"]``, a list of ``Node``s in
-topological order. A node's array inputs are ``Ref``s in ``node.inputs``; its
-literal arguments ``args``/``kwargs`` hold a ``Slot(i)`` where input ``i`` goes.
+A plan is a plain dict. Its graph is ``plan["graph"]``, in the file's encoding;
+``graph_nodes(plan)`` gives it as a list of ``Node``s in topological order. A
+node's array inputs are ``Ref``s in ``node.inputs``; its literal arguments
+``args``/``kwargs`` hold a ``Slot(i)`` where input ``i`` goes.
 """
 
 import contextlib
@@ -180,6 +181,7 @@ from .format import (  # noqa: E402  (format needs the types above)
     VERSION,
     digest,
     dumps,
+    graph_nodes,
     load,
     loads,
     save,
@@ -190,5 +192,5 @@ __all__ = [
     "Ref", "Slot", "Node", "PlanError", "substitute", "call", "apply", "dtype_name", "gc_paused",
     "const_array", "OPS", "VIEW_OPS", "is_allowed", "BASELINE_BYTES", "cache_limit",
     "chunk_rows", "group_peak", "FORMAT", "VERSION", "MAX_PLAN_BYTES", "dumps",
-    "loads", "save", "load", "digest", "validate",
+    "loads", "save", "load", "digest", "validate", "graph_nodes",
 ]

@@ -11,7 +11,7 @@ with [3, 17]).
 
 import hashlib
 import re
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import mlx.core as mx
 import msgpack
@@ -117,12 +117,17 @@ def _slot_count(value) -> int:
     return 0
 
 
-def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
-    """(signatures, rows) of a node list."""
+def encode_graph(
+    nodes: List[Node], order: List[int], remap: List[int], tensor_index: Optional[dict] = None
+) -> Tuple[list, list]:
+    """(signatures, rows) of the nodes ``order`` lists, numbered by ``remap``
+    (node id -> position in ``order``). A load node's args are ``[file, name]``,
+    looked up in ``tensor_index``, or without one ``[source tensor index]``."""
     index, signatures, rows = {}, [], []
     append = rows.append
     outs_keys = {}  # id -> repr of the outs lists, which the tracer shares between nodes
-    for i, (op, inputs, args, kwargs, outs) in enumerate(nodes):
+    for i, old in enumerate(order):
+        op, inputs, args, kwargs, outs = nodes[old]
         outs_key = outs_keys.get(id(outs))
         if outs_key is None:
             outs_key = outs_keys[id(outs)] = repr(outs)
@@ -131,7 +136,7 @@ def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
             if s is None:
                 s = index[outs_key] = len(signatures)
                 signatures.append([op, [], {}, outs])
-            append([s, args[0]])
+            append([s, args[0] if tensor_index is None else tensor_index[(args[0], args[1])]])
             continue
         key = (op, repr((args, kwargs) if kwargs else args), outs_key)
         s = index.get(key)
@@ -139,9 +144,9 @@ def encode_graph(nodes: List[Node]) -> Tuple[list, list]:
             s = index[key] = len(signatures)
             signatures.append([op, args, kwargs, outs])
         if len(inputs) == 1 and inputs[0].out == 0:  # most nodes
-            append([s, i - inputs[0].node])
+            append([s, i - remap[inputs[0].node]])
         else:
-            append([s] + [i - r.node if r.out == 0 else [i - r.node, r.out] for r in inputs])
+            append([s] + [i - remap[r.node] if r.out == 0 else [i - remap[r.node], r.out] for r in inputs])
     return _sorted(signatures), rows
 
 
@@ -284,7 +289,7 @@ def attach_shard_headers(files: list, outputs: list) -> None:
 def dumps(plan: dict) -> bytes:
     source = plan["source"]
     tensor_index = {(source["files"][t[0]]["name"], t[1]): i for i, t in enumerate(source["tensors"])}
-    body = {k: v for k, v in plan.items() if k not in ("nodes", "outputs", "files", "accounting", "source")}
+    body = {k: v for k, v in plan.items() if k not in ("graph", "nodes", "outputs", "files", "accounting", "source")}
     body["source"] = {k: v for k, v in source.items() if k != "tensors"}
     body["outputs"] = [[o[k] for k in _OUTPUT_FIELDS] for o in plan["outputs"]]
     body["files"] = [{k: v for k, v in f.items() if k != "header"} for f in plan["files"]]
@@ -294,7 +299,7 @@ def dumps(plan: dict) -> bytes:
     ]
     body = _sorted(body)
     body["source"]["names"], body["source"]["tensors"] = encode_tensors(source["tensors"], source["files"])
-    body["signatures"], body["nodes"] = encode_graph(plan["nodes"])
+    body["signatures"], body["nodes"] = plan["graph"]["signatures"], plan["graph"]["rows"]
     return pack({k: body[k] for k in sorted(body)})
 
 
@@ -321,7 +326,8 @@ def loads(data: bytes) -> dict:
     try:
         source = plan["source"]
         source["tensors"] = decode_tensors(source.pop("names"), source["tensors"], source["files"])
-        plan["nodes"] = decode_graph(plan.pop("signatures"), plan["nodes"], len(source["tensors"]))
+        plan["graph"] = {"signatures": plan.pop("signatures"), "rows": plan.pop("nodes")}
+        graph_nodes(plan)
         plan["outputs"] = decode_outputs(plan["outputs"])
         attach_shard_headers(plan["files"], plan["outputs"])
         plan["accounting"]["dropped"] = [
@@ -336,9 +342,18 @@ def loads(data: bytes) -> dict:
     return plan
 
 
+def graph_nodes(plan: dict) -> List[Node]:
+    """The plan's graph as ``Node``s: ``plan["nodes"]``, decoded (and checked)
+    from ``plan["graph"]`` on first use."""
+    if "nodes" not in plan:
+        graph = plan["graph"]
+        plan["nodes"] = decode_graph(graph["signatures"], graph["rows"], len(plan["source"]["tensors"]))
+    return plan["nodes"]
+
+
 def validate(plan: dict) -> None:
     """Output, guard and group references point into the graph and output list."""
-    nodes = plan["nodes"]
+    nodes = graph_nodes(plan)
     for entry in plan["outputs"] + plan["guards"]:
         ref = entry["ref"]
         if not (isinstance(ref, Ref) and 0 <= ref.node < len(nodes) and 0 <= ref.out < len(nodes[ref.node].outs)):

@@ -5,10 +5,11 @@ from typing import Dict
 
 from .. import __version__
 from ..plan import BASELINE_BYTES, FORMAT, VERSION, Ref
+from ..plan.format import encode_graph
 from ..tracer import TraceResult
 from .accounting import account
 from .chunking import plan_groups, predicted_peak
-from .graph import canonical_nodes, source_table
+from .graph import canonical_order, source_table
 from .layout import output_files
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -31,8 +32,10 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
         return result.nodes[ref.node].outs[ref.out]
 
     out_files, outputs = output_files(result.shards, raw_aval)
+    groups = plan_groups(result.nodes, outputs)  # numbering-independent: on the trace's graph
     roots = [o["ref"] for o in outputs] + [g["ref"] for g in result.guards]
-    nodes, remap = canonical_nodes(result.nodes, roots, tensor_index)
+    order, remap = canonical_order(result.nodes, roots)
+    signatures, rows = encode_graph(result.nodes, order, remap, tensor_index)
     for out in outputs:
         out["ref"] = Ref(remap[out["ref"].node], out["ref"].out)
     guards = [
@@ -45,7 +48,6 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
     ]
     for name in sorted(result.text_files):
         out_files.append({"name": name, "kind": "text", "data": result.text_files[name]})
-    groups = plan_groups(nodes, outputs)
     peak, worst = predicted_peak(groups, memory_budget)
     return {
         "format": FORMAT,
@@ -54,7 +56,7 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
         "library": result.library,
         "options": result.options.as_dict(),
         "source": {"files": files, "tensors": tensors, "read_files": result.read_files},
-        "nodes": nodes,
+        "graph": {"signatures": signatures, "rows": rows},
         "outputs": outputs,
         "files": out_files,
         "copy_subdirectories": result.copy_subdirectories,

@@ -36,24 +36,20 @@ def source_table(headers: Dict[str, Header]) -> Tuple[list, list, dict]:
     return files, tensors, index
 
 
-def canonical_nodes(
-    nodes: List[Node], roots: List[Ref], tensor_index: dict
-) -> Tuple[List[Node], List[int]]:
-    """Nodes reachable from ``roots`` in canonical order, and old id -> new id
-    (-1 for a node no root reaches)."""
-    result: List[Node] = []
-    place = result.append
+def canonical_order(nodes: List[Node], roots: List[Ref]) -> Tuple[List[int], List[int]]:
+    """The nodes reachable from ``roots`` in canonical order (their ids), and old
+    id -> new id (-1 for a node no root reaches)."""
+    order: List[int] = []
+    place = order.append
     remap = [-1] * len(nodes)
     visited = bytearray(len(nodes))
-    new = tuple.__new__  # Node(...) without NamedTuple's Python-level __new__
     for root in roots:
         stack = [root.node]
         while stack:
             old = stack[-1]
-            node = nodes[old]
             if not visited[old]:  # first visit: its unvisited inputs go first, in slot order
                 visited[old] = 1
-                inputs = node[1]
+                inputs = nodes[old][1]
                 if len(inputs) == 1:  # most nodes: inline
                     if not visited[inputs[0].node]:
                         stack.append(inputs[0].node)
@@ -65,11 +61,6 @@ def canonical_nodes(
                         continue
             stack.pop()
             if remap[old] < 0:  # every input is placed: place this node
-                op, inputs, args, kwargs, outs = node
-                if op == "load":
-                    args = [tensor_index[(args[0], args[1])]]
-                elif inputs:
-                    inputs = [Ref(remap[r.node], r.out) for r in inputs]
-                remap[old] = len(result)
-                place(new(Node, (op, inputs, args, kwargs, outs)))
-    return result, remap
+                remap[old] = len(order)
+                place(old)
+    return order, remap
