@@ -2,8 +2,8 @@
 
 Nodes are renumbered in depth-first post-order from the outputs (inputs in
 slot order), so the numbering depends on the conversion, not on the order in
-which sanitize happened to create its arrays. Load nodes refer to the source
-tensor table by index.
+which sanitize happened to create its arrays. The source tensor table gives
+each loaded tensor the index a load node refers to in the plan.
 """
 
 from typing import Dict, List, Tuple

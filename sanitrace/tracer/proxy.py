@@ -89,15 +89,14 @@ class Recorder:
         return leaf
 
     def add(self, op: str, inputs: list, args: list, kwargs: dict, outs: list) -> int:
-        self.nodes.append(Node(op, inputs, args, kwargs, outs))
+        self.nodes.append(_new_node(Node, (op, inputs, args, kwargs, outs)))
         return len(self.nodes) - 1
 
     def source(self, file: str, name: str, placeholder) -> "Proxy":
         """A checkpoint tensor; loading the same tensor again gives the same node."""
         node = self.loads.get((file, name))
         if node is None:
-            self.nodes.append(_new_node(Node, ("load", [], [file, name], {}, self.outs(placeholder))))
-            node = self.loads[(file, name)] = len(self.nodes) - 1
+            node = self.loads[(file, name)] = self.add("load", [], [file, name], {}, self.outs(placeholder))
         if self._poison is None and placeholder.size > 0:
             self._poison = _RESHAPE(placeholder, (-1,))[0]
         return Proxy.wrap(placeholder, Ref(node), self)
