@@ -8,12 +8,19 @@ then the data region. Offsets are relative to the start of the data region.
 import hashlib
 import json
 import math
+import operator
 import os
+import stat
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional
+from typing import BinaryIO, Dict, List, NamedTuple, Optional
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference limit
+# mlx holds each dimension in an int32 (mx.zeros((2**31,)) raises OverflowError,
+# mx.load refuses such a header); element counts beyond 2**31 are fine
+MAX_DIM = 2**31 - 1
+MAX_NDIM = 64  # numpy's; a bound so a malformed shape cannot make math.prod crawl
+MAX_OFFSET = 2**63 - 1  # a file offset (off_t)
 
 # bytes per element of every safetensors dtype mx.load can return an array for
 DTYPE_SIZES = {
@@ -101,11 +108,67 @@ class Header:
         return hashlib.sha256(self.header_bytes).hexdigest()
 
 
-def read_header(path: str) -> Header:
-    """Parse and validate the header of ``path``; never reads the data region."""
-    name = os.fspath(path)
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, for messages."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def check_regular(path: str, error=SafetensorsError) -> os.stat_result:
+    """``os.stat(path)`` when ``path`` is a regular file (symlinks followed); else
+    ``error`` naming it. A FIFO or device would block a reader or never end."""
     try:
-        with open(name, "rb") as f:
+        st = os.stat(path)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
+    return st
+
+
+def open_regular(path: str, error=SafetensorsError) -> BinaryIO:
+    """``path`` opened for binary reading, refused (``error`` naming it) unless it
+    is a regular file. Checked before opening and again on the open file, which
+    is opened non-blocking: a FIFO swapped in meanwhile cannot hang the open."""
+    check_regular(path, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{path}: is {file_kind(mode)}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+_BY_OFFSETS = operator.itemgetter(3, 4)  # TensorInfo (begin, end)
+_ints = {int}.issuperset  # of map(type, ...): JSON true and 1.0 are no sizes
+
+
+def _short(value) -> str:
+    """repr of a header value for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_header(path: str) -> Header:
+    """Parse and validate the header of ``path``; never reads the data region.
+
+    Every malformed header raises SafetensorsError naming the file (and the
+    tensor): an entry must be ``{"dtype": one of DTYPE_SIZES, "shape": [int],
+    "data_offsets": [begin, end]}`` with dims <= MAX_DIM, ``end - begin`` the
+    tensor's bytes, ``end`` <= MAX_OFFSET and no two tensors overlapping;
+    ``__metadata__`` is a str -> str object. A name given twice is the last
+    entry, as in mx.load. The data region may be missing (header-only and
+    sparse copies are traceable)."""
+    name = os.fspath(path)
+    with open_regular(name) as f:
+        try:
             prefix = f.read(8)
             if len(prefix) != 8:
                 raise SafetensorsError(f"{name}: too short to be a safetensors file")
@@ -115,36 +178,64 @@ def read_header(path: str) -> Header:
                     f"{name}: header of {n} bytes exceeds the {MAX_HEADER_BYTES} byte limit"
                 )
             raw = f.read(n)
-    except OSError as e:
-        raise SafetensorsError(f"{name}: cannot read: {e.strerror}") from e
+        except OSError as e:
+            raise SafetensorsError(f"{name}: cannot read: {e.strerror}") from None
     if len(raw) != n:
         raise SafetensorsError(f"{name}: header truncated ({len(raw)} of {n} bytes)")
+    if not raw.strip():
+        raise SafetensorsError(f"{name}: header is empty")
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{name}: header is not valid JSON: {e}") from e
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SafetensorsError(f"{name}: header is not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise SafetensorsError(f"{name}: header is not valid JSON: {e}") from None
+    except RecursionError:
+        raise SafetensorsError(f"{name}: header is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise SafetensorsError(f"{name}: header is not a JSON object")
     metadata = doc.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())
+    ):
+        raise SafetensorsError(f"{name}: __metadata__ is not an object of strings")
     data_start = 8 + n
     tensors = {}
     for key, entry in doc.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(map(int, entry["shape"]))
-            begin, end = map(int, entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SafetensorsError(f"{name}: tensor {key!r}: malformed entry") from e
-        if dtype not in DTYPE_SIZES:
-            raise SafetensorsError(f"{name}: tensor {key!r}: unknown dtype {dtype}")
-        if min(shape, default=0) < 0 or begin < 0 or end < begin:
-            raise SafetensorsError(f"{name}: tensor {key!r}: invalid shape or offsets")
-        if (end - begin) != math.prod(shape) * DTYPE_SIZES[dtype]:
+        if type(entry) is not dict:
+            raise SafetensorsError(f"{name}: tensor {_short(key)}: entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if type(dtype) is not str or dtype not in DTYPE_SIZES:
+            raise SafetensorsError(f"{name}: tensor {_short(key)}: unknown dtype {_short(dtype)}")
+        if type(shape) is not list or len(shape) > MAX_NDIM or not _ints(map(type, shape)) or (
+            shape and not 0 <= min(shape) <= max(shape) <= MAX_DIM
+        ):
             raise SafetensorsError(
-                f"{name}: tensor {key!r}: {end - begin} bytes do not match "
-                f"{dtype} {list(shape)}"
+                f"{name}: tensor {_short(key)}: shape {_short(shape)} is not a list of at "
+                f"most {MAX_NDIM} sizes 0..{MAX_DIM}"
             )
-        tensors[key] = TensorInfo(key, dtype, shape, data_start + begin, data_start + end)
+        if (
+            type(offsets) is not list or len(offsets) != 2 or not _ints(map(type, offsets))
+            or not 0 <= offsets[0] <= offsets[1] <= MAX_OFFSET
+        ):
+            raise SafetensorsError(
+                f"{name}: tensor {_short(key)}: data_offsets {_short(offsets)} are not [begin, end] "
+                f"with 0 <= begin <= end <= {MAX_OFFSET}"
+            )
+        begin, end = offsets
+        if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise SafetensorsError(
+                f"{name}: tensor {_short(key)}: data_offsets {offsets} ({end - begin} bytes) do "
+                f"not match {dtype} {shape}"
+            )
+        tensors[key] = TensorInfo(key, dtype, tuple(shape), data_start + begin, data_start + end)
+    previous = None
+    for t in sorted(tensors.values(), key=_BY_OFFSETS):
+        if previous is not None and t.begin < previous.end:
+            raise SafetensorsError(
+                f"{name}: tensors {_short(previous.name)} and {_short(t.name)} overlap in the data region"
+            )
+        previous = t
     return Header(name, raw, tensors, metadata)
 
 

@@ -12,20 +12,22 @@ graph references, and the small text files verbatim.
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import io
-import json
 import os
+import stat
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import mlx.core as mx
 
 from ..plan import Node, Ref, call, const_array
-from ..safetensors_format import Header
+from ..safetensors_format import Header, SafetensorsError, check_regular, file_kind, open_regular
 from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
-from .libraries import LIBRARIES, choose_library
+from .libraries import LIBRARIES, choose_library, read_config
 from .sources import SourceSet
 
 _REAL_LOAD = mx.load
@@ -83,45 +85,161 @@ def _evaluate(recorder: Recorder, sources: SourceSet, cache: dict, ref: Ref):
 
 
 MAX_READ_FILE_BYTES = 4 << 20
+# files the libraries read or glob in the model folder: these must be regular files
+_READ_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".py", ".tiktoken")
 
 
 def _read_files(model_dir: str, names) -> Dict[str, bytes]:
     """The bytes of the files the library read while converting (config.json,
-    generation_config.json, ...), plus a remote-code model file, for re-tracing."""
-    names = set(names)
-    with open(os.path.join(model_dir, "config.json")) as f:
-        model_file = json.load(f).get("model_file")
-    if model_file:
-        names.add(model_file)
+    generation_config.json, ...), for re-tracing. Never Python source: a plan
+    carries no code that anything would run."""
     result = {}
     for name in sorted(names):
         path = os.path.join(model_dir, name)
-        if os.path.isfile(path) and os.path.getsize(path) <= MAX_READ_FILE_BYTES:
-            with open(path, "rb") as f:
-                result[name] = f.read()
+        if name.endswith(".py") or not os.path.isfile(path):
+            continue
+        with open_regular(path, TraceError) as f:
+            data = f.read(MAX_READ_FILE_BYTES + 1)
+        if len(data) <= MAX_READ_FILE_BYTES:
+            result[name] = data
     return result
+
+
+def _check_folder(model_dir: str) -> None:
+    """Refuse, before the library opens anything, a top-level entry that is not a
+    regular file or a folder (a FIFO would block the reader forever), or a
+    folder where the library reads or globs a file (``*.json``, ...)."""
+    if not os.path.isdir(model_dir):
+        raise TraceError(f"{model_dir}: not a folder")
+    try:
+        entries = sorted(os.scandir(model_dir), key=lambda e: e.name)
+    except OSError as e:
+        raise TraceError(f"{model_dir}: cannot list: {e.strerror}") from None
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError as e:
+            raise TraceError(f"{entry.path}: cannot read: {e.strerror}") from None
+        if stat.S_ISREG(mode) or (stat.S_ISDIR(mode) and not entry.name.endswith(_READ_SUFFIXES)):
+            continue
+        raise TraceError(f"{entry.path}: is {file_kind(mode)}, not a regular file")
+    if not os.path.lexists(os.path.join(model_dir, "config.json")):
+        raise TraceError(f"{model_dir}: no config.json; not a Hugging Face model folder")
+
+
+def _read_config(model_dir: str, options: ConvertOptions) -> dict:
+    """config.json, checked for what the conversion needs before it starts."""
+    path = os.path.join(model_dir, "config.json")
+    config = read_config(model_dir)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise TraceError(f"{path}: no model_type (a string naming the architecture)")
+    model_file = config.get("model_file")
+    if model_file is None:
+        return config
+    if not options.trust_remote_code:
+        raise TraceError(
+            f"{path}: model_file {model_file!r:.120} is code from the model folder that the "
+            "conversion would run; pass --trust-remote-code if you trust this model"
+        )
+    if not isinstance(model_file, str) or ".." in model_file.split("/") or os.path.isabs(model_file):
+        raise TraceError(f"{path}: model_file {model_file!r:.120} is not a file in the model folder")
+    check_regular(os.path.join(model_dir, model_file), TraceError)
+    return config
+
+
+def _package_dir(name: str) -> Optional[str]:
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+
+
+_LIBRARY_DIRS = [d + os.sep for d in map(_package_dir, LIBRARIES) if d]
+_SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# the lines where a stand-in calls the real mlx function or open(): an error there is the caller's
+_FORWARDING_LINES = frozenset([
+    "result = fn(*run_args, **kwargs)",
+    "return original(*args, **kwargs)",
+    "return _REAL_ARRAY(*args, **kwargs)",
+    "return original_open(file, mode, *args, **kwargs)",
+])
+
+
+def _in_sanitrace(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_SANITRACE_DIR)
+
+
+def _library_path(filename: str) -> Optional[str]:
+    """``mlx_lm/models/llama.py`` for a file of an installed library, else None."""
+    for d in _LIBRARY_DIRS:
+        if filename.startswith(d):
+            return os.path.relpath(filename, os.path.dirname(os.path.dirname(d)))
+    return None
+
+
+def _library_failure(error: Exception, library: str, model_dir: str, config: dict) -> Optional[TraceError]:
+    """A one-line TraceError for an exception the conversion raised, or None when
+    it was raised by sanitrace's own code (a bug: it keeps its traceback).
+
+    An error of a real mlx function that a stand-in forwarded is the caller's.
+    Names the innermost frame in the library or the model folder's own code
+    (else outside sanitrace) and, for model construction (ModelArgs.from_dict,
+    a model's __init__), config.json."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return None
+    innermost = frames[-1]
+    if _in_sanitrace(innermost.filename) and (innermost.line or "").strip() not in _FORWARDING_LINES:
+        return None
+    outside = [f for f in frames if not _in_sanitrace(f.filename)]
+    in_library = [f for f in outside if _library_path(f.filename)]
+    converting = [f for f in outside if _library_path(f.filename) or f.filename.startswith(model_dir + os.sep)]
+    site = (converting or outside or frames)[-1]
+    where = _library_path(site.filename) or site.filename
+    if where.startswith(model_dir + os.sep):
+        where = os.path.relpath(where, model_dir)
+    lines = str(error).strip().splitlines() or [""]
+    what = f"{type(error).__name__}: {lines[0][:200]}".rstrip(": ")
+    constructing = any(
+        f.name in ("from_dict", "__post_init__") or (f.name == "__init__" and "/models/" in f.filename)
+        for f in in_library
+    ) or (site.filename == "<string>" and site.name == "__init__")  # a dataclass's generated __init__
+    if constructing:
+        return TraceError(
+            f"{os.path.join(model_dir, 'config.json')}: {library} cannot build model_type "
+            f"{config.get('model_type')!r} from this config: {what} ({where}:{site.lineno})"
+        )
+    same = f"; eager conversion ({library}.convert) fails the same way" if converting else ""
+    return TraceError(f"{model_dir}: {library}.convert fails at {where}:{site.lineno} ({site.name}): {what}{same}")
 
 
 def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None) -> TraceResult:
     """Trace the conversion of ``model_dir`` with ``options`` by ``library``
     ("mlx_lm" or "mlx_vlm"; chosen from config.json when None). Reads headers only."""
     model_dir = os.path.abspath(model_dir)
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise TraceError(f"{model_dir}: no config.json; not a Hugging Face model folder")
-    lib = LIBRARIES[library or choose_library(model_dir)]
+    _check_folder(model_dir)
+    config = _read_config(model_dir, options)
+    lib = LIBRARIES[library or choose_library(model_dir, config)]
     if options.quant_predicate is not None and options.quant_predicate not in lib.recipes():
         raise TraceError(f"{lib.name} has no quantization recipe {options.quant_predicate!r}")
     convert = lib.convert()
-    lib.import_model_module(model_dir)
     recorder = Recorder(os.path.basename(model_dir))
     sources = SourceSet(model_dir)
     recorder.value_source = functools.partial(_evaluate, recorder, sources, {})
     try:
         with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
             out = os.path.join(tmp, "out")
-            with tracing(recorder, sources, lib.stubs()) as capture:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
+            try:
+                lib.import_model_module(model_dir, config)
+                with tracing(recorder, sources, lib.stubs()) as capture:
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
+            except (TraceError, SafetensorsError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001  reported in one line unless sanitrace's own
+                failure = _library_failure(e, lib.name, model_dir, config)
+                if failure is None:
+                    raise
+                raise failure from e
             text_files = {}
             for name in WRITTEN_FILES:
                 path = os.path.join(out, name)

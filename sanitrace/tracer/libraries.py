@@ -12,7 +12,10 @@ import json
 import os
 import pathlib
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
+
+from ..safetensors_format import open_regular
+from .proxy import TraceError
 
 
 class _NoTokenizer:
@@ -45,21 +48,26 @@ class Library:
     def recipes(self) -> List[str]:
         return list(getattr(importlib.import_module(self.convert_module), self.quant_recipes))
 
-    def import_model_module(self, model_dir: str) -> None:
+    def import_model_module(self, model_dir: str, config: dict) -> None:
         """Import the model's module now, with mlx unpatched, so that nothing it
-        evaluates at import time (annotations, module constants) sees a stand-in."""
+        evaluates at import time (annotations, module constants) sees a stand-in.
+        A model_type the library lacks is a TraceError naming config.json; any
+        other failure is the library's, for the caller to report."""
         path = pathlib.Path(model_dir)
+        utils = importlib.import_module(f"{self.name}.utils")
         try:
             if self.name == "mlx_lm":
-                utils = importlib.import_module("mlx_lm.utils")
-                config = utils.load_config(path)
                 if config.get("model_file") is None:
-                    utils._get_classes(config)
+                    utils._get_classes(utils.load_config(path))
             else:
-                utils = importlib.import_module("mlx_vlm.utils")
                 utils.get_model_and_args(config=utils.load_config(path), model_path=path)
-        except Exception:  # noqa: BLE001  the conversion itself reports these, as eager does
-            pass
+        except ValueError as e:
+            if not str(e).startswith("Model type "):
+                raise
+            raise TraceError(
+                f"{path / 'config.json'}: {self.name} has no model_type "
+                f"{config.get('model_type')!r:.120} ({str(e).splitlines()[0][:200]})"
+            ) from None
 
 
 LIBRARIES = {
@@ -70,14 +78,37 @@ LIBRARIES = {
 _MULTIMODAL_KEYS = ("vision_config", "audio_config", "vision_tower", "speech_config")
 
 
-def choose_library(model_dir: str) -> str:
+def read_config(model_dir: str) -> dict:
+    """``model_dir``/config.json as a dict; TraceError naming it when it is not a
+    regular file, cannot be read or is not a JSON object."""
+    path = os.path.join(model_dir, "config.json")
+    with open_regular(path, TraceError) as f:
+        try:
+            data = f.read()
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        config = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise TraceError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise TraceError(f"{path}: not valid JSON: nested too deeply") from None
+    if not isinstance(config, dict):
+        raise TraceError(f"{path}: not a JSON object")
+    return config
+
+
+def choose_library(model_dir: str, config: Optional[dict] = None) -> str:
     """mlx_vlm for checkpoints with vision/audio towers or a *ForConditionalGeneration
-    architecture (what mlx_vlm.convert is for), mlx_lm otherwise."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
+    architecture (what mlx_vlm.convert is for), mlx_lm otherwise. ``config`` is
+    read from ``model_dir`` when not given."""
+    if config is None:
+        config = read_config(model_dir)
     architectures = config.get("architectures") or []
+    if isinstance(architectures, str):
+        architectures = [architectures]
     if any(k in config for k in _MULTIMODAL_KEYS) or any(
-        a.endswith("ForConditionalGeneration") for a in architectures
+        isinstance(a, str) and a.endswith("ForConditionalGeneration") for a in architectures
     ):
         return "mlx_vlm"
     return "mlx_lm"

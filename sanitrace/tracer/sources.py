@@ -47,21 +47,27 @@ class SourceSet:
         self.headers[name] = header
         kinds: Dict[tuple, str] = {}  # (dtype, shape) -> its entry in the data-less header
         entries = {}
-        size = 0
+        largest = None
         for t in header.tensors.values():
             if (t.dtype, t.shape) not in kinds:
                 key = kinds[(t.dtype, t.shape)] = str(len(kinds))
                 entries[key] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [0, t.nbytes]}
-                size = max(size, t.nbytes)
+                if largest is None or t.nbytes > largest.nbytes:
+                    largest = t
         raw = json.dumps(entries, separators=(",", ":")).encode()
         fake = os.path.join(self._tmp.name, f"{len(self.headers)}.safetensors")
         with open(fake, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
-        os.truncate(fake, 8 + len(raw) + size)
         try:
+            os.truncate(fake, 8 + len(raw) + (largest.nbytes if largest else 0))
             arrays = original_load(fake)
+        except (OSError, OverflowError) as e:
+            raise SafetensorsError(
+                f"{name}: tensor {largest.name!r} ({largest.nbytes} bytes) is too large "
+                f"for a placeholder file: {getattr(e, 'strerror', None) or e}"
+            ) from None
         except (ValueError, RuntimeError) as e:
-            raise SafetensorsError(f"{name}: mx.load refuses this file: {e}") from None
+            raise SafetensorsError(f"{name}: mx.load refuses this file: {str(e).splitlines()[0]}") from None
         finally:
             os.truncate(fake, 8 + len(raw))
         tensors = header.tensors
