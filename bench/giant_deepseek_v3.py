@@ -39,10 +39,10 @@ def main():
     run = measure("trace", [sys.executable, "-m", "sanitrace", "trace", full, "-q", "-o", plan_path],
                   os.path.join(args.work, "trace.log"))
     plan = plan_ir.load(plan_path)
-    print(f"full trace: {len(plan['source']['tensors'])} tensors, {len(plan['source']['files'])} shards, "
+    print(f"full trace: {len(plan.source.tensors)} tensors, {len(plan.source.files)} shards, "
           f"{run.wall:.1f} s wall, peak RSS {run.peak_rss / 2**30:.2f} GiB, "
           f"plan {os.path.getsize(plan_path) / 1e6:.1f} MB, "
-          f"predicted execute peak {plan['memory']['predicted_peak'] / 2**30:.2f} GiB "
+          f"predicted execute peak {plan.memory.predicted_peak / 2**30:.2f} GiB "
           f"(took {time.time() - start:.0f} s with loading)")
 
     four = os.path.join(args.work, "dsv3-4")
@@ -52,7 +52,7 @@ def main():
     plan4 = os.path.join(args.work, "dsv3-4-q4.msgpack")
     subprocess.run([sys.executable, "-m", "sanitrace", "trace", four, "-q", "-o", plan4],
                    check=True, stdout=subprocess.DEVNULL)
-    predicted = plan_ir.load(plan4)["memory"]["predicted_peak"]
+    predicted = plan_ir.load(plan4).memory.predicted_peak
     print(f"4 layers: predicted execute peak {predicted / 2**30:.2f} GiB")
     if args.skip_eager:
         out = os.path.join(args.work, "dsv3-4-sanitrace")

@@ -35,7 +35,7 @@ def main():
         budget = ["--memory-budget", args.budget] if args.budget else []
         subprocess.run([sys.executable, "-m", "sanitrace", "trace", source, "-o", plan_path] + flags + budget,
                        check=True, stdout=subprocess.DEVNULL)
-        predicted = plan_ir.load(plan_path)["memory"]["predicted_peak"]
+        predicted = plan_ir.load(plan_path).memory.predicted_peak
         out = os.path.join(args.work, "out")
         for folder in (out, out + ".partial"):  # an earlier interrupted run leaves .partial
             shutil.rmtree(folder, ignore_errors=True)

@@ -98,7 +98,7 @@ def check(
             plan = build_plan(traced, memory_budget or DEFAULT_MEMORY_BUDGET)
             del traced
             execute(plan, model_dir, ours, memory_budget=memory_budget, progress=False)
-            result.tensors = len(plan["outputs"])
+            result.tensors = len(plan.outputs)
         except Exception as e:  # noqa: BLE001  reported as the verdict
             result.sanitrace_failed = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         if result.eager_failed is None and result.sanitrace_failed is None:

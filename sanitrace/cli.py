@@ -6,8 +6,10 @@ import json
 import os
 import sys
 import time
+import traceback
 
 from . import plan as plan_ir
+from .executor import GuardFailed, OutputError, OutputExists, SourceMismatch
 from .safetensors_format import SafetensorsError
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20,
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="The model folder the plan was traced from.")
     p.add_argument("--out", required=True, help="Output folder (must not exist).")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
+    p.add_argument("--digest", default=None, metavar="HEX",
+                   help="Refuse to run unless the plan's digest (printed by `show`) is HEX.")
     _add_execute_flags(p)
 
     p = sub.add_parser("convert", help="trace + execute in one go.")
@@ -98,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "alone; report what would change (exit status 1 if anything).")
     p.add_argument("plans", nargs="+", help="Plan files (a .txt rendering beside one is checked too).")
     p.add_argument("--write", action="store_true", help="Rewrite stale plans (and their .txt).")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="Allow remote code (never taken from the plan itself).")
     return parser
 
 
@@ -120,25 +126,28 @@ def _trace(model: str, args) -> dict:
         result = trace(model, options_from_args(args), args.library)
         plan = build_plan(result, args.memory_budget or DEFAULT_MEMORY_BUDGET)
         del result
-    acc, mem = plan["accounting"], plan["memory"]
-    shards = [f for f in plan["files"] if f["kind"] == "safetensors"]
-    out_bytes = sum(o["nbytes"] for o in plan["outputs"])
-    print(f"traced {model} with {plan['library']} in {time.time() - start:.1f}s")
-    print(f"  source tensors   {acc['source_tensors']} in {len(plan['source']['files'])} files")
-    print(f"  outputs          {acc['outputs']} tensors in {len(shards)} shards, {human_bytes(out_bytes)}")
-    print(f"  dropped sources  {len(acc['dropped'])}")
-    print(f"  predicted peak   {human_bytes(mem['predicted_peak'])} (budget {human_bytes(mem['budget'])})")
+    acc, mem = plan.accounting, plan.memory
+    print(f"traced {model} with {plan.library} in {time.time() - start:.1f}s")
+    print(f"  source tensors   {acc.source_tensors} in {len(plan.source.files)} files")
+    print(f"  outputs          {acc.outputs} tensors in {len(plan.shards)} shards, {human_bytes(plan.output_bytes)}")
+    print(f"  dropped sources  {len(acc.dropped)}")
+    print(f"  predicted peak   {human_bytes(mem.predicted_peak)} (budget {human_bytes(mem.budget)})")
     return plan
 
 
-def _execute(plan: dict, source: str, out: str, args) -> None:
+def _execute(plan: plan_ir.Plan, source: str, out: str, args) -> None:
     from .executor import execute
+    from .planner.chunking import predicted_peak
     from .show import human_bytes
 
     start = time.time()
+    budget = args.memory_budget or plan.memory.budget
+    peak, _ = predicted_peak(plan.groups, budget)
+    print(f"executing plan {plan.digest[:16]}: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
+          f"to {out}, predicted peak {human_bytes(peak)} at budget {human_bytes(budget)}", flush=True)
     summary = execute(
         plan, source, out, memory_budget=args.memory_budget, resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress, digest=getattr(args, "digest", None),
     )
     print(
         f"wrote {out}: {summary.outputs} tensors, {human_bytes(summary.bytes_written)} "
@@ -147,34 +156,66 @@ def _execute(plan: dict, source: str, out: str, args) -> None:
     )
 
 
+REPORT = "this is a bug in sanitrace: please report it with the command and the traceback above"
+
+
 def main(argv=None) -> int:
+    """Run one command. Bad input and faults print one line and exit 1; Ctrl-C
+    exits 130; only a bug in sanitrace shows a traceback."""
     args = build_parser().parse_args(argv)
-    from .executor import GuardFailed, OutputExists, SourceMismatch
     from .tracer import TraceError
 
+    user_errors = (TraceError, plan_ir.PlanError, SafetensorsError, SourceMismatch, OutputExists, OutputError,
+                   GuardFailed)
     try:
-        if args.command == "trace":
-            plan = _trace(args.model, args)
-            data = plan_ir.save(plan, args.output)
-            print(f"  plan             {args.output} ({len(data)} bytes)")
-        elif args.command == "execute":
-            _execute(plan_ir.load(args.plan), args.source, args.out, args)
-        elif args.command == "convert":
-            if os.path.exists(args.out):
-                raise FileExistsError(f"{args.out} already exists")
-            _execute(_trace(args.model, args), args.model, args.out, args)
-        elif args.command == "check":
-            return _check(args)
-        elif args.command == "show":
-            sys.stdout.write(_render(args.plan, args.full, args.format))
-        elif args.command == "diff":
-            return _diff(args.old, args.new)
-        elif args.command == "retrace":
-            return _retrace(args.plans, args.write)
-    except (TraceError, plan_ir.PlanError, SafetensorsError, SourceMismatch,
-            OutputExists, GuardFailed, FileExistsError, FileNotFoundError) as e:
-        print(f"sanitrace {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return _run(args)
+    except user_errors as e:
+        return _fail(args, str(e))
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader of our output went away (`| head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(args, f"{where}{e.strerror or e}")
+    except MemoryError:
+        return _fail(args, "out of memory; try a smaller --memory-budget")
+    except KeyboardInterrupt:
+        resumable = args.command in ("execute", "convert")
+        hint = "; run the same command with --resume to continue" if resumable else ""
+        print(f"\nsanitrace {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"sanitrace {args.command}: {REPORT}", file=sys.stderr)
+        return 2
+
+
+def _fail(args, message: str) -> int:
+    print(f"sanitrace {args.command}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _run(args) -> int:
+    if args.command == "trace":
+        plan = _trace(args.model, args)
+        data = plan_ir.save(plan, args.output)
+        print(f"  plan             {args.output} ({len(data)} bytes)")
+        print(f"  digest           {plan.digest}")
+    elif args.command == "execute":
+        _execute(plan_ir.load(args.plan), args.source, args.out, args)
+    elif args.command == "convert":
+        if os.path.lexists(args.out):
+            raise OutputExists(f"{args.out} already exists; delete it or choose another output folder")
+        _execute(_trace(args.model, args), args.model, args.out, args)
+    elif args.command == "check":
+        return _check(args)
+    elif args.command == "show":
+        sys.stdout.write(_render(args.plan, args.full, args.format))
+        sys.stdout.flush()
+    elif args.command == "diff":
+        return _diff(args.old, args.new)
+    elif args.command == "retrace":
+        return _retrace(args.plans, args.write, args.trust_remote_code)
     return 0
 
 
@@ -210,7 +251,7 @@ def _diff(old_path: str, new_path: str) -> int:
     return 1 if lines else 0
 
 
-def _retrace(paths, write: bool) -> int:
+def _retrace(paths, write: bool, trust_remote_code: bool) -> int:
     from .diff import diff
     from .retrace import retrace
     from .show import render
@@ -218,7 +259,7 @@ def _retrace(paths, write: bool) -> int:
     stale = 0
     for path in paths:
         old = plan_ir.load(path)
-        fresh = retrace(old)
+        fresh = retrace(old, trust_remote_code)
         text_path = os.path.splitext(path)[0] + ".txt"
         text = render(fresh)
         problems = diff(old, fresh)

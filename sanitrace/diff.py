@@ -9,17 +9,18 @@ as in ``show``.
 
 from typing import Dict, List
 
-from .show import Renderer, collapse_numbers, human_bytes
+from .plan import Plan
+from .show import Renderer, aval_text, collapse_numbers, human_bytes
 
 
-def _outputs(plan: dict) -> Dict[str, str]:
+def _outputs(plan: Plan) -> Dict[str, str]:
     r = Renderer(plan)
-    return {o["name"]: f"{o['dtype']}{o['shape']} = {r.expr(o['ref'])}" for o in plan["outputs"]}
+    return {o.name: f"{aval_text(o.dtype, o.shape)} = {r.expr(o.ref)}" for o in plan.outputs}
 
 
-def _files(plan: dict, kind: str) -> Dict[str, object]:
-    """The plan's output files of ``kind``, in order: name -> data (None for shards)."""
-    return {f["name"]: f.get("data") for f in plan["files"] if f["kind"] == kind}
+def _files(plan: Plan, kind: str) -> Dict[str, bytes]:
+    """The plan's output files of ``kind``, in order: name -> data (empty for shards)."""
+    return {f.name: f.data for f in plan.files if f.kind == kind}
 
 
 def _fields(label: str, old: dict, new: dict) -> List[str]:
@@ -30,13 +31,13 @@ def _fields(label: str, old: dict, new: dict) -> List[str]:
     ]
 
 
-def diff(old: dict, new: dict) -> List[str]:
+def diff(old: Plan, new: Plan) -> List[str]:
     """Lines describing how ``new`` differs from ``old``; empty when they agree."""
     lines: List[str] = []
-    if old["library"] != new["library"]:
-        lines.append(f"library: {old['library']} -> {new['library']}")
-    lines += _fields("options", old["options"], new["options"])
-    lines += _fields("versions", old["versions"], new["versions"])
+    if old.library != new.library:
+        lines.append(f"library: {old.library} -> {new.library}")
+    lines += _fields("options", old.options, new.options)
+    lines += _fields("versions", old.versions, new.versions)
 
     before, after = _outputs(old), _outputs(new)
     removed = sorted(before.keys() - after.keys())
@@ -66,8 +67,8 @@ def diff(old: dict, new: dict) -> List[str]:
             lines.append(f"{title} ({len(items)}):")
             lines += [f"  {mark} {line}" for line in collapse_numbers(items)]
 
-    old_dropped = {(n, why) for _, n, why in old["accounting"]["dropped"]}
-    new_dropped = {(n, why) for _, n, why in new["accounting"]["dropped"]}
+    old_dropped = {(d.name, d.reason) for d in old.accounting.dropped}
+    new_dropped = {(d.name, d.reason) for d in new.accounting.dropped}
     for title, items, mark in (
         ("sources newly dropped", sorted(new_dropped - old_dropped), "+"),
         ("sources no longer dropped", sorted(old_dropped - new_dropped), "-"),
@@ -79,10 +80,10 @@ def diff(old: dict, new: dict) -> List[str]:
     old_shards, new_shards = _files(old, "safetensors"), _files(new, "safetensors")
     if list(old_shards) != list(new_shards):
         lines.append(f"shards: {len(old_shards)} -> {len(new_shards)}")
-    if old["memory"]["predicted_peak"] != new["memory"]["predicted_peak"]:
+    if old.memory.predicted_peak != new.memory.predicted_peak:
         lines.append(
-            f"memory: predicted peak {human_bytes(old['memory']['predicted_peak'])} -> "
-            f"{human_bytes(new['memory']['predicted_peak'])}"
+            f"memory: predicted peak {human_bytes(old.memory.predicted_peak)} -> "
+            f"{human_bytes(new.memory.predicted_peak)}"
         )
     old_texts, new_texts = _files(old, "text"), _files(new, "text")
     for name in sorted(old_texts.keys() | new_texts.keys()):

@@ -11,50 +11,100 @@ their sha256 differs from the originals: the re-traced plan keeps the recorded
 hashes (they identify the real files the executor will read).
 """
 
+import dataclasses
 import json
 import os
 import struct
 import tempfile
 
 from . import plan as plan_ir
+from .plan.checks import check_name
 from .planner import build_plan
 from .tracer import ConvertOptions, trace
 
 
-def rebuild_source(plan: dict, folder: str) -> None:
-    """Header-only safetensors files and the recorded small files, as traced."""
-    source = plan["source"]
-    by_file = {i: [] for i in range(len(source["files"]))}
-    for file, name, dtype, shape, begin, end in source["tensors"]:
-        by_file[file].append((name, dtype, shape, begin, end))
-    for i, f in enumerate(source["files"]):
-        data_start = 8 + f["header_length"]
-        doc = {} if f["metadata"] is None else {"__metadata__": f["metadata"]}
-        for name, dtype, shape, begin, end in by_file[i]:
-            doc[name] = {"dtype": dtype, "shape": shape,
-                         "data_offsets": [begin - data_start, end - data_start]}
+# what a plan's recorded small files may be: data the library reads, never code
+DATA_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
+
+
+def _check_names(source: plan_ir.Source) -> None:
+    """Every file rebuild_source would write is a plain relative path inside the
+    folder: a .safetensors source or a recorded data file; PlanError otherwise."""
+    for f in source.files:
+        check_name(f.name, "source file")
+        if not f.name.endswith(".safetensors"):
+            raise plan_ir.PlanError(f"source file {f.name!r:.120} is not a .safetensors file")
+    for name in source.read_files:
+        check_name(name, "recorded source file")
+        if not name.endswith(DATA_SUFFIXES):
+            raise plan_ir.PlanError(
+                f"recorded source file {name!r:.120} is not a data file ({', '.join(DATA_SUFFIXES)}); "
+                "a plan carries no code"
+            )
+
+
+def _check_no_model_file(source: plan_ir.Source) -> None:
+    """A model built by code from its own folder cannot be re-traced from a plan,
+    which carries no code."""
+    try:
+        config = json.loads(source.read_files.get("config.json", b"{}"))
+    except (ValueError, RecursionError) as e:
+        raise plan_ir.PlanError(f"the plan's config.json is not valid JSON: {e}") from None
+    if isinstance(config, dict) and config.get("model_file") is not None:
+        raise plan_ir.PlanError(
+            f"the plan's config.json names model_file {config['model_file']!r:.120}: the model "
+            "needs remote code, which a plan does not carry; retrace cannot rebuild it from the "
+            "plan alone (re-trace the source folder with `sanitrace trace --trust-remote-code`)"
+        )
+
+
+def rebuild_source(plan: plan_ir.Plan, folder: str) -> None:
+    """Header-only safetensors files and the recorded small files, as traced.
+    Writes only plain relative paths inside ``folder``, and no code."""
+    source = plan.source
+    _check_names(source)
+    by_file = {i: [] for i in range(len(source.files))}
+    for t in source.tensors:
+        by_file[t.file].append(t)
+    for i, f in enumerate(source.files):
+        data_start = 8 + f.header_length
+        doc = {} if f.metadata is None else {"__metadata__": f.metadata}
+        for t in by_file[i]:
+            doc[t.name] = {"dtype": t.dtype, "shape": list(t.shape),
+                           "data_offsets": [t.begin - data_start, t.end - data_start]}
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(raw) > f["header_length"]:
-            raise plan_ir.PlanError(f"{f['name']}: cannot rebuild its header in {f['header_length']} bytes")
-        path = os.path.join(folder, f["name"])
+        if len(raw) > f.header_length:
+            raise plan_ir.PlanError(f"{f.name}: cannot rebuild its header in {f.header_length} bytes")
+        path = os.path.join(folder, f.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as out:
-            out.write(struct.pack("<Q", f["header_length"]) + raw.ljust(f["header_length"]))
-    for name, data in source["read_files"].items():
+            out.write(struct.pack("<Q", f.header_length) + raw.ljust(f.header_length))
+    for name, data in source.read_files.items():
         path = os.path.join(folder, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as out:
             out.write(data)
 
 
-def retrace(plan: dict) -> dict:
-    """The plan the installed libraries produce for the same source and options."""
+def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan:
+    """The plan the installed libraries produce for the same source and options.
+
+    ``trust_remote_code`` comes from the caller, never from the plan; a plan
+    whose model needs remote code (config.json names a model_file) is refused."""
+    _check_no_model_file(plan.source)
+    names = {f.name for f in dataclasses.fields(ConvertOptions)}
+    unknown = sorted(set(plan.options) - names)
+    if unknown:
+        raise plan_ir.PlanError(f"the plan's options name unknown flags {unknown}")
+    options = ConvertOptions(**dict(plan.options, trust_remote_code=trust_remote_code))
     with tempfile.TemporaryDirectory(prefix="sanitrace-retrace-") as folder:
         rebuild_source(plan, folder)
         with plan_ir.gc_paused():
-            result = trace(folder, ConvertOptions(**plan["options"]), plan["library"])
-            fresh = build_plan(result, plan["memory"]["budget"])
-    recorded = {f["name"]: f["header_sha256"] for f in plan["source"]["files"]}
-    for f in fresh["source"]["files"]:
-        f["header_sha256"] = recorded.get(f["name"], f["header_sha256"])
-    return fresh
+            result = trace(folder, options, plan.library)
+            # recorded as the plan has it: without a model_file the flag changes nothing
+            result.options = dataclasses.replace(
+                options, trust_remote_code=plan.options.get("trust_remote_code", False))
+            fresh = build_plan(result, plan.memory.budget)
+    recorded = {f.name: f.header_sha256 for f in plan.source.files}
+    files = tuple(f._replace(header_sha256=recorded.get(f.name, f.header_sha256)) for f in fresh.source.files)
+    return dataclasses.replace(fresh, source=fresh.source._replace(files=files))

@@ -6,10 +6,12 @@ well-known source-format chains are named instead of spelled out op by op
 (``fp8_block_dequant(W, W_scale_inv, 128x128)``); the plan itself keeps every op.
 """
 
+import collections
+import hashlib
 import re
 from typing import Dict, List, Optional
 
-from .plan import Node, Ref, Slot, chunk_rows, dtype_name, graph_nodes
+from .plan import Group, Node, Output, Plan, Ref, Slot, chunk_rows, dtype_name
 
 _NUMBER = re.compile(r"\d+")
 _INFIX = {"__add__": "+", "__sub__": "-", "__mul__": "*", "__truediv__": "/", "__matmul__": "@",
@@ -78,11 +80,14 @@ class Renderer:
     running number (the experts of a stack) collapse unless ``collapse_lists``
     is false."""
 
-    def __init__(self, plan: dict, collapse_lists: bool = True):
-        self.nodes: List[Node] = graph_nodes(plan)
+    def __init__(self, plan: Plan, collapse_lists: bool = True):
+        self.nodes: List[Node] = plan.nodes
         self.collapse_lists = collapse_lists
-        self.tensors = plan["source"]["tensors"]
+        self.tensors = plan.source.tensors
+        self.files = plan.source.files
         self._exprs: Dict[tuple, str] = {}
+        names = collections.Counter(t.name for t in self.tensors)
+        self._ambiguous = {n for n, count in names.items() if count > 1}  # named with their file
 
     def _input(self, node: Node, i: int, op: str) -> Optional[Node]:
         """Input ``i`` of ``node`` when it is an ``op`` node."""
@@ -149,10 +154,13 @@ class Renderer:
     def _expr(self, ref: Ref) -> str:
         node = self.nodes[ref.node]
         if node.op == "load":
-            return self.tensors[node.args[0]][1]
+            t = self.tensors[node.args[0]]
+            return f"{self.files[t.file].name}:{t.name}" if t.name in self._ambiguous else t.name
         if node.op == "const":
             dtype, shape = node.outs[0]
-            return f"const {dtype}{shape}"
+            if self.collapse_lists:
+                return f"const {dtype}{shape}"
+            return f"const {dtype}{shape} sha256:{hashlib.sha256(node.args[0]).hexdigest()[:16]}"
         text = self.recognize(ref) if node.op in _RECOGNIZED else None
         if text is None:
             text = self._call(node, [self.expr(r) for r in node.inputs])
@@ -179,99 +187,122 @@ class Renderer:
         return f"{name}({', '.join(args + keywords)})"
 
 
-def _chunking(group: dict, budget: int) -> str:
+def _chunking(group: Group, budget: int) -> str:
     rows = chunk_rows(group, budget)
     if rows:
-        return f"  [{-(-group['rows'] // rows)} chunks of {rows} rows]"
-    if not group["unit"] and group["rows"] > 1:
+        return f"  [{-(-group.rows // rows)} chunks of {rows} rows]"
+    if not group.unit and group.rows > 1:
         return "  [not chunkable]"
     return ""
 
 
-def output_lines(plan: dict, full: bool = False) -> List[str]:
+def aval_text(dtype: str, shape) -> str:
+    """'bfloat16[4, 8]'."""
+    return f"{dtype}{list(shape)}"
+
+
+def output_lines(plan: Plan, full: bool = False) -> List[str]:
     """One line per output node (weight/scales/biases of one quantize share a line),
     or per output tensor with its file, offset and every input when ``full``."""
     r = Renderer(plan, collapse_lists=not full)
-    outputs, budget = plan["outputs"], plan["memory"]["budget"]
+    outputs, budget = plan.outputs, plan.memory.budget
     lines = []
-    for group in plan["groups"]:
-        members = [outputs[i] for i in group["outputs"]]
+    for group in plan.groups:
+        members = [outputs[i] for i in group.outputs]
         chunk = _chunking(group, budget)
         if full:
             for o in members:
-                where = f"{plan['files'][o['file']]['name']}@{o['offset']}"
-                lines.append(f"{o['name']}: {o['dtype']}{o['shape']} {where} = {r.expr(o['ref'])}{chunk}")
+                where = f"{plan.files[o.file].name}@{o.offset}"
+                lines.append(f"{o.name}: {aval_text(o.dtype, o.shape)} {where} = {r.expr(o.ref)}{chunk}")
             continue
-        by_node: Dict[int, List[dict]] = {}
+        by_node: Dict[int, List[Output]] = {}
         for out in members:
-            by_node.setdefault(out["ref"].node, []).append(out)
+            by_node.setdefault(out.ref.node, []).append(out)
         for node, outs in by_node.items():
             if len(outs) > 1:
-                prefix = outs[0]["name"].rsplit(".", 1)[0]
-                names = prefix + ".{" + ",".join(o["name"].rsplit(".", 1)[1] for o in outs) + "}"
-                types = ", ".join(f"{o['dtype']}{o['shape']}" for o in outs)
+                prefix = outs[0].name.rsplit(".", 1)[0]
+                names = prefix + ".{" + ",".join(o.name.rsplit(".", 1)[1] for o in outs) + "}"
+                types = ", ".join(aval_text(o.dtype, o.shape) for o in outs)
                 expr = r.expr(Ref(node, 0)).rsplit("[", 1)[0]
             else:
-                names, types, expr = outs[0]["name"], f"{outs[0]['dtype']}{outs[0]['shape']}", r.expr(outs[0]["ref"])
+                names, types, expr = outs[0].name, aval_text(outs[0].dtype, outs[0].shape), r.expr(outs[0].ref)
             lines.append(f"{names}: {types} = {expr}{chunk}")
     return lines
 
 
-def dropped_lines(plan: dict, full: bool = False) -> List[str]:
-    dropped = plan["accounting"]["dropped"]
+def dropped_lines(plan: Plan, full: bool = False) -> List[str]:
+    dropped = plan.accounting.dropped
     if full:
-        return [f"{name} ({why}) in {file}" for file, name, why in dropped]
-    return collapse_numbers([f"{name} ({why})" for _, name, why in dropped])
+        return [f"{d.name} ({d.reason}) in {d.file}" for d in dropped]
+    return collapse_numbers([f"{d.name} ({d.reason})" for d in dropped])
 
 
-def header_lines(plan: dict) -> List[str]:
-    v, opts, mem, acc = plan["versions"], plan["options"], plan["memory"], plan["accounting"]
+def header_lines(plan: Plan) -> List[str]:
+    v, opts, mem, acc = plan.versions, plan.options, plan.memory, plan.accounting
     set_opts = " ".join(f"{k}={opts[k]}" for k in sorted(opts) if opts[k] not in (None, False))
-    shards = [f["name"] for f in plan["files"] if f["kind"] == "safetensors"]
-    source_bytes = sum(t[5] - t[4] for t in plan["source"]["tensors"])
+    shards = [f.name for f in plan.shards]
+    source_bytes = sum(t.end - t.begin for t in plan.source.tensors)
     return [
-        f"# sanitrace plan v{plan['version']}: {plan['library']} "
-        f"(sanitrace {v['sanitrace']}, mlx {v['mlx']}, mlx-lm {v['mlx-lm']}, mlx-vlm {v['mlx-vlm']})",
+        f"# sanitrace plan v{plan.version}: {plan.library} "
+        f"(sanitrace {v.get('sanitrace')}, mlx {v.get('mlx')}, mlx-lm {v.get('mlx-lm')}, mlx-vlm {v.get('mlx-vlm')})",
+        f"digest: {plan.digest}",
         f"options: {set_opts or 'defaults'}",
-        f"source: {len(plan['source']['files'])} files, {len(plan['source']['tensors'])} tensors, "
+        f"source: {len(plan.source.files)} files, {len(plan.source.tensors)} tensors, "
         f"{human_bytes(source_bytes)}",
-        f"output: {len(plan['outputs'])} tensors, {human_bytes(sum(o['nbytes'] for o in plan['outputs']))} "
+        f"output: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
         f"in {len(shards)} shards ({', '.join(collapse_numbers(shards))})",
-        f"memory: predicted peak {human_bytes(mem['predicted_peak'])} at budget {human_bytes(mem['budget'])}",
-        f"accounting: {acc['source_tensors']} source tensors = {acc['used_sources']} used + "
-        f"{len(acc['dropped'])} dropped; {acc['outputs']} outputs; strict load {acc['strict_load']}",
+        f"memory: predicted peak {human_bytes(mem.predicted_peak)} at budget {human_bytes(mem.budget)}",
+        f"accounting: {acc.source_tensors} source tensors = {acc.used_sources} used + "
+        f"{len(acc.dropped)} dropped; {acc.outputs} outputs; strict load {acc.strict_load}",
     ]
 
 
-def render(plan: dict, full: bool = False) -> str:
+def render(plan: Plan, full: bool = False) -> str:
     """The review rendering of ``plan``: outputs collapsed across layers and
     experts (every tensor, with file and offset, when ``full``)."""
     lines = header_lines(plan) + ["", "## outputs"]
     outputs = output_lines(plan, full)
     lines += outputs if full else collapse_numbers(outputs)
-    if plan["guards"]:
+    if plan.guards:
         r = Renderer(plan)
         lines += ["", "## guards"]
-        lines += [f"{r.expr(g['ref'])}.{g['method']}() == {g['value']!r}" for g in plan["guards"]]
+        lines += [f"{r.expr(g.ref)}.{g.method}() == {g.value!r}" for g in plan.guards]
     lines += ["", "## dropped sources"]
     lines += dropped_lines(plan, full) or ["none"]
+    if full:
+        lines += ["", "## files"] + file_lines(plan)
     return "\n".join(lines) + "\n"
 
 
-def render_json(plan: dict) -> dict:
+def file_lines(plan: Plan) -> List[str]:
+    """Every output file (shards with their metadata, text files by content hash)
+    and what is copied from the source folder."""
+    lines = []
+    for f in plan.files:
+        if f.kind == "safetensors":
+            lines.append(f"{f.name}: shard, {f.size} bytes, metadata {f.metadata!r}")
+        else:
+            lines.append(f"{f.name}: text, {f.size} bytes, sha256:{hashlib.sha256(f.data).hexdigest()}")
+    copied = "top-level files and sub-folders" if plan.copy_subdirectories else "top-level files"
+    lines.append(f"copied from the source folder: its other {copied}")
+    return lines
+
+
+def render_json(plan: Plan) -> dict:
     """Every output and dropped source, uncollapsed, for tools."""
     r = Renderer(plan, collapse_lists=False)
     return {
         "header": header_lines(plan),
-        "library": plan["library"],
-        "options": plan["options"],
-        "versions": plan["versions"],
-        "memory": plan["memory"],
+        "digest": plan.digest,
+        "library": plan.library,
+        "options": plan.options,
+        "versions": plan.versions,
+        "memory": plan.memory._asdict(),
         "outputs": [
-            {"name": o["name"], "dtype": o["dtype"], "shape": o["shape"],
-             "file": plan["files"][o["file"]]["name"], "offset": o["offset"], "expr": r.expr(o["ref"])}
-            for o in plan["outputs"]
+            {"name": o.name, "dtype": o.dtype, "shape": list(o.shape),
+             "file": plan.files[o.file].name, "offset": o.offset, "expr": r.expr(o.ref)}
+            for o in plan.outputs
         ],
-        "guards": [{"expr": r.expr(g["ref"]), "method": g["method"], "value": g["value"]} for g in plan["guards"]],
-        "dropped": [{"file": f, "name": n, "reason": why} for f, n, why in plan["accounting"]["dropped"]],
+        "guards": [{"expr": r.expr(g.ref), "method": g.method, "value": g.value} for g in plan.guards],
+        "dropped": [{"file": d.file, "name": d.name, "reason": d.reason} for d in plan.accounting.dropped],
     }

@@ -38,8 +38,8 @@ def test_tiny_budget_forces_chunks_with_same_bytes(fixture, mode, checkpoints, e
     options = ConvertOptions(quantize="-q" in flags, q_mode=flags[-1] if "--q-mode" in flags else "affine")
     plan = build_plan(trace(str(src), options))
     summary = execute(plan, str(src), str(tmp_path / "out"), memory_budget=1, progress=False)
-    chunked = [g for g in plan["groups"] if g["unit"]]
-    assert summary.chunks > len(plan["groups"]) + len(chunked)  # really cut into chunks
+    chunked = [g for g in plan.groups if g.unit]
+    assert summary.chunks > len(plan.groups) + len(chunked)  # really cut into chunks
     assert compare_folders(str(eager(src, flags)), str(tmp_path / "out")) == []
 
 
@@ -55,7 +55,7 @@ def test_index_and_text_files_match_eager(checkpoints, eager, tmp_path):
 def test_plan_records_versions_and_options(checkpoints):
     plan = build_plan(trace(str(checkpoints["llama"]), ConvertOptions(quantize=True, q_bits=8)))
     plan = plan_ir.loads(plan_ir.dumps(plan))
-    assert plan["versions"]["mlx"] == "0.32.4"
-    assert plan["versions"]["mlx-lm"] == "0.32.2"
-    assert plan["versions"]["mlx-vlm"] == "0.7.10"
-    assert plan["options"]["q_bits"] == 8 and plan["options"]["quantize"] is True
+    assert plan.versions["mlx"] == "0.32.4"
+    assert plan.versions["mlx-lm"] == "0.32.2"
+    assert plan.versions["mlx-vlm"] == "0.7.10"
+    assert plan.options["q_bits"] == 8 and plan.options["quantize"] is True

@@ -2,6 +2,7 @@
 committed plans' freshness, and the seeded reviewer cases (checkpoints a
 sanitize does not handle must fail loudly, naming every parameter)."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from conftest import REPO, make_checkpoint
 from sanitrace import plan as plan_ir
 from sanitrace.cli import main as sanitrace_main
 from sanitrace.diff import diff
+from sanitrace.plan import Dropped
 from sanitrace.planner import build_plan
 from sanitrace.retrace import retrace
 from sanitrace.show import render, render_json
@@ -26,7 +28,7 @@ PLANS = sorted((REPO / "plans").glob("*.msgpack"))
 EXAMPLE_PLAN = REPO / "plans" / "tiny-qwen3-moe-q4.msgpack"
 
 
-def traced(model_dir: Path, **options) -> dict:
+def traced(model_dir: Path, **options) -> plan_ir.Plan:
     return build_plan(trace(str(model_dir), ConvertOptions(**options)))
 
 
@@ -105,14 +107,15 @@ def test_diff_reports_quantization_and_dtype_changes(checkpoints):
 
 def test_diff_names_renamed_removed_and_newly_dropped_outputs():
     old = plan_ir.load(str(EXAMPLE_PLAN))
-    new = plan_ir.load(str(EXAMPLE_PLAN))
-    new["outputs"][0]["name"] = "renamed.weight"
-    removed = new["outputs"].pop(1)
-    new["accounting"]["dropped"].append([0, "model.extra.weight", "not used by sanitize"])
+    outputs = list(old.outputs)
+    outputs[0] = outputs[0]._replace(name="renamed.weight")
+    removed = outputs.pop(1)
+    dropped = old.accounting.dropped + (Dropped("model.safetensors", "model.extra.weight", "not used by sanitize"),)
+    new = dataclasses.replace(old, outputs=tuple(outputs), accounting=old.accounting._replace(dropped=dropped))
     lines = diff(old, new)
     text = "\n".join(lines)
-    assert f"~ {old['outputs'][0]['name']} -> renamed.weight" in text
-    assert f"- {removed['name']}:" in text
+    assert f"~ {old.outputs[0].name} -> renamed.weight" in text
+    assert f"- {removed.name}:" in text
     assert "sources newly dropped (1):" in text and "model.extra.weight (not used by sanitize)" in text
 
 
@@ -122,19 +125,20 @@ def test_diff_names_renamed_removed_and_newly_dropped_outputs():
 def test_show_full_and_json_list_every_tensor_with_its_place():
     plan = plan_ir.load(str(EXAMPLE_PLAN))
     full = cli("show", EXAMPLE_PLAN, "--full").stdout
-    for out in plan["outputs"]:
-        assert f"{out['name']}: {out['dtype']}{out['shape']} {plan['files'][out['file']]['name']}@{out['offset']}" in full
+    for out in plan.outputs:
+        assert f"{out.name}: {out.dtype}{list(out.shape)} {plan.files[out.file].name}@{out.offset}" in full
     doc = json.loads(cli("show", EXAMPLE_PLAN, "--format", "json").stdout)
-    assert [o["name"] for o in doc["outputs"]] == [o["name"] for o in plan["outputs"]]
-    assert doc["options"] == plan["options"] and doc["header"] == render(plan).splitlines()[:6]
+    assert [o["name"] for o in doc["outputs"]] == [o.name for o in plan.outputs]
+    assert doc["options"] == plan.options and doc["header"] == render(plan).splitlines()[:7]
+    assert doc["digest"] == plan.digest and f"digest: {plan.digest}" in full
 
 
 def test_rendering_of_a_correct_plan_accounts_for_every_source(checkpoints):
     plan = traced(checkpoints["deepseek_v3_fp8"], quantize=True)
-    names = [t[1] for t in plan["source"]["tensors"]]
-    acc = plan["accounting"]
-    assert acc["used_sources"] + len(acc["dropped"]) == acc["source_tensors"] == len(names)
-    assert f"{len(names)} source tensors = {acc['used_sources']} used + {len(acc['dropped'])} dropped" in render(plan)
+    names = [t.name for t in plan.source.tensors]
+    acc = plan.accounting
+    assert acc.used_sources + len(acc.dropped) == acc.source_tensors == len(names)
+    assert f"{len(names)} source tensors = {acc.used_sources} used + {len(acc.dropped)} dropped" in render(plan)
     shown = "\n".join(line for text in render(plan).splitlines() for line in expand(text))
     assert [n for n in names if n not in shown] == []  # the collapsed view names every source
     assert "weight_scale_inv" in shown  # the FP8 scales are used, not silently dropped

@@ -41,11 +41,11 @@ def test_fp8_weight_and_scale_in_different_shards(checkpoints):
 
 def test_fp8_block_dequant_is_chunked_in_whole_blocks_and_shown_by_name(checkpoints):
     plan = build_plan(trace(str(checkpoints["deepseek_v3_fp8"]), ConvertOptions()))
-    outputs = {o["name"]: i for i, o in enumerate(plan["outputs"])}
-    group = next(g for g in plan["groups"] if outputs["model.layers.0.mlp.gate_proj.weight"] in g["outputs"])
-    assert (group["rows"], group["unit"]) == (448, 128)  # 448 rows = 3.5 blocks of 128
-    experts = next(g for g in plan["groups"] if outputs["model.layers.1.mlp.switch_mlp.gate_proj.weight"] in g["outputs"])
-    assert (experts["rows"], experts["unit"]) == (8, 1)  # expert stacks go by experts
+    outputs = {o.name: i for i, o in enumerate(plan.outputs)}
+    group = next(g for g in plan.groups if outputs["model.layers.0.mlp.gate_proj.weight"] in g.outputs)
+    assert (group.rows, group.unit) == (448, 128)  # 448 rows = 3.5 blocks of 128
+    experts = next(g for g in plan.groups if outputs["model.layers.1.mlp.switch_mlp.gate_proj.weight"] in g.outputs)
+    assert (experts.rows, experts.unit) == (8, 1)  # expert stacks go by experts
     text = render(plan)
     assert (
         "model.layers.0.mlp.gate_proj.weight: bfloat16[448, 320] = fp8_block_dequant("

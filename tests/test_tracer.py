@@ -83,7 +83,7 @@ def test_proxies_are_mx_arrays_inside_sanitize(checkpoints, tmp_path, eager):
             return super().sanitize(weights)
     """)
     plan = build_plan(trace(str(folder), TRUST))
-    assert any(node.op == "mx.array" for node in plan_ir.graph_nodes(plan))
+    assert any(node.op == "mx.array" for node in plan.nodes)
     out = tmp_path / "out"
     execute(plan, str(folder), str(out), progress=False)
     assert compare_folders(str(eager(checkpoints["qwen3_moe"], [])), str(out)) == []
@@ -110,7 +110,7 @@ def test_value_check_without_data_fails_with_file_and_line(checkpoints, tmp_path
 def test_value_check_with_data_is_a_guard_checked_at_execute(checkpoints, tmp_path):
     folder = custom(checkpoints["qwen3_moe"], tmp_path, VALUE_CHECK)
     plan = plan_ir.loads(plan_ir.dumps(build_plan(trace(str(folder), TRUST))))
-    assert [(g["method"], g["value"]) for g in plan["guards"]] == [("item", True)]
+    assert [(g.method, g.value) for g in plan.guards] == [("item", True)]
     execute(plan, str(folder), str(tmp_path / "ok"), progress=False)
     # same header, different values: the guard must stop the run before writing
     path = folder / "model.safetensors"
@@ -174,7 +174,7 @@ def test_patching_is_undone_after_success_and_failure(checkpoints, tmp_path):
         def sanitize(self, weights):
             raise RuntimeError("boom")
     """)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(TraceError, match=r"custom_model.py:\d+ \(sanitize\): RuntimeError: boom"):
         trace(str(folder), TRUST)
     assert _patched_state() == before
     assert type(mx.array([1])) is mx.array and mx.stack([mx.array([1])]).shape == (1, 1)
@@ -184,7 +184,7 @@ def test_custom_model_needs_trust_remote_code(checkpoints, tmp_path):
     folder = custom(checkpoints["qwen3_moe"], tmp_path, """
         pass
     """)
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    with pytest.raises(TraceError, match="--trust-remote-code"):
         trace(str(folder), ConvertOptions())
 
 

@@ -34,7 +34,7 @@ def through_plan_file(nodes, num_sources):
 
 
 def replay(nodes, refs, arrays, region):
-    replayer = Replayer({"nodes": nodes, "outputs": [{"ref": r} for r in refs]})
+    replayer = Replayer(nodes, refs)
     for index, reg in replayer.reads(refs, region):
         piece = arrays[index]
         if reg is not None:

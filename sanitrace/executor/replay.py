@@ -12,15 +12,17 @@ from typing import Dict, List, Optional, Tuple
 import mlx.core as mx
 
 from .. import regions
-from ..plan import Node, Ref, call, const_array, graph_nodes
+from ..plan import Node, Ref, call, const_array
 
 Region = regions.Region
 _GATHERING = frozenset(["mx.stack", "mx.concatenate", "mx.concat"])
 
 
 class Replayer:
-    def __init__(self, plan: dict):
-        self.nodes: List[Node] = graph_nodes(plan)
+    def __init__(self, nodes: List[Node], roots: List[Ref]):
+        """Replays ``nodes``; ``roots`` are the refs values will be asked for
+        (a plan's outputs and guards), each counted as one more use."""
+        self.nodes = nodes
         self.rules = regions.Rules(self.nodes)
         self.sources: Dict[tuple, mx.array] = {}  # (tensor index, region) -> array
         # source piece -> times value() will still ask for it (from reads()); a piece
@@ -33,8 +35,8 @@ class Replayer:
         for node in self.nodes:
             for r in node.inputs:
                 self._uses[r.node] += 1
-        for root in plan.get("outputs", []) + plan.get("guards", []):
-            self._uses[root["ref"].node] += 1
+        for root in roots:
+            self._uses[root.node] += 1
 
     def clear(self):
         self.memo.clear()

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
 
+from ..plan import Plan
 from ..safetensors_format import SafetensorsError, read_header
 
 # safetensors dtype -> (mlx dtype of the raw bytes, mlx dtype mx.load gives)
@@ -41,23 +42,30 @@ class SourceMismatch(ValueError):
     """The source folder is not the one the plan was traced from."""
 
 
-def verify_sources(plan: dict, source_dir: str) -> None:
-    """Every plan source file exists with the same header and full length."""
-    for entry in plan["source"]["files"]:
-        path = os.path.join(source_dir, entry["name"])
+def verify_sources(plan: Plan, source_dir: str) -> None:
+    """Every plan source file exists with the same header and full length, and the
+    plan's source tensor table is the one those headers give (names, dtypes,
+    shapes, offsets): what the executor reads is derived from the real headers."""
+    by_file: Dict[int, list] = {}
+    for t in plan.source.tensors:
+        by_file.setdefault(t.file, []).append(t)
+    for i, entry in enumerate(plan.source.files):
+        path = os.path.join(source_dir, entry.name)
         if not os.path.isfile(path):
             raise SourceMismatch(f"{path}: missing (the plan reads it)")
         try:
             header = read_header(path)
         except SafetensorsError as e:
             raise SourceMismatch(str(e)) from None
-        if header.sha256 != entry["header_sha256"]:
+        if header.sha256 != entry.header_sha256:
             raise SourceMismatch(f"{path}: header differs from the one the plan was traced from")
         size = os.path.getsize(path)
-        if size < entry["size"]:
-            raise SourceMismatch(
-                f"{path}: truncated: {size} bytes, its header needs {entry['size']}"
-            )
+        if size < entry.size:
+            raise SourceMismatch(f"{path}: truncated: {size} bytes, its header needs {entry.size}")
+        real = sorted(header.tensors.values(), key=lambda t: (t.begin, t.name))
+        table = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in real]
+        if table != [(t.name, t.dtype, t.shape, t.begin, t.end) for t in by_file.get(i, [])]:
+            raise SourceMismatch(f"{path}: the plan's tensor table does not match this file's header")
 
 
 @dataclass
@@ -94,9 +102,9 @@ class Piece:
 class SourceReader:
     """Reads pieces of source tensors with pread; nothing stays mapped or cached."""
 
-    def __init__(self, plan: dict, source_dir: str):
-        self.files = [os.path.join(source_dir, f["name"]) for f in plan["source"]["files"]]
-        self.tensors = plan["source"]["tensors"]
+    def __init__(self, plan: Plan, source_dir: str):
+        self.files = [os.path.join(source_dir, f.name) for f in plan.source.files]
+        self.tensors = plan.source.tensors
         self._fds: Dict[int, int] = {}
 
     def close(self):

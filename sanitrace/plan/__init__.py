@@ -4,69 +4,30 @@ The tracer produces its graph, the planner fills in layout, chunking, memory
 and accounting, the executor replays it. This package is the only thing they
 share about the format:
 
-- here: the graph types, argument substitution, the memory model;
+- types.py: the typed, frozen in-memory plan (``Plan`` and its records);
+- here: argument substitution, the memory model;
 - ops.py: the op allowlist and ``apply``;
-- format.py: the canonical msgpack file (``dumps``/``loads``/``save``/``load``).
+- format.py: the canonical msgpack file (``dumps``/``loads``/``save``/``load``);
+- checks.py: what loading checks and derives (names, sizes, references).
 
-A plan is a plain dict. Its graph is ``plan["graph"]``, in the file's encoding;
-``graph_nodes(plan)`` gives it as a list of ``Node``s in topological order. A
-node's array inputs are ``Ref``s in ``node.inputs``; its literal arguments
-``args``/``kwargs`` hold a ``Slot(i)`` where input ``i`` goes.
+A ``Plan``'s graph is ``plan.graph``, in the file's encoding; ``plan.nodes``
+gives it as a list of ``Node``s in topological order. A node's array inputs
+are ``Ref``s in ``node.inputs``; its literal arguments ``args``/``kwargs``
+hold a ``Slot(i)`` where input ``i`` goes.
 """
 
 import contextlib
 import gc
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import mlx.core as mx
 import numpy as np
 
 from .ops import OPS, VIEW_OPS, PlanError, apply, is_allowed
-
-
-class Ref:
-    """Output ``out`` of graph node ``node`` (immutable; hundreds of thousands are made)."""
-
-    __slots__ = ("node", "out")
-
-    def __init__(self, node: int, out: int = 0):
-        self.node = node
-        self.out = out
-
-    def __eq__(self, other):
-        return type(other) is Ref and self.node == other.node and self.out == other.out
-
-    def __hash__(self):
-        return hash((self.node, self.out))
-
-    def __repr__(self):
-        return f"Ref({self.node}, {self.out})"
-
-
-class Slot:
-    """Where array input ``index`` of a node goes in its arguments."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int):
-        self.index = index
-
-    def __eq__(self, other):
-        return type(other) is Slot and self.index == other.index
-
-    def __hash__(self):
-        return hash(("slot", self.index))
-
-    def __repr__(self):
-        return f"Slot({self.index})"
-
-
-class Node(NamedTuple):
-    op: str  # "load", "const" or an allowlisted op name
-    inputs: List[Ref]  # array inputs, in the order their Slots appear in args then kwargs
-    args: list  # literal positional arguments (load: [source tensor index]; const: [bytes])
-    kwargs: dict
-    outs: List[list]  # [dtype name, shape] of each output
+from .types import (
+    Accounting, Dropped, Graph, Group, Guard, Memory, Node, Output, OutputFile, Plan, Ref, Slot,
+    Source, SourceFile, SourceTensor,
+)
 
 
 def substitute(value: Any, fn: Callable[[int], Any]) -> Any:
@@ -148,7 +109,7 @@ def cache_limit(budget: int) -> int:
     return max(budget - BASELINE_BYTES, 0) // 16
 
 
-def chunk_rows(group: dict, budget: int) -> int:
+def chunk_rows(group: Group, budget: int) -> int:
     """Rows per chunk for an output group under a memory ``budget``; 0 = whole.
 
     A group's memory model is ``max(fixed + per_unit * units)`` over its
@@ -156,41 +117,32 @@ def chunk_rows(group: dict, budget: int) -> int:
     axis 0 (unit 0 = not chunkable); it covers the chunk's arrays plus the
     reads of the next chunk and the writes of the last.
     """
-    if not group["unit"]:
+    if not group.unit:
         return 0
     working = budget - BASELINE_BYTES - cache_limit(budget)
-    units = min((working - fixed) // max(per_unit, 1) for fixed, per_unit in group["peak_lines"])
-    rows = max(int(units), 1) * group["unit"]
-    if rows >= group["rows"]:
+    units = min((working - fixed) // max(per_unit, 1) for fixed, per_unit in group.peak_lines)
+    rows = max(int(units), 1) * group.unit
+    if rows >= group.rows:
         return 0
     # as many chunks as needed, of equal size: 64 rows at most 52 at a time are
     # 2 x 32, not 52 + 12 (the pipeline holds neighbours of about the same size)
-    chunks = -(-group["rows"] // rows)
-    return -(-group["rows"] // (chunks * group["unit"])) * group["unit"]
+    chunks = -(-group.rows // rows)
+    return -(-group.rows // (chunks * group.unit)) * group.unit
 
 
-def group_peak(group: dict, rows: int) -> int:
+def group_peak(group: Group, rows: int) -> int:
     """Bytes a group needs when computed ``rows`` at a time (0 = whole)."""
-    units = -(-(rows or group["rows"]) // group["unit"]) if group["unit"] else 1
-    return max(fixed + per_unit * units for fixed, per_unit in group["peak_lines"])
+    units = -(-(rows or group.rows) // group.unit) if group.unit else 1
+    return max(fixed + per_unit * units for fixed, per_unit in group.peak_lines)
 
 
-from .format import (  # noqa: E402  (format needs the types above)
-    FORMAT,
-    MAX_PLAN_BYTES,
-    VERSION,
-    digest,
-    dumps,
-    graph_nodes,
-    load,
-    loads,
-    save,
-    validate,
-)
+from .format import FORMAT, MAX_PLAN_BYTES, VERSION, dumps, save  # noqa: E402
+from .loading import load, loads  # noqa: E402
 
 __all__ = [
-    "Ref", "Slot", "Node", "PlanError", "substitute", "call", "apply", "dtype_name", "gc_paused",
-    "const_array", "OPS", "VIEW_OPS", "is_allowed", "BASELINE_BYTES", "cache_limit",
-    "chunk_rows", "group_peak", "FORMAT", "VERSION", "MAX_PLAN_BYTES", "dumps",
-    "loads", "save", "load", "digest", "validate", "graph_nodes",
+    "Ref", "Slot", "Node", "Plan", "Source", "SourceFile", "SourceTensor", "Output", "OutputFile",
+    "Group", "Guard", "Memory", "Dropped", "Accounting", "Graph", "PlanError", "substitute", "call",
+    "apply", "dtype_name", "gc_paused", "const_array", "OPS", "VIEW_OPS", "is_allowed",
+    "BASELINE_BYTES", "cache_limit", "chunk_rows", "group_peak", "FORMAT", "VERSION",
+    "MAX_PLAN_BYTES", "dumps", "loads", "save", "load",
 ]

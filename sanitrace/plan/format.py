@@ -9,16 +9,19 @@ are stored as a template plus its numbers ("model.layers.\\0.mlp.experts.\\0..."
 with [3, 17]).
 """
 
-import hashlib
+import os
 import re
+import tempfile
 from typing import Any, List, Optional, Tuple
 
 import mlx.core as mx
 import msgpack
 
-from ..safetensors_format import DTYPE_SIZES, MLX_ITEMSIZE, MLX_TO_SAFETENSORS, build_header
-from . import Node, Ref, Slot, dtype_name, gc_paused, mlx_dtype
+from ..safetensors_format import DTYPE_SIZES
+from . import dtype_name, gc_paused, mlx_dtype
+from .checks import check_depth, integer, items
 from .ops import PlanError, is_allowed
+from .types import Node, Plan, Ref, Slot, SourceFile, SourceTensor
 
 FORMAT = "sanitrace-plan"
 VERSION = 2
@@ -63,21 +66,40 @@ _NAMED = {EXT_DTYPE: (mx.Dtype, "dtype"), EXT_CATEGORY: (mx.DtypeCategory, "dtyp
           EXT_DEVICE: (mx.DeviceType, "device")}
 
 
+MAX_EXT_DEPTH = 16  # ext types nest (a tuple in a tuple): each level is a recursive unpack
+_ext_depth = [0]
+
+
 def _ext_hook(code: int, data: bytes):
+    if _ext_depth[0] >= MAX_EXT_DEPTH:
+        raise PlanError(f"ext types nested more than {MAX_EXT_DEPTH} deep")
+    _ext_depth[0] += 1
+    try:
+        return _decode_ext(code, data)
+    finally:
+        _ext_depth[0] -= 1
+
+
+def _decode_ext(code: int, data: bytes):
     if code == EXT_SLOT:
-        return Slot(unpack(data))
+        return Slot(integer(unpack(data), "a slot"))
     if code == EXT_REF:
-        node, out = unpack(data)
-        return Ref(node, out)
+        node, out = items(unpack(data), "a reference", 2)
+        return Ref(integer(node, "a reference"), integer(out, "a reference"))
     if code == EXT_TUPLE:
-        return tuple(unpack(data))
+        return tuple(items(unpack(data), "a tuple"))
     if code == EXT_SLICE:
-        return slice(*unpack(data))
+        bounds = items(unpack(data), "a slice", 3)
+        if not all(b is None or type(b) is int for b in bounds):
+            raise PlanError("a slice bound is not an integer")
+        return slice(*bounds)
     if code == EXT_ELLIPSIS:
+        return Ellipsis
+    if code == EXT_ELLIPSIS and not data:
         return Ellipsis
     if code in _NAMED:
         kind, what = _NAMED[code]
-        name = data.decode()
+        name = data.decode("utf-8", "replace")
         value = mlx_dtype(name) if code == EXT_DTYPE else getattr(mx, name, None)
         if not isinstance(value, kind):
             raise PlanError(f"unknown {what} {data!r}")
@@ -85,12 +107,46 @@ def _ext_hook(code: int, data: bytes):
     raise PlanError(f"unknown ext type {code}")
 
 
+# Decoded size: each list and map is charged about its Python size as it is
+# built, against a budget of DECODED_PER_BYTE bytes per byte of the plan. The
+# committed plans' containers cost 5 to 22 (a node row [s, k] is 3 bytes and a
+# 72-byte list); junk of empty lists or maps would cost 72 to 80 (1.4 GB for 16 MB).
+DECODED_PER_BYTE = 32
+_budget = [0]  # what the plan being decoded may still build (shared by nested ext unpacks)
+
+
+def _too_big() -> PlanError:
+    return PlanError(f"the plan decodes to more than {DECODED_PER_BYTE} times its size in objects")
+
+
+def _list_hook(value: list) -> list:  # called for every list: kept to the minimum
+    budget = _budget
+    budget[0] -= 64 + 8 * len(value)
+    if budget[0] < 0:
+        raise _too_big()
+    return value
+
+
+def _pairs_hook(pairs: list) -> dict:
+    _budget[0] -= 64 + 48 * len(pairs)
+    if _budget[0] < 0:
+        raise _too_big()
+    return dict(pairs)
+
+
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(
-        data, raw=False, strict_map_key=True, ext_hook=_ext_hook,
-        max_str_len=1 << 26, max_bin_len=1 << 28, max_array_len=1 << 26,
-        max_map_len=1 << 24, max_ext_len=1 << 20,
-    )
+    """Decode msgpack ``data`` within size, nesting and decoded-size limits (PlanError)."""
+    if _ext_depth[0] == 0:
+        _budget[0] = DECODED_PER_BYTE * len(data) + (1 << 20)
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_ext_hook,
+            list_hook=_list_hook, object_pairs_hook=_pairs_hook,
+            max_str_len=1 << 26, max_bin_len=1 << 28, max_array_len=1 << 26,
+            max_map_len=1 << 24, max_ext_len=1 << 20,
+        )
+    except msgpack.StackError:
+        raise PlanError("msgpack arrays or maps nested too deep") from None
 
 
 def _sorted(value):
@@ -158,6 +214,9 @@ def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
             raise PlanError("malformed node signature")
         if not is_allowed(s[0]):
             raise PlanError(f"op {s[0]!r} is not in the replay allowlist")
+        check_depth(s, f"the arguments of op {s[0]!r}")
+        if not (isinstance(s[1], list) and isinstance(s[2], dict) and isinstance(s[3], list)):
+            raise PlanError(f"malformed node signature for op {s[0]!r}")
         info.append((s[0], s[1], s[2], s[3], _slot_count((s[1], s[2])), s[0] == "load"))
     nodes: List[Node] = []
     append = nodes.append
@@ -211,179 +270,91 @@ def encode_tensors(tensors: list, files: list) -> Tuple[list, list]:
             templates.append([key[0], dtype, list(shape)])
         start = ends.get(file)
         if start is None:
-            start = 8 + files[file]["header_length"]
+            start = 8 + files[file].header_length
         rows.append([file, t, list(map(int, parts[1::2])), begin - start])
         ends[file] = end
     return templates, rows
 
 
-def decode_tensors(templates: list, rows: list, files: list) -> list:
+def decode_tensors(templates: list, rows: list, files: Tuple[SourceFile, ...]) -> List[SourceTensor]:
+    """Source tensors with absolute offsets; each starts at or after the end of
+    the previous one of its file and ends inside the file's size."""
     tensors, ends, formats = [], {}, {}  # formats: template -> ("...%d...", holes, bytes)
     for row in rows:
         try:
             file, t, numbers, gap = row
             template, dtype, shape = templates[t]
             if t not in formats:
+                if not (isinstance(template, str) and isinstance(shape, list)
+                        and all(type(d) is int and d >= 0 for d in shape)):
+                    raise ValueError
                 size = DTYPE_SIZES[dtype]
                 for d in shape:
                     size *= d
                 formats[t] = (template.replace("%", "%%").replace(_HOLE, "%d"), template.count(_HOLE), size)
             pattern, holes, size = formats[t]
-            if len(numbers) != holes:
+            if len(numbers) != holes or not all(type(n) is int and n >= 0 for n in numbers):
                 raise ValueError
             name = pattern % tuple(numbers)
-            begin = ends.get(file, 8 + files[file]["header_length"]) + gap
-            if begin < 8 + files[file]["header_length"] or begin + size > files[file]["size"]:
+            if type(gap) is not int or gap < 0 or type(file) is not int or file < 0:
                 raise ValueError
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            begin = ends.get(file, 8 + files[file].header_length) + gap
+            if begin + size > files[file].size:
+                raise ValueError
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError):
             raise PlanError(f"malformed source tensor entry {row!r:.80}") from None
-        tensors.append([file, name, dtype, list(shape), begin, begin + size])
+        tensors.append(SourceTensor(file, name, dtype, tuple(shape), begin, begin + size))
         ends[file] = begin + size
     return tensors
 
 
-# ---------------------------------------------------------------- outputs and files
-
-_OUTPUT_FIELDS = ("name", "dtype", "shape", "ref", "file", "offset")
+# ---------------------------------------------------------------- the plan
 
 
-def _itemsize(dtype: str) -> int:
-    if dtype not in MLX_ITEMSIZE:
-        raise PlanError(f"unknown dtype {dtype!r}")
-    return MLX_ITEMSIZE[dtype]
-
-
-def decode_outputs(rows: list) -> list:
-    outputs = []
-    for row in rows:
-        if not (isinstance(row, list) and len(row) == len(_OUTPUT_FIELDS)):
-            raise PlanError("malformed output entry")
-        out = dict(zip(_OUTPUT_FIELDS, row))
-        size = _itemsize(out["dtype"])
-        for d in out["shape"]:
-            size *= d
-        out["nbytes"] = size
-        outputs.append(out)
-    return outputs
-
-
-def attach_shard_headers(files: list, outputs: list) -> None:
-    """Give each shard entry the header bytes its outputs imply, checking that the
-    outputs' offsets are exactly where that header puts them."""
-    members: dict = {}
-    for out in outputs:
-        members.setdefault(out["file"], []).append(out)
-    for i, f in enumerate(files):
-        if f["kind"] != "safetensors":
-            continue
-        entries = sorted(members.get(i, []), key=lambda o: o["name"])
-        header, offsets = build_header(
-            [(o["name"], MLX_TO_SAFETENSORS[o["dtype"]], o["shape"], o["nbytes"]) for o in entries],
-            f["metadata"],
-        )
-        if [o["offset"] for o in entries] != offsets:
-            raise PlanError(f"{f['name']}: output offsets do not match the shard layout")
-        f["header"] = header
-
-
-def dumps(plan: dict) -> bytes:
-    source = plan["source"]
-    tensor_index = {(source["files"][t[0]]["name"], t[1]): i for i, t in enumerate(source["tensors"])}
-    body = {k: v for k, v in plan.items() if k not in ("graph", "nodes", "outputs", "files", "accounting", "source")}
-    body["source"] = {k: v for k, v in source.items() if k != "tensors"}
-    body["outputs"] = [[o[k] for k in _OUTPUT_FIELDS] for o in plan["outputs"]]
-    body["files"] = [{k: v for k, v in f.items() if k != "header"} for f in plan["files"]]
-    body["accounting"] = dict(plan["accounting"])
-    body["accounting"]["dropped"] = [
-        [tensor_index[(file, name)], reason] for file, name, reason in plan["accounting"]["dropped"]
-    ]
+def dumps(plan: Plan) -> bytes:
+    """The canonical bytes of ``plan``."""
+    source = plan.source
+    tensor_index = {(source.files[t.file].name, t.name): i for i, t in enumerate(source.tensors)}
+    files = []
+    for f in plan.files:
+        if f.kind == "safetensors":
+            files.append({"kind": f.kind, "metadata": f.metadata, "name": f.name, "size": f.size})
+        else:
+            files.append({"data": f.data, "kind": f.kind, "name": f.name})
+    body = {
+        "accounting": {**plan.accounting._asdict(), "dropped": [
+            [tensor_index[(d.file, d.name)], d.reason] for d in plan.accounting.dropped]},
+        "copy_subdirectories": plan.copy_subdirectories,
+        "files": files,
+        "format": FORMAT,
+        "groups": [{"outputs": list(g.outputs), "peak_lines": [list(line) for line in g.peak_lines],
+                    "rows": g.rows, "unit": g.unit} for g in plan.groups],
+        "guards": [{"method": g.method, "ref": g.ref, "value": g.value} for g in plan.guards],
+        "library": plan.library,
+        "memory": plan.memory._asdict(),
+        "options": plan.options,
+        "outputs": [[o.name, o.dtype, list(o.shape), o.ref, o.file, o.offset] for o in plan.outputs],
+        "source": {"files": [f._asdict() for f in source.files], "read_files": source.read_files},
+        "version": plan.version,
+        "versions": plan.versions,
+    }
     body = _sorted(body)
-    body["source"]["names"], body["source"]["tensors"] = encode_tensors(source["tensors"], source["files"])
-    body["signatures"], body["nodes"] = plan["graph"]["signatures"], plan["graph"]["rows"]
+    body["source"]["names"], body["source"]["tensors"] = encode_tensors(source.tensors, source.files)
+    body["signatures"], body["nodes"] = plan.graph.signatures, plan.graph.rows
     return pack({k: body[k] for k in sorted(body)})
 
 
-def loads(data: bytes) -> dict:
-    """Decode and validate a plan. Raises PlanError on anything unexpected."""
-    if len(data) > MAX_PLAN_BYTES:
-        raise PlanError(f"plan of {len(data)} bytes exceeds {MAX_PLAN_BYTES}")
-    try:
-        plan = unpack(data)
-    except PlanError:
-        raise
-    except Exception as e:  # msgpack raises many types for corrupt input
-        raise PlanError(f"not a sanitrace plan: {e}") from e
-    if not isinstance(plan, dict) or plan.get("format") != FORMAT:
-        raise PlanError("not a sanitrace plan (format field missing)")
-    if plan.get("version") != VERSION:
-        raise PlanError(
-            f"plan format version {plan.get('version')!r}; this sanitrace reads {VERSION}"
-        )
-    for key in ("source", "signatures", "nodes", "outputs", "files", "groups", "guards",
-                "copy_subdirectories", "accounting"):
-        if key not in plan:
-            raise PlanError(f"plan has no {key!r} section")
-    try:
-        source = plan["source"]
-        source["tensors"] = decode_tensors(source.pop("names"), source["tensors"], source["files"])
-        plan["graph"] = {"signatures": plan.pop("signatures"), "rows": plan.pop("nodes")}
-        graph_nodes(plan)
-        plan["outputs"] = decode_outputs(plan["outputs"])
-        attach_shard_headers(plan["files"], plan["outputs"])
-        plan["accounting"]["dropped"] = [
-            [source["files"][source["tensors"][i][0]]["name"], source["tensors"][i][1], reason]
-            for i, reason in plan["accounting"]["dropped"]
-        ]
-    except (KeyError, TypeError, IndexError, ValueError) as e:
-        if isinstance(e, PlanError):
-            raise
-        raise PlanError(f"malformed plan: {type(e).__name__}: {e}") from None
-    validate(plan)
-    return plan
-
-
-def graph_nodes(plan: dict) -> List[Node]:
-    """The plan's graph as ``Node``s: ``plan["nodes"]``, decoded (and checked)
-    from ``plan["graph"]`` on first use."""
-    if "nodes" not in plan:
-        graph = plan["graph"]
-        plan["nodes"] = decode_graph(graph["signatures"], graph["rows"], len(plan["source"]["tensors"]))
-    return plan["nodes"]
-
-
-def validate(plan: dict) -> None:
-    """Output, guard and group references point into the graph and output list."""
-    nodes = graph_nodes(plan)
-    for entry in plan["outputs"] + plan["guards"]:
-        ref = entry["ref"]
-        if not (isinstance(ref, Ref) and 0 <= ref.node < len(nodes) and 0 <= ref.out < len(nodes[ref.node].outs)):
-            raise PlanError(f"{entry.get('name', 'a guard')!r} refers to a missing node")
-    for group in plan["groups"]:
-        if not all(isinstance(i, int) and 0 <= i < len(plan["outputs"]) for i in group["outputs"]):
-            raise PlanError("a group names a missing output")
-        lines = group.get("peak_lines")
-        if not (isinstance(lines, list) and lines and all(
-                isinstance(l, list) and len(l) == 2 and all(isinstance(x, int) for x in l) for l in lines)):
-            raise PlanError("a group has no memory model (peak_lines)")
-
-
-def save(plan: dict, path: str) -> bytes:
+def save(plan: Plan, path: str) -> bytes:
+    """Write ``plan`` to ``path`` atomically (a failed write leaves any old file as it was)."""
     with gc_paused():
         data = dumps(plan)
-    with open(path, "wb") as f:
-        f.write(data)
-    return data
-
-
-def load(path: str) -> dict:
-    with open(path, "rb") as f:
-        data = f.read(MAX_PLAN_BYTES + 1)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".sanitrace-plan-", dir=folder)
     try:
-        with gc_paused():
-            return loads(data)
-    except PlanError as e:
-        raise PlanError(f"{path}: {e}") from None
-
-
-def digest(plan: dict) -> str:
-    return hashlib.sha256(dumps(plan)).hexdigest()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return data

@@ -6,9 +6,10 @@ operator or property of mx.array, named ``mx.<fn>``, ``mx.linalg.<fn>`` or
 ``array.<attr>``. Nothing else can be replayed.
 """
 
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 import mlx.core as mx
+import numpy as np
 
 
 class PlanError(ValueError):
@@ -102,10 +103,79 @@ def is_allowed(op: str) -> bool:
     return op in OPS or op in SPECIAL_OPS
 
 
+# Ops that read their input at index values: mlx does not check them (an
+# out-of-range take or gather reads whatever lies beyond the buffer, or crashes).
+INDEX_OPS = frozenset(["mx.take", "mx.take_along_axis", "array.__getitem__"])
+
+
+def _getitem_indices(a, key) -> List[Tuple[Any, int]]:
+    """(index, axis size) of each int, list or array in an ``a[key]`` key."""
+    key = key if isinstance(key, tuple) else (key,)
+    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    found, axis = [], 0
+    for k in key:
+        if k is None:
+            continue
+        if k is Ellipsis:
+            axis += max(a.ndim - used, 0)
+            continue
+        if isinstance(k, (int, list, mx.array)) and axis < a.ndim:
+            found.append((k, a.shape[axis]))
+        axis += 1
+    return found
+
+
+def indices(op: str, args: list, kwargs: dict) -> List[Tuple[Any, int]]:
+    """(index, extent) of every index an INDEX_OPS op reads at: an int, a list
+    literal or an array, whose values must all be in [-extent, extent)."""
+    if op == "array.__getitem__":
+        if len(args) != 2 or kwargs or not isinstance(args[0], mx.array):
+            return []
+        return _getitem_indices(args[0], args[1])
+    names = ["a", "indices", "axis"]
+    bound = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
+    a, index = bound.get("a"), bound.get("indices")
+    axis = bound.get("axis", None if op == "mx.take" else -1)
+    if not isinstance(a, mx.array) or index is None:
+        return []
+    if axis is None:
+        return [(index, a.size)]
+    if type(axis) is not int or not -a.ndim <= axis < a.ndim:
+        return []  # mlx refuses the axis itself
+    return [(index, a.shape[axis])]
+
+
+def check_index(op: str, index: Any, extent: int) -> None:
+    """PlanError unless every value of ``index`` (an int, a list literal or an
+    array, evaluated here) is in [-extent, extent), where mlx reads in bounds."""
+    if isinstance(index, mx.array):
+        if index.size == 0:
+            return
+        low, high = mx.min(index), mx.max(index)
+        mx.eval(low, high)
+        low, high = low.item(), high.item()
+    elif isinstance(index, list):
+        values = np.asarray(index)
+        if values.size == 0 or values.dtype.kind not in "iu":
+            return  # mlx refuses non-integer indices itself
+        low, high = int(values.min()), int(values.max())
+    elif type(index) is int:
+        low = high = index
+    else:
+        return
+    if low < -extent or high >= extent:
+        bad = low if low < -extent else high
+        raise PlanError(f"{op}: index {bad} is out of range for an axis of size {extent}")
+
+
 def apply(op: str, args: list, kwargs: dict):
-    """Run allowlisted ``op`` on concrete arguments (arrays already substituted)."""
+    """Run allowlisted ``op`` on concrete arguments (arrays already substituted);
+    the indices of INDEX_OPS are evaluated and bounds-checked first."""
     try:
         fn = OPS[op]
     except KeyError:
         raise PlanError(f"op {op!r} is not in the replay allowlist") from None
+    if op in INDEX_OPS:
+        for index, extent in indices(op, args, kwargs):
+            check_index(op, index, extent)
     return fn(*args, **kwargs)

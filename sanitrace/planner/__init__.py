@@ -4,7 +4,7 @@ from importlib import metadata as _metadata
 from typing import Dict
 
 from .. import __version__
-from ..plan import BASELINE_BYTES, FORMAT, VERSION, Ref
+from ..plan import BASELINE_BYTES, VERSION, Graph, Guard, Memory, OutputFile, Plan, Ref, Source
 from ..plan.format import encode_graph
 from ..tracer import TraceResult
 from .accounting import account
@@ -25,7 +25,8 @@ def library_versions() -> Dict[str, str]:
     return versions
 
 
-def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict:
+def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Plan:
+    """The plan of a trace: canonical graph, shard layout, groups, memory and accounting."""
     files, tensors, tensor_index = source_table(result.headers)
 
     def raw_aval(ref: Ref):
@@ -33,42 +34,28 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
 
     out_files, outputs = output_files(result.shards, raw_aval)
     groups = plan_groups(result.nodes, outputs)  # numbering-independent: on the trace's graph
-    roots = [o["ref"] for o in outputs] + [g["ref"] for g in result.guards]
+    roots = [o.ref for o in outputs] + [g["ref"] for g in result.guards]
     order, remap = canonical_order(result.nodes, roots)
     signatures, rows = encode_graph(result.nodes, order, remap, tensor_index)
-    for out in outputs:
-        out["ref"] = Ref(remap[out["ref"].node], out["ref"].out)
-    guards = [
-        {
-            "ref": Ref(remap[g["ref"].node], g["ref"].out),
-            "method": g["method"],
-            "value": g["value"],
-        }
-        for g in result.guards
-    ]
+    accounting = account(result.nodes, remap, tensor_index, result.loaded_keys, outputs)
+    outputs = [o._replace(ref=Ref(remap[o.ref.node], o.ref.out)) for o in outputs]
+    guards = [Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"]) for g in result.guards]
     for name in sorted(result.text_files):
-        out_files.append({"name": name, "kind": "text", "data": result.text_files[name]})
+        data = result.text_files[name]
+        out_files.append(OutputFile(name, "text", len(data), data=data))
     peak, worst = predicted_peak(groups, memory_budget)
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "versions": library_versions(),
-        "library": result.library,
-        "options": result.options.as_dict(),
-        "source": {"files": files, "tensors": tensors, "read_files": result.read_files},
-        "graph": {"signatures": signatures, "rows": rows},
-        "outputs": outputs,
-        "files": out_files,
-        "copy_subdirectories": result.copy_subdirectories,
-        "groups": groups,
-        "guards": guards,
-        "memory": {
-            "budget": memory_budget,
-            "baseline": BASELINE_BYTES,
-            "predicted_peak": peak,
-            "largest_group": worst,
-        },
-        "accounting": account(
-            result.nodes, remap, tensor_index, result.loaded_keys, outputs
-        ),
-    }
+    return Plan(
+        version=VERSION,
+        versions=library_versions(),
+        library=result.library,
+        options=result.options.as_dict(),
+        source=Source(tuple(files), tuple(tensors), result.read_files),
+        graph=Graph(signatures, rows),
+        outputs=tuple(outputs),
+        files=tuple(out_files),
+        groups=tuple(groups),
+        guards=tuple(guards),
+        copy_subdirectories=result.copy_subdirectories,
+        memory=Memory(memory_budget, BASELINE_BYTES, peak, worst),
+        accounting=accounting,
+    )

@@ -2,7 +2,7 @@
 
 from typing import List
 
-from ..plan import Node
+from ..plan import Accounting, Dropped, Node, Output
 
 
 def account(
@@ -10,8 +10,8 @@ def account(
     remap: List[int],
     tensor_index: dict,
     loaded_keys: List[str],
-    outputs: List[dict],
-) -> dict:
+    outputs: List[Output],
+) -> Accounting:
     """Summary of what happened to each source tensor and output.
 
     A source tensor is *used* when an output depends on it. Otherwise it is
@@ -29,16 +29,9 @@ def account(
             used += 1
             continue
         reason = "read only by discarded ops" if i in read else "removed by sanitize"
-        dropped.append([node.args[0], node.args[1], reason])
+        dropped.append(Dropped(node.args[0], node.args[1], reason))
     dropped.sort()
-    names = [o["name"] for o in outputs]
+    names = [o.name for o in outputs]
     if len(set(names)) != len(names):
         raise ValueError("an output name appears twice")
-    return {
-        "source_tensors": len(tensor_index),
-        "used_sources": used,
-        "dropped": dropped,
-        "outputs": len(outputs),
-        "strict_load": "ok",
-        "loaded_parameters": len(loaded_keys),
-    }
+    return Accounting(len(tensor_index), used, tuple(dropped), len(outputs), "ok", len(loaded_keys))

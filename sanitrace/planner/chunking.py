@@ -14,7 +14,7 @@ in the chunk length: ``fixed + units * per_unit``.
 from typing import Dict, List, Optional, Tuple
 
 from .. import regions
-from ..plan import BASELINE_BYTES, VIEW_OPS, Node, Ref, cache_limit, chunk_rows, group_peak
+from ..plan import BASELINE_BYTES, VIEW_OPS, Group, Node, Output, Ref, cache_limit, chunk_rows, group_peak
 from .layout import nbytes
 
 # Temporary memory of mlx's quantize / dequantize kernels, as a multiple of the
@@ -28,7 +28,7 @@ _MODE_POSITION = {"mx.quantize": 3, "mx.dequantize": 5}
 LARGE_CHUNK_UNITS = 16  # where the second line of a group's memory model is fitted
 
 
-def groups_of(nodes: List[Node], outputs: List[dict]) -> List[List[int]]:
+def groups_of(nodes: List[Node], outputs: List[Output]) -> List[List[int]]:
     """Output indices grouped by shared computed (non-load, non-const) nodes."""
     parent = list(range(len(outputs)))
 
@@ -40,7 +40,7 @@ def groups_of(nodes: List[Node], outputs: List[dict]) -> List[List[int]]:
 
     owner: Dict[int, int] = {}
     for i, out in enumerate(outputs):
-        stack = [out["ref"].node]
+        stack = [out.ref.node]
         while stack:
             n = stack.pop()
             if nodes[n].op in ("load", "const"):
@@ -155,29 +155,28 @@ def _region_bytes(aval: list, region) -> int:
     return size * (stop - start) // max(aval[1][axis], 1)
 
 
-def plan_groups(nodes: List[Node], outputs: List[dict]) -> List[dict]:
+def plan_groups(nodes: List[Node], outputs: List[Output]) -> List[Group]:
     """One entry per output group: chunking (if any) and its linear memory model."""
     chunker = Chunker(nodes)
     result = []
     for members in groups_of(nodes, outputs):
-        roots = [outputs[i]["ref"] for i in members]
-        rows = {outputs[i]["shape"][0] if outputs[i]["shape"] else 0 for i in members}
+        roots = [outputs[i].ref for i in members]
+        rows = {outputs[i].shape[0] if outputs[i].shape else 0 for i in members}
         unit = None
         if len(rows) == 1 and next(iter(rows)) > 1:
             try:
                 unit = max(chunker.granularity(r, 0) for r in roots)
             except regions.NotChunkable:
                 unit = None
-        entry = {"outputs": members, "rows": next(iter(rows)) if len(rows) == 1 else 0}
-        if unit is None or unit >= entry["rows"]:
-            entry.update(unit=0, peak_lines=[[chunker.cost(roots, None, None), 0]])
+        count = next(iter(rows)) if len(rows) == 1 else 0
+        if unit is None or unit >= count:
+            result.append(Group(tuple(members), count, 0, ((chunker.cost(roots, None, None), 0),)))
         else:
-            entry.update(unit=unit, peak_lines=peak_lines(chunker, roots, unit, entry["rows"]))
-        result.append(entry)
+            result.append(Group(tuple(members), count, unit, peak_lines(chunker, roots, unit, count)))
     return result
 
 
-def peak_lines(chunker: Chunker, roots: List[Ref], unit: int, rows: int) -> List[List[int]]:
+def peak_lines(chunker: Chunker, roots: List[Ref], unit: int, rows: int) -> Tuple[Tuple[int, int], ...]:
     """The chunk cost as the upper envelope of two lines, ``[fixed, per_unit]``:
     one through 1 and 2 units, one through m and 2m units (m = 16, or half the
     rows when fewer). The cost is the largest of a few phases, each linear in
@@ -185,20 +184,20 @@ def peak_lines(chunker: Chunker, roots: List[Ref], unit: int, rows: int) -> List
     stack of all of them large ones), so one line would miss the others."""
     total = -(-rows // unit)
 
-    def line(a: int, b: int) -> List[int]:
+    def line(a: int, b: int) -> Tuple[int, int]:
         cost_a = chunker.cost(roots, 0, min(a * unit, rows))
         cost_b = chunker.cost(roots, 0, min(b * unit, rows))
         per_unit = max(cost_b - cost_a, 0) // (b - a)
-        return [max(cost_a - per_unit * a, 0), per_unit]
+        return (max(cost_a - per_unit * a, 0), per_unit)
 
     lines = [line(1, 2)]
     m = min(total // 2, LARGE_CHUNK_UNITS)
     if m > 2:
         lines.append(line(m, 2 * m))
-    return lines
+    return tuple(lines)
 
 
-def predicted_peak(groups: List[dict], budget: int) -> Tuple[int, int]:
+def predicted_peak(groups: List[Group], budget: int) -> Tuple[int, int]:
     """(predicted peak RSS, index of the group that sets it) under ``budget``."""
     worst, which = 0, -1
     for i, g in enumerate(groups):

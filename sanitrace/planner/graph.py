@@ -8,31 +8,24 @@ each loaded tensor the index a load node refers to in the plan.
 
 from typing import Dict, List, Tuple
 
-from ..plan import Node, Ref
+from ..plan import Node, Ref, SourceFile, SourceTensor
 from ..safetensors_format import Header
 
 
-def source_table(headers: Dict[str, Header]) -> Tuple[list, list, dict]:
+def source_table(headers: Dict[str, Header]) -> Tuple[List[SourceFile], List[SourceTensor], dict]:
     """(files, tensors, index) for every tensor of every loaded file: files sorted
     by name, tensors in data order within each file.
 
-    files: [{"name", "size", "header_sha256", "header_length", "metadata"}];
-    tensors: [[file, name, dtype, shape, begin, end]] with absolute byte
-    offsets; index: (file name, tensor name) -> position in tensors.
+    index: (file name, tensor name) -> position in tensors.
     """
     files, tensors, index = [], [], {}
     for f, name in enumerate(sorted(headers)):
         header = headers[name]
-        files.append({
-            "name": name,
-            "size": header.expected_size,
-            "header_sha256": header.sha256,
-            "header_length": len(header.header_bytes),
-            "metadata": header.metadata,
-        })
+        files.append(SourceFile(name, header.expected_size, header.sha256, len(header.header_bytes),
+                                header.metadata))
         for t in sorted(header.tensors.values(), key=lambda t: (t.begin, t.name)):
             index[(name, t.name)] = len(tensors)
-            tensors.append([f, t.name, t.dtype, list(t.shape), t.begin, t.end])
+            tensors.append(SourceTensor(f, t.name, t.dtype, tuple(t.shape), t.begin, t.end))
     return files, tensors, index
 
 

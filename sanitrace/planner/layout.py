@@ -7,7 +7,9 @@ laid out the same way on every platform.
 """
 
 import math
-from typing import List
+from typing import List, Tuple
+
+from ..plan import Output, OutputFile
 
 from ..safetensors_format import MLX_ITEMSIZE, MLX_TO_SAFETENSORS, build_header
 
@@ -17,7 +19,7 @@ def nbytes(aval) -> int:
     return math.prod(shape) * MLX_ITEMSIZE[dtype]
 
 
-def output_files(shards: List[tuple], avals_of) -> (list, list):
+def output_files(shards: List[tuple], avals_of) -> Tuple[List[OutputFile], List[Output]]:
     """(files, outputs) for captured ``shards`` [(file name, [(name, ref)], metadata)].
 
     ``avals_of(ref)`` gives [dtype, shape] of a traced value.
@@ -31,23 +33,7 @@ def output_files(shards: List[tuple], avals_of) -> (list, list):
         )
         size = len(header)
         for (name, ref, aval), offset in zip(entries, offsets):
-            outputs.append(
-                {
-                    "name": name,
-                    "dtype": aval[0],
-                    "shape": list(aval[1]),
-                    "ref": ref,
-                    "file": file_index,
-                    "offset": offset,
-                    "nbytes": nbytes(aval),
-                }
-            )
+            outputs.append(Output(name, aval[0], tuple(aval[1]), ref, file_index, offset, nbytes(aval)))
             size = max(size, offset + nbytes(aval))
-        files.append({
-            "name": file_name,
-            "kind": "safetensors",
-            "metadata": metadata,
-            "header": header,  # not stored in the file: rebuilt from outputs and metadata
-            "size": size,
-        })
+        files.append(OutputFile(file_name, "safetensors", size, metadata, header))
     return files, outputs
