@@ -67,10 +67,10 @@ def test_resume_after_interruption(qplan, checkpoints, eager, tmp_path, monkeypa
         execute(qplan, src, str(out), progress=False)
 
     # damage one finished tensor: resume must notice and redo its group
-    first = qplan["outputs"][qplan["groups"][0]["outputs"][0]]
-    shard = tmp_path / "out.partial" / qplan["files"][first["file"]]["name"]
+    first = qplan.outputs[qplan.groups[0].outputs[0]]
+    shard = tmp_path / "out.partial" / qplan.files[first.file].name
     with open(shard, "r+b") as f:
-        f.seek(first["offset"])
+        f.seek(first.offset)
         f.write(b"\xff\xff\xff\xff")
     summary = execute(qplan, src, str(out), memory_budget=1, resume=True, progress=False)
     assert summary.skipped_groups == 2

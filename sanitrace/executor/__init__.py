@@ -15,14 +15,16 @@ import hashlib
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
 from .. import plan as plan_ir
+from ..plan import Output, Plan
+from ..regions import NotChunkable
 from .replay import Replayer
 from .sources import SourceMismatch, SourceReader, byte_view, fill_all, verify_sources
-from .writer import OutputExists, OutputWriter
+from .writer import OutputError, OutputExists, OutputWriter
 
 
 class GuardFailed(ValueError):
@@ -41,14 +43,14 @@ class ExecuteSummary:
 @dataclass
 class Chunk:
     group: int
-    outputs: List[dict]
+    outputs: List[Output]
     region: Optional[tuple]  # (0, start, stop) or None for whole outputs
     last: bool  # last chunk of its group
 
 
 def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor):
     """Allocate the chunk's source buffers (main thread) and start reading them."""
-    requests = replayer.reads([o["ref"] for o in chunk.outputs], chunk.region)
+    requests = replayer.reads([o.ref for o in chunk.outputs], chunk.region)
     pieces = _prepare(requests, reader)
     return pieces, requests, pool.submit(fill_all, list(pieces.values()))
 
@@ -80,40 +82,47 @@ class _Sink:
         start = chunk.region[1] if chunk.region else 0
         for out, view in zip(chunk.outputs, views):
             self.writer.write(out, start, view)
-            self.hashes.setdefault(out["name"], hashlib.sha256()).update(view)
+            self.hashes.setdefault(out.name, hashlib.sha256()).update(view)
             self.bar.update(len(view))
         if chunk.last:
-            sums = {o["name"]: self.hashes.pop(o["name"]).hexdigest() for o in chunk.outputs}
+            sums = {o.name: self.hashes.pop(o.name).hexdigest() for o in chunk.outputs}
             self.writer.group_done(chunk.group, sums)
 
 
-def _check_guards(plan: dict, replayer: Replayer, reader: SourceReader) -> None:
-    for guard in plan["guards"]:
-        pieces = _prepare(replayer.reads([guard["ref"]], None), reader)
+# the value methods the tracer records as guards (a plan cannot name any other)
+_GUARD_METHODS = frozenset(["item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__",
+                            "__bytes__", "__array__"])
+
+
+def _check_guards(plan: Plan, replayer: Replayer, reader: SourceReader) -> None:
+    for guard in plan.guards:
+        if guard.method not in _GUARD_METHODS:
+            raise plan_ir.PlanError(f"a guard calls {guard.method!r}, which is not a value method")
+        pieces = _prepare(replayer.reads([guard.ref], None), reader)
         fill_all(list(pieces.values()))
         replayer.sources = {k: p.array() for k, p in pieces.items()}
-        value = getattr(replayer.value(guard["ref"], None), guard["method"])()
+        value = getattr(replayer.value(guard.ref, None), guard.method)()
         replayer.clear()
         if hasattr(value, "tolist"):
             value = value.tolist()
-        if value != guard["value"]:
+        if value != guard.value:
             raise GuardFailed(
-                f"sanitize read a value ({guard['method']}) that differs from the one "
-                f"seen at trace time: {value!r} != {guard['value']!r}; re-trace on this data"
+                f"sanitize read a value ({guard.method}) that differs from the one "
+                f"seen at trace time: {value!r} != {guard.value!r}; re-trace on this data"
             )
 
 
-def plan_chunks(plan: dict, budget: int, writer: OutputWriter) -> (List[Chunk], int):
+def plan_chunks(plan: Plan, budget: int, writer: OutputWriter) -> Tuple[List[Chunk], int]:
     """The chunks still to do, in output-file order, and how many groups are already done."""
-    outputs = plan["outputs"]
-    groups = plan["groups"]
+    outputs = plan.outputs
+    groups = plan.groups
     order = sorted(
         range(len(groups)),
-        key=lambda g: min((outputs[i]["file"], outputs[i]["offset"]) for i in groups[g]["outputs"]),
+        key=lambda g: min((outputs[i].file, outputs[i].offset) for i in groups[g].outputs),
     )
     chunks, skipped = [], 0
     for g in order:
-        members = [outputs[i] for i in groups[g]["outputs"]]
+        members = [outputs[i] for i in groups[g].outputs]
         if writer.verified_done(g, members):
             skipped += 1
             continue
@@ -121,7 +130,7 @@ def plan_chunks(plan: dict, budget: int, writer: OutputWriter) -> (List[Chunk], 
         if not rows:
             chunks.append(Chunk(g, members, None, True))
             continue
-        total = groups[g]["rows"]
+        total = groups[g].rows
         for start in range(0, total, rows):
             stop = min(start + rows, total)
             chunks.append(Chunk(g, members, (0, start, stop), stop == total))
@@ -129,27 +138,43 @@ def plan_chunks(plan: dict, budget: int, writer: OutputWriter) -> (List[Chunk], 
 
 
 def execute(
-    plan: dict,
+    plan: Plan,
     source_dir: str,
     out_dir: str,
     memory_budget: Optional[int] = None,
     resume: bool = False,
     progress: bool = True,
+    digest: Optional[str] = None,
 ) -> ExecuteSummary:
-    """Write the plan's output into ``out_dir`` (via ``out_dir.partial``)."""
-    budget = memory_budget or plan["memory"]["budget"]
+    """Write the plan's output into ``out_dir`` (via ``out_dir.partial``).
+
+    Args:
+        plan: a loaded (validated) or freshly built plan.
+        source_dir: the model folder the plan was traced from; checked first.
+        out_dir: the output folder; must not exist.
+        memory_budget: bytes to stay under (default: the plan's budget).
+        resume: continue an interrupted run in ``out_dir.partial``.
+        progress: show a progress bar on stderr.
+        digest: when given, refuse a plan whose digest is not this hex string.
+
+    Returns:
+        An ExecuteSummary.
+    """
+    if digest is not None and digest.lower() != plan.digest:
+        raise plan_ir.PlanError(f"plan digest {plan.digest} is not the approved {digest}")
+    budget = memory_budget or plan.memory.budget
     verify_sources(plan, source_dir)
-    digest = hashlib.sha256(plan_ir.dumps(plan)).hexdigest()
-    writer = OutputWriter(plan, out_dir, digest, resume)
+    replayer = Replayer(plan.nodes, [o.ref for o in plan.outputs] + [g.ref for g in plan.guards])
+    check_chunk_units(plan, replayer)
+    writer = OutputWriter(plan, source_dir, out_dir, resume)
     reader = SourceReader(plan, source_dir)
-    replayer = Replayer(plan)
-    total = sum(o["nbytes"] for o in plan["outputs"])
+    total = plan.output_bytes
     bar = _progress(total, progress)
     previous_cache_limit = mx.set_cache_limit(plan_ir.cache_limit(budget))
     try:
         _check_guards(plan, replayer, reader)
         chunks, skipped = plan_chunks(plan, budget, writer)
-        bar.update(total - sum(o["nbytes"] for c in chunks if c.last for o in c.outputs))
+        bar.update(total - sum(o.nbytes for c in chunks if c.last for o in c.outputs))
         sink = _Sink(writer, bar)
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
             pending: Optional[Future] = None
@@ -162,7 +187,7 @@ def execute(
                 replayer.sources = {key: p.array() for key, p in pieces.items()}
                 replayer.requests = requests
                 del pieces
-                arrays = [replayer.value(o["ref"], chunk.region) for o in chunk.outputs]
+                arrays = [replayer.value(o.ref, chunk.region) for o in chunk.outputs]
                 replayer.clear()
                 for out, array in zip(chunk.outputs, arrays):
                     _check_piece(out, array, chunk.region)
@@ -176,23 +201,41 @@ def execute(
                 del views
             if pending is not None:
                 pending.result()
-        writer.finish(source_dir)
+        writer.finish()
     finally:
         mx.set_cache_limit(previous_cache_limit)
         bar.close()
         reader.close()
         writer.close()
-    return ExecuteSummary(len(plan["outputs"]), total, len(plan["groups"]), len(chunks), skipped)
+    return ExecuteSummary(len(plan.outputs), total, len(plan.groups), len(chunks), skipped)
 
 
-def _check_piece(out: dict, array: mx.array, region) -> None:
-    shape = list(out["shape"])
+def check_chunk_units(plan: Plan, replayer: Replayer) -> None:
+    """Each chunked group's unit is a multiple of what its ops' chunk rules need
+    (derived from the graph, not taken from the plan)."""
+    for group in plan.groups:
+        if not group.unit:
+            continue
+        for i in group.outputs:
+            try:
+                needed = replayer.rules.granularity(plan.outputs[i].ref, 0)
+            except NotChunkable:
+                needed = 0
+            if not needed or group.unit % needed:
+                raise plan_ir.PlanError(
+                    f"output {plan.outputs[i].name!r}: chunk unit {group.unit} does not fit its ops "
+                    f"(they need multiples of {needed or 'the whole tensor'})"
+                )
+
+
+def _check_piece(out: Output, array: mx.array, region) -> None:
+    shape = list(out.shape)
     if region is not None:
         shape[0] = region[2] - region[1]
-    if list(array.shape) != shape or plan_ir.dtype_name(array.dtype) != out["dtype"]:
+    if list(array.shape) != shape or plan_ir.dtype_name(array.dtype) != out.dtype:
         raise RuntimeError(
-            f"replay of {out['name']} gave {array.dtype}{list(array.shape)}, "
-            f"the plan says {out['dtype']}{shape}"
+            f"replay of {out.name} gave {array.dtype}{list(array.shape)}, "
+            f"the plan says {out.dtype}{shape}"
         )
 
 
@@ -211,4 +254,4 @@ def _progress(total: int, enabled: bool):
     )
 
 
-__all__ = ["execute", "ExecuteSummary", "SourceMismatch", "OutputExists", "GuardFailed"]
+__all__ = ["execute", "ExecuteSummary", "SourceMismatch", "OutputExists", "OutputError", "GuardFailed"]

@@ -1,136 +1,442 @@
-"""Output folder: preallocated shards written in place, a resume journal, the final rename.
+"""Output folder: shards preallocated and written in place under ``OUT.partial``,
+the resume journal (journal.py), resumable finishing and the final rename.
 
-Everything is written to ``OUT.partial``. Each shard is created at its final
-size with its header first; tensors are written at their plan offsets. After
-each output group, a journal line records the sha256 of every tensor it wrote;
-``--resume`` skips groups whose bytes still match. ``finish()`` writes the text
-files, copies the source's non-weight files (and its sub-folders, for
-libraries that do) and renames to ``OUT``.
+- Containment: ``OUT.partial`` is opened once (``O_DIRECTORY | O_NOFOLLOW``)
+  and locked with ``flock`` on that fd (a second run refuses). Files and
+  sub-folders are created relative to it, component by component, with
+  ``O_NOFOLLOW``; a symlink, hard link or special file at a name the output
+  uses is replaced, never written through.
+- Before creating anything: OUT, its parent and the free space (on resume,
+  only what is not yet allocated). Shards get ``posix_fallocate``.
+- Resume refuses (does not redo) when a source file the plan reads changed
+  size, mtime, inode or device. Source bytes are not hashed (that measured
+  ~20% of execute's wall time): an in-place edit keeping all four is missed.
+- Finishing (fsync shards, text files, copies, a "finished" record, rename,
+  then remove the journal from OUT) may be killed at any instant and resumed.
+  OS errors on the output raise a one-line ``OutputError``; OUT.partial stays
+  resumable.
 """
 
+import contextlib
+import errno
+import fcntl
 import hashlib
-import json
 import os
-import shutil
-from typing import Dict, List
+import stat
+from typing import Dict, Iterable, List, Optional, Tuple
 
-JOURNAL = ".sanitrace-journal.jsonl"
+from ..plan import Output, OutputFile, Plan
+from . import journal
+from .journal import JOURNAL
+from .sources import SourceMismatch
+
 # never copied from the source folder: weights, and files the plan writes itself
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".npz", ".msgpack")
 _SKIPPED = {"model.safetensors.index.json", "config.json", "README.md"}
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
 class OutputExists(ValueError):
     pass
 
 
+class OutputError(ValueError):
+    """Writing the output failed (no space, read-only, permission, I/O error)."""
+
+
 class OutputWriter:
-    def __init__(self, plan: dict, out_dir: str, plan_digest: str, resume: bool):
+    """Writes ``plan``'s output into ``out_dir`` via ``out_dir.partial``.
+
+    Refuses with one line (OutputExists, OutputError, SourceMismatch) before
+    creating anything when: OUT exists (a dangling symlink too), OUT.partial
+    exists without ``resume`` or is in use, OUT's parent is missing, not a
+    folder or not writable, or the disk lacks the space still to write.
+    With ``resume``, an OUT holding only this plan's finished journal is
+    complete (``complete``): ``finish()`` then just removes the journal.
+    """
+
+    def __init__(self, plan: Plan, source_dir: str, out_dir: str, resume: bool):
         self.plan = plan
+        self.source_dir = source_dir
         self.out_dir = os.path.abspath(out_dir)
         self.partial = self.out_dir + ".partial"
-        self.digest = plan_digest
-        if os.path.exists(self.out_dir):
+        self.complete = False
+        self.done: Dict[int, Dict[str, str]] = {}
+        self._dirs: Dict[str, int] = {}  # folder fds by path relative to OUT.partial ("" is it)
+        self._fds: Dict[int, int] = {}  # shard fds by file index
+        self._journal = -1
+        self._left = 0  # bytes still to allocate or write, for the ENOSPC message
+        try:
+            self._open(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, resume: bool) -> None:
+        if os.path.lexists(self.out_dir):
+            if resume and not os.path.lexists(self.partial) and self._finished_out():
+                self.complete = True
+                return
             raise OutputExists(
                 f"Cannot save to the path {self.out_dir} as it already exists. "
                 "Please delete the file/directory or specify a new path to save to."
             )
-        if os.path.exists(self.partial) and not resume:
+        _check_parent(os.path.dirname(self.out_dir))
+        self._copy_dirs, self._copy_files = _copies(self.source_dir, self.plan.copy_subdirectories)
+        sources = journal.source_identity(self.plan, self.source_dir)
+        state = None
+        if not os.path.lexists(self.partial):
+            self._check_space()
+            with self._faults(""):
+                os.mkdir(self.partial)
+            self._dirs[""] = _lock(self.partial)
+        elif not resume:
+            os.close(_lock(self.partial))  # refuses when in use
             raise OutputExists(
-                f"{self.partial} holds an interrupted run: pass --resume to continue "
-                "it, or delete it"
+                f"{self.partial} holds an interrupted run: pass --resume to continue it, or delete it"
             )
-        os.makedirs(self.partial, exist_ok=True)
-        self.done: Dict[int, Dict[str, str]] = self._read_journal() if resume else {}
-        self._fds: Dict[int, int] = {}
-        for i, f in enumerate(plan["files"]):
-            if f["kind"] == "safetensors":
+        else:
+            self._dirs[""] = _lock(self.partial)
+            state = self._resume_state(sources)
+            self._check_space()
+        for i, f in enumerate(self.plan.files):
+            if f.kind == "safetensors":
                 self._fds[i] = self._open_shard(f)
-        mode = "a" if resume else "w"
-        self._journal = open(os.path.join(self.partial, JOURNAL), mode)
-        if not self.done:
-            self._journal.seek(0)
-            self._journal.truncate()
-            self._journal.write(json.dumps({"plan": plan_digest}) + "\n")
-            self._journal.flush()
+        with self._faults(JOURNAL):
+            if state is None:
+                self._replace(JOURNAL + ".tmp", [journal.header_line(self.plan.digest, sources)])
+                os.rename(JOURNAL + ".tmp", JOURNAL, src_dir_fd=self._dirs[""], dst_dir_fd=self._dirs[""])
+            else:
+                self.done = state.done
+            self._journal = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, dir_fd=self._dirs[""])
+        if state is not None and not state.whole_lines:
+            self._append(b"\n")  # end a line cut short by the interruption
 
-    def _open_shard(self, f: dict) -> int:
-        path = os.path.join(self.partial, f["name"])
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if os.fstat(fd).st_size != f["size"] or os.pread(fd, len(f["header"]), 0) != f["header"]:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f["header"], 0)
-            os.ftruncate(fd, f["size"])
+    def _finished_out(self) -> bool:
+        """OUT holds this plan's journal with its "finished" record (killed
+        between the rename and removing the journal); locks OUT then."""
+        try:
+            fd = os.open(self.out_dir, _DIR)
+        except OSError:
+            return False
+        raw = journal.read(fd)
+        os.close(fd)
+        if raw is None or not journal.parse(raw, self.plan).finished:
+            return False
+        self._dirs[""] = _lock(self.out_dir)
+        return True
+
+    def _resume_state(self, sources: Dict[str, List[int]]) -> Optional[journal.Journal]:
+        """The journal to continue, or None to start over (there is none, or its
+        first line is damaged and every shard in OUT.partial is this plan's)."""
+        raw = journal.read(self._dirs[""])
+        if raw is None:
+            return None  # killed before the journal was written
+        state = journal.parse(raw, self.plan)
+        if state.header is not None and state.header["plan"] != self.plan.digest:
+            raise OutputExists(f"{self.partial} was written by a different plan; delete it")
+        recorded = journal.recorded_sources(state.header) if state.header else None
+        if recorded is None:
+            if all(self._is_planned_shard(f) for f in self.plan.shards):
+                return None
+            raise OutputExists(
+                f"{self.partial}: its journal is damaged and nothing shows it belongs to this plan; "
+                "delete it to start over"
+            )
+        changed = journal.changed_source(recorded, sources)
+        if changed:
+            raise SourceMismatch(
+                f"source {changed} changed since the interrupted run; delete {self.partial} "
+                "or pass the same source"
+            )
+        return state
+
+    def _is_planned_shard(self, f: OutputFile) -> bool:
+        try:
+            fd = os.open(f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._dirs[""])
+        except OSError:
+            return False
+        st, header = os.fstat(fd), os.pread(fd, len(f.header), 0)
+        os.close(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_size == f.size and header == f.header
+
+    def _check_space(self) -> None:
+        """Refuse when the disk lacks the bytes still to allocate or write."""
+        need = sum(f.size - self._allocated(f) for f in self.plan.shards)
+        need += sum(f.size for f in self.plan.files if f.kind == "text")
+        need += sum(size for _, size in self._copy_files)
+        where = self.partial if self._dirs else os.path.dirname(self.out_dir)
+        with self._faults(""):
+            st = os.statvfs(where)
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise OutputError(f"{self.out_dir}: needs {_size(need)} free, has {_size(free)}")
+        self._left = need
+
+    def _allocated(self, f: OutputFile) -> int:
+        """Bytes already allocated to shard ``f`` in OUT.partial (kept on resume)."""
+        if not self._dirs:
+            return 0
+        try:
+            st = os.stat(f.name, dir_fd=self._dirs[""], follow_symlinks=False)
+        except OSError:
+            return 0
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != f.size:
+            return 0
+        return min(st.st_blocks * 512, f.size)
+
+    def _open_shard(self, f: OutputFile) -> int:
+        with self._faults(f.name):
+            folder, base = self._parent(f.name)
+            fd = _open_own(folder, base)
+            st = os.fstat(fd)
+            if st.st_size != f.size or os.pread(fd, len(f.header), 0) != f.header:
+                os.ftruncate(fd, 0)
+                _pwrite_all(fd, f.header, 0)
+                os.ftruncate(fd, f.size)
+                st = os.fstat(fd)
+            _allocate(fd, f.size)
+            self._left = max(0, self._left - (f.size - min(st.st_blocks * 512, f.size)))
+            return fd
+
+    def _folder(self, rel: str) -> int:
+        """The fd of sub-folder ``rel`` of OUT.partial, created component by component."""
+        if rel in self._dirs:
+            return self._dirs[rel]
+        parent, _, base = rel.rpartition("/")
+        parent_fd = self._folder(parent)
+        try:
+            fd = os.open(base, _DIR, dir_fd=parent_fd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or file where the folder goes
+                os.unlink(base, dir_fd=parent_fd)
+            elif e.errno != errno.ENOENT:
+                raise
+            os.mkdir(base, dir_fd=parent_fd)
+            fd = os.open(base, _DIR, dir_fd=parent_fd)
+        self._dirs[rel] = fd
         return fd
 
-    def _read_journal(self) -> Dict[int, Dict[str, str]]:
-        path = os.path.join(self.partial, JOURNAL)
-        if not os.path.exists(path):
-            return {}
-        with open(path) as fh:
-            lines = [line for line in fh.read().splitlines() if line.strip()]
-        if not lines or json.loads(lines[0]).get("plan") != self.digest:
-            raise OutputExists(f"{self.partial} was written by a different plan; delete it")
-        done = {}
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut short by the interruption
-            done[entry["group"]] = entry["sha256"]
-        return done
+    def _parent(self, name: str) -> Tuple[int, str]:
+        folder, _, base = name.rpartition("/")
+        return self._folder(folder), base
 
-    def verified_done(self, group_index: int, outputs: List[dict]) -> bool:
-        """True when the journal lists this group and its bytes still match."""
+    def _replace(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Write a new regular file ``name`` (whatever was there is removed first)."""
+        folder, base = self._parent(name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(base, dir_fd=folder)
+        fd = os.open(base, _NEW, 0o644, dir_fd=folder)
+        try:
+            pos = 0
+            for chunk in chunks:
+                _pwrite_all(fd, chunk, pos)
+                pos += len(chunk)
+                self._left = max(0, self._left - len(chunk))
+        finally:
+            os.close(fd)
+
+    def _copy(self, rel: str) -> None:
+        path = os.path.join(self.source_dir, rel)
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            raise SourceMismatch(f"{path}: {e.strerror}") from None
+        try:
+            _regular_size(path, os.fstat(src))
+            with self._faults(rel):
+                self._replace(rel, iter(lambda: os.read(src, 1 << 20), b""))
+        finally:
+            os.close(src)
+
+    @contextlib.contextmanager
+    def _faults(self, name: str):
+        """OS errors on the output as one-line OutputErrors."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise OutputError(f"no space left on {self.out_dir}: needs {self._left} more bytes") from None
+            raise OutputError(f"{os.path.join(self.partial, name)}: {e.strerror}") from None
+
+    def _append(self, line: bytes) -> None:
+        with self._faults(JOURNAL):
+            done = 0
+            while done < len(line):
+                done += os.write(self._journal, line[done:])
+
+    def verified_done(self, group_index: int, outputs: List[Output]) -> bool:
+        """True when the output is complete, or the journal lists this group and its bytes still match."""
+        if self.complete:
+            return True
         sums = self.done.get(group_index)
         if sums is None:
             return False
         for out in outputs:
-            fd = self._fds[out["file"]]
             digest = hashlib.sha256()
-            for pos in range(0, out["nbytes"], 64 << 20):
-                n = min(64 << 20, out["nbytes"] - pos)
-                digest.update(os.pread(fd, n, out["offset"] + pos))
-            if sums.get(out["name"]) != digest.hexdigest():
+            with self._faults(self.plan.files[out.file].name):
+                for pos in range(0, out.nbytes, 64 << 20):
+                    n = min(64 << 20, out.nbytes - pos)
+                    digest.update(os.pread(self._fds[out.file], n, out.offset + pos))
+            if sums.get(out.name) != digest.hexdigest():
                 return False
         return True
 
-    def write(self, out: dict, row_start: int, data: memoryview) -> None:
-        rows = out["shape"][0] if out["shape"] else 1
-        offset = out["offset"] + row_start * (out["nbytes"] // max(rows, 1))
-        fd = self._fds[out["file"]]
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], offset + done)
+    def write(self, out: Output, row_start: int, data: memoryview) -> None:
+        rows = out.shape[0] if out.shape else 1
+        offset = out.offset + row_start * (out.nbytes // max(rows, 1))
+        with self._faults(self.plan.files[out.file].name):
+            _pwrite_all(self._fds[out.file], data, offset)
 
     def group_done(self, group_index: int, sums: Dict[str, str]) -> None:
-        self._journal.write(json.dumps({"group": group_index, "sha256": sums}) + "\n")
-        self._journal.flush()
+        self._append(journal.group_line(group_index, sums))
 
-    def finish(self, source_dir: str) -> None:
-        for fd in self._fds.values():
-            os.fsync(fd)
-            os.close(fd)
-        self._fds.clear()
-        self._journal.close()
-        os.remove(os.path.join(self.partial, JOURNAL))
-        for f in self.plan["files"]:
-            if f["kind"] == "text":
-                with open(os.path.join(self.partial, f["name"]), "wb") as fh:
-                    fh.write(f["data"])
-        for name in sorted(os.listdir(source_dir)):
-            path = os.path.join(source_dir, name)
-            if name.startswith("."):
-                continue
-            if os.path.isfile(path) and not name.endswith(_WEIGHT_SUFFIXES) and name not in _SKIPPED:
-                shutil.copyfile(path, os.path.join(self.partial, name))
-            elif os.path.isdir(path) and self.plan["copy_subdirectories"]:
-                shutil.copytree(path, os.path.join(self.partial, name))
-        os.rename(self.partial, self.out_dir)
+    def finish(self) -> None:
+        """fsync the shards, write the text files and copies (replacing what an
+        interrupted attempt left), journal "finished", rename OUT.partial to
+        OUT, then remove the journal from OUT. Each step can be redone."""
+        root = self._dirs[""]
+        if not self.complete:
+            for i, fd in self._fds.items():
+                with self._faults(self.plan.files[i].name):
+                    os.fsync(fd)
+            for f in self.plan.files:
+                if f.kind == "text":
+                    with self._faults(f.name):
+                        self._replace(f.name, [f.data])
+            with self._faults(""):
+                for rel in self._copy_dirs:
+                    self._folder(rel)
+            for rel, _ in self._copy_files:
+                self._copy(rel)
+            self._append(journal.finished_line(self.plan.digest))
+            if os.path.lexists(self.out_dir):
+                raise OutputExists(f"{self.out_dir} appeared while writing; {self.partial} is complete")
+            with self._faults(""):
+                here, ours = os.stat(self.partial, follow_symlinks=False), os.fstat(root)
+                if (here.st_dev, here.st_ino) != (ours.st_dev, ours.st_ino):
+                    raise OutputError(f"{self.partial} was replaced while writing")
+                os.rename(self.partial, self.out_dir)
+            self.complete = True
+        with self._faults(JOURNAL):
+            os.unlink(JOURNAL, dir_fd=root)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
+        """Close every fd (releases the lock); the folder stays resumable."""
+        for fd in [*self._fds.values(), *self._dirs.values(), self._journal]:
+            if fd >= 0:
+                os.close(fd)
         self._fds.clear()
-        if not self._journal.closed:
-            self._journal.close()
+        self._dirs.clear()
+        self._journal = -1
+
+
+def _check_parent(parent: str) -> None:
+    try:
+        st = os.stat(parent)
+    except OSError as e:
+        raise OutputError(f"{parent}: {e.strerror} (the output's parent folder)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{parent}: not a folder (the output's parent)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent}: not writable (the output's parent folder)")
+
+
+def _lock(path: str) -> int:
+    """Open folder ``path`` without following a symlink and lock it for this run."""
+    try:
+        fd = os.open(path, _DIR)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OutputError(f"{path}: not a folder (a symlink or a file); delete it") from None
+        raise OutputError(f"{path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputExists(f"{path} is in use by another sanitrace run") from None
+    return fd
+
+
+def _open_own(folder: int, base: str) -> int:
+    """Open (or create) regular file ``base`` read-write; a symlink, hard link or
+    special file there is replaced by a new empty file."""
+    try:
+        fd = os.open(base, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=folder)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+    else:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+    os.unlink(base, dir_fd=folder)
+    return os.open(base, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Reserve the blocks of a ``size``-byte file; plain ftruncate where unsupported."""
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    data = memoryview(data)
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
+def _copies(source_dir: str, subfolders: bool) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """The source's sub-folders and (file, size) to copy: top-level non-weight
+    files, and every sub-folder whole when ``subfolders``. Symlinks are followed
+    (dangling ones skipped); a special file or a symlink loop is refused."""
+    dirs: List[str] = []
+    files: List[Tuple[str, int]] = []
+
+    def walk(rel: str, seen: frozenset) -> None:
+        folder = os.path.join(source_dir, rel)
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as e:
+            raise SourceMismatch(f"{folder}: {e.strerror}") from None
+        for name in names:
+            path, sub = os.path.join(folder, name), f"{rel}/{name}" if rel else name
+            if not rel and name.startswith("."):
+                continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise SourceMismatch(f"{path}: {e.strerror}") from None
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    raise SourceMismatch(f"{path}: a symlink loop; remove it from the source")
+                if rel or subfolders:
+                    dirs.append(sub)
+                    walk(sub, seen | {(st.st_dev, st.st_ino)})
+            elif rel or not (name.endswith(_WEIGHT_SUFFIXES) or name in _SKIPPED):
+                files.append((sub, _regular_size(path, st)))
+
+    walk("", frozenset())
+    return dirs, files
+
+
+def _regular_size(path: str, st: os.stat_result) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceMismatch(f"{path}: not a regular file (a FIFO, socket or device); remove it from the source")
+    return st.st_size
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
