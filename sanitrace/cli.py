@@ -263,7 +263,7 @@ def _retrace(paths, write: bool, trust_remote_code: bool) -> int:
         text_path = os.path.splitext(path)[0] + ".txt"
         text = render(fresh)
         problems = diff(old, fresh)
-        if not problems and plan_ir.dumps(fresh) != plan_ir.dumps(old):
+        if not problems and fresh.digest != old.digest:
             problems = ["plan bytes differ with no semantic difference (format change?)"]
         if os.path.exists(text_path):
             with open(text_path) as f:

@@ -26,13 +26,12 @@ import stat
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..plan import Output, OutputFile, Plan
+from ..show import human_bytes
 from . import journal
+from .copies import copies, regular_size
 from .journal import JOURNAL
 from .sources import SourceMismatch
 
-# never copied from the source folder: weights, and files the plan writes itself
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".npz", ".msgpack")
-_SKIPPED = {"model.safetensors.index.json", "config.json", "README.md"}
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
@@ -83,7 +82,7 @@ class OutputWriter:
                 "Please delete the file/directory or specify a new path to save to."
             )
         _check_parent(os.path.dirname(self.out_dir))
-        self._copy_dirs, self._copy_files = _copies(self.source_dir, self.plan.copy_subdirectories)
+        self._copy_dirs, self._copy_files = copies(self.source_dir, self.plan)
         sources = journal.source_identity(self.plan, self.source_dir)
         state = None
         if not os.path.lexists(self.partial):
@@ -171,7 +170,7 @@ class OutputWriter:
             st = os.statvfs(where)
         free = st.f_bavail * st.f_frsize
         if need > free:
-            raise OutputError(f"{self.out_dir}: needs {_size(need)} free, has {_size(free)}")
+            raise OutputError(f"{self.out_dir}: needs {human_bytes(need)} free, has {human_bytes(free)}")
         self._left = need
 
     def _allocated(self, f: OutputFile) -> int:
@@ -244,7 +243,7 @@ class OutputWriter:
         except OSError as e:
             raise SourceMismatch(f"{path}: {e.strerror}") from None
         try:
-            _regular_size(path, os.fstat(src))
+            regular_size(path, os.fstat(src))
             with self._faults(rel):
                 self._replace(rel, iter(lambda: os.read(src, 1 << 20), b""))
         finally:
@@ -391,52 +390,3 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
-
-
-def _copies(source_dir: str, subfolders: bool) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """The source's sub-folders and (file, size) to copy: top-level non-weight
-    files, and every sub-folder whole when ``subfolders``. Symlinks are followed
-    (dangling ones skipped); a special file or a symlink loop is refused."""
-    dirs: List[str] = []
-    files: List[Tuple[str, int]] = []
-
-    def walk(rel: str, seen: frozenset) -> None:
-        folder = os.path.join(source_dir, rel)
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError as e:
-            raise SourceMismatch(f"{folder}: {e.strerror}") from None
-        for name in names:
-            path, sub = os.path.join(folder, name), f"{rel}/{name}" if rel else name
-            if not rel and name.startswith("."):
-                continue
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                raise SourceMismatch(f"{path}: {e.strerror}") from None
-            if stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in seen:
-                    raise SourceMismatch(f"{path}: a symlink loop; remove it from the source")
-                if rel or subfolders:
-                    dirs.append(sub)
-                    walk(sub, seen | {(st.st_dev, st.st_ino)})
-            elif rel or not (name.endswith(_WEIGHT_SUFFIXES) or name in _SKIPPED):
-                files.append((sub, _regular_size(path, st)))
-
-    walk("", frozenset())
-    return dirs, files
-
-
-def _regular_size(path: str, st: os.stat_result) -> int:
-    if not stat.S_ISREG(st.st_mode):
-        raise SourceMismatch(f"{path}: not a regular file (a FIFO, socket or device); remove it from the source")
-    return st.st_size
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} bytes"

@@ -16,6 +16,9 @@ from .types import Output, OutputFile, Plan, Ref
 
 MAX_DEPTH = 32  # nesting of a literal argument (lists, tuples, dicts) in a plan
 MAX_ELEMENTS = 1 << 48  # no dimension product beyond what a 64-bit size can hold
+# the value methods the tracer records as guards; a plan can name no other
+GUARD_METHODS = frozenset(["item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__",
+                           "__bytes__", "__array__"])
 
 
 def fields(value: Any, what: str, names: Sequence[str]) -> list:
@@ -147,6 +150,8 @@ def check_plan(plan: Plan) -> None:
                             f"computes ({dtype}{list(shape)})")
     for guard in plan.guards:
         _check_ref(plan, guard.ref, "a guard")
+        if guard.method not in GUARD_METHODS:
+            raise PlanError(f"a guard calls {guard.method!r:.40}, which is not a value method")
     member = [0] * len(plan.outputs)
     for group in plan.groups:
         for i in group.outputs:
