@@ -9,6 +9,7 @@ are stored as a template plus its numbers ("model.layers.\\0.mlp.experts.\\0..."
 with [3, 17]).
 """
 
+import hashlib
 import os
 import re
 import tempfile
@@ -348,6 +349,7 @@ def save(plan: Plan, path: str) -> bytes:
     """Write ``plan`` to ``path`` atomically (a failed write leaves any old file as it was)."""
     with gc_paused():
         data = dumps(plan)
+    plan.__dict__.setdefault("digest", hashlib.sha256(data).hexdigest())
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".sanitrace-plan-", dir=folder)
     try:

@@ -6,6 +6,7 @@ limits, every record is type-checked field by field (no unknown fields), and
 references. Any problem is one PlanError naming it.
 """
 
+import hashlib
 import os
 import stat
 from typing import Optional, Tuple
@@ -173,11 +174,13 @@ def loads(data: bytes) -> Plan:
     except Exception as e:  # msgpack raises many types for corrupt input
         raise PlanError(f"not a sanitrace plan: {e}") from None
     try:
-        return _from_raw(raw)
+        plan = _from_raw(raw)
     except PlanError:
         raise
     except (KeyError, TypeError, IndexError, ValueError, OverflowError, RecursionError) as e:
         raise PlanError(f"malformed plan: {type(e).__name__}: {str(e)[:200]}") from None
+    plan.__dict__["digest"] = hashlib.sha256(data).hexdigest()  # the bytes that were reviewed
+    return plan
 
 
 def load(path: str) -> Plan:

@@ -166,7 +166,9 @@ class Plan:
 
     @functools.cached_property
     def digest(self) -> str:
-        """sha256 of the canonical plan bytes: what `execute --digest` compares."""
+        """sha256 of the plan's bytes: of the file it was loaded from (``loads``
+        sets it), else of its canonical encoding (a traced plan's file is that
+        encoding). What ``show`` prints and ``execute --digest`` compares."""
         from .format import dumps
 
         return hashlib.sha256(dumps(self)).hexdigest()
