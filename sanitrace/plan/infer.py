@@ -162,16 +162,18 @@ def _check_const_indices(plan: Plan, i: int, node: Node, placeholders: Dict[tupl
                 raise PlanError(f"node {i} ({node.op}): {e}") from None
 
 
-def _keys(plan: Plan) -> Tuple[list, List[int]]:
-    """Each node's cache key, and the INDEX_OPS nodes with several inputs (a const
-    index may be among them). Once checked, a node's outs follow from its
-    signature, so a key is (signature, the signature and output of each input);
-    a load's is (signature, its tensor's dtype and shape); a const's is unique."""
+def _first_nodes(plan: Plan) -> Tuple[List[int], List[int]]:
+    """The first node of each distinct cache key, in node order, and the INDEX_OPS
+    nodes with several inputs (a const index may be among them). Once checked, a
+    node's outs follow from its signature, so a key is (signature, the signature
+    and output of each input); a load's is (signature, its tensor's dtype and
+    shape); a const's is unique. The common one-input key is an int."""
     rows, tensors = plan.graph.rows, plan.source.tensors
     sig_ops = [signature[0] for signature in plan.graph.signatures]
     plain = [op not in ("load", "const") for op in sig_ops]
+    count = len(sig_ops)
     sigs = [row[0] for row in rows]
-    several = []
+    several: List[int] = []
 
     def other(i: int, row: list) -> tuple:
         s = row[0]
@@ -184,9 +186,18 @@ def _keys(plan: Plan) -> Tuple[list, List[int]]:
             several.append(i)
         return (s, *[sigs[i - x] if type(x) is int else (sigs[i - x[0]], x[1]) for x in row[1:]])
 
-    keys = [(row[0], sigs[i - row[1]]) if len(row) == 2 and plain[row[0]] and type(row[1]) is int
-            else other(i, row) for i, row in enumerate(rows)]
-    return keys, several
+    seen: set = set()
+    first: List[int] = []
+    for i, row in enumerate(rows):
+        s = row[0]
+        if len(row) == 2 and plain[s] and type(row[1]) is int:
+            key = s + count * sigs[i - row[1]]
+        else:
+            key = other(i, row)
+        if key not in seen:
+            seen.add(key)
+            first.append(i)
+    return first, several
 
 
 def check_avals(plan: Plan) -> None:
@@ -197,10 +208,9 @@ def check_avals(plan: Plan) -> None:
     Each distinct key is checked once, on its first node, in node order (so a
     node's inputs are checked before it)."""
     nodes = plan.nodes
-    keys, several = _keys(plan)
-    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))  # key -> its first node
+    first, several = _first_nodes(plan)
     placeholders: Dict[tuple, mx.array] = {}
-    for i in sorted(first.values()):
+    for i in first:
         node = nodes[i]
         if node.op in ("load", "const"):
             problem = _leaf_problem(plan, node)
