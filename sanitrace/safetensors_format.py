@@ -70,6 +70,12 @@ MLX_TO_SAFETENSORS = {
 MLX_ITEMSIZE = {name: DTYPE_SIZES[st] for name, st in MLX_TO_SAFETENSORS.items()}  # by mlx dtype name
 
 
+def mlx_nbytes(dtype: str, shape) -> int:
+    """Bytes of an mlx array of ``dtype`` (a name in MLX_ITEMSIZE) and ``shape``:
+    the one rule the planner's layout and plan loading both use."""
+    return math.prod(shape) * MLX_ITEMSIZE[dtype]
+
+
 class SafetensorsError(ValueError):
     """A safetensors file is malformed; the message names the file."""
 

@@ -19,7 +19,7 @@ from .ops import PlanError
 from .types import (
     Accounting, Dropped, Graph, Group, Guard, Memory, Output, OutputFile, Plan, Ref, Source, SourceFile,
 )
-from ..safetensors_format import MLX_ITEMSIZE
+from ..safetensors_format import MLX_ITEMSIZE, mlx_nbytes
 
 _OUTPUT_FIELDS = ("name", "dtype", "shape", "ref", "file", "offset")
 _TOP_FIELDS = ("accounting", "copy_subdirectories", "files", "format", "groups", "guards", "library",
@@ -69,10 +69,7 @@ def derive_nbytes(out: Output) -> int:
     """Bytes of an output, from its dtype and shape."""
     if out.dtype not in MLX_ITEMSIZE:
         raise PlanError(f"output {out.name!r}: unknown dtype {out.dtype!r}")
-    size = MLX_ITEMSIZE[out.dtype]
-    for d in out.shape:
-        size *= d
-    return size
+    return mlx_nbytes(out.dtype, out.shape)
 
 
 def _files(rows, outputs: Tuple[Output, ...]) -> Tuple[OutputFile, ...]:

@@ -6,17 +6,15 @@ order of the header keys) after a header padded to 8 bytes, so every shard is
 laid out the same way on every platform.
 """
 
-import math
 from typing import List, Tuple
 
 from ..plan import Output, OutputFile
-
-from ..safetensors_format import MLX_ITEMSIZE, MLX_TO_SAFETENSORS, build_header
+from ..safetensors_format import MLX_TO_SAFETENSORS, build_header, mlx_nbytes
 
 
 def nbytes(aval) -> int:
-    dtype, shape = aval
-    return math.prod(shape) * MLX_ITEMSIZE[dtype]
+    """Bytes of a traced value of ``aval`` ([dtype, shape])."""
+    return mlx_nbytes(*aval)
 
 
 def output_files(shards: List[tuple], avals_of) -> Tuple[List[OutputFile], List[Output]]:
