@@ -138,7 +138,7 @@ def test_short_and_truncated_files(model, capsys):
 def test_large_tensors_mlx_can_hold_are_accepted(tmp_path):
     """Only what mlx cannot represent is refused: 2**32 elements are fine."""
     path = tmp_path / "big.safetensors"
-    write_header(path, entry(dtype='"BF16"', shape=f"[65536, 65536]", offsets=f"[0, {2 * 2**32}]"))
+    write_header(path, entry(dtype='"BF16"', shape="[65536, 65536]", offsets=f"[0, {2 * 2**32}]"))
     assert read_header(str(path)).tensors["w"].shape == (65536, 65536)
     write_header(path, entry(dtype='"U8"', shape=f"[{MAX_DIM}, 4]", offsets=f"[0, {4 * MAX_DIM}]"))
     assert read_header(str(path)).tensors["w"].nbytes == 4 * MAX_DIM

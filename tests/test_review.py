@@ -20,7 +20,6 @@ from sanitrace.cli import main as sanitrace_main
 from sanitrace.diff import diff
 from sanitrace.plan import Dropped
 from sanitrace.planner import build_plan
-from sanitrace.retrace import retrace
 from sanitrace.show import render, render_json
 from sanitrace.tracer import ConvertOptions, TraceError, trace
 

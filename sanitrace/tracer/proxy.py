@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 import mlx.core as mx
 import numpy as np
 
-from ..plan import OPS, Node, Ref, Slot, dtype_name, is_allowed
+from ..plan import OPS, Node, Ref, Slot, dtype_name
 
 _REAL_ARRAY = mx.array
 _BROADCAST_TO, _ASTYPE, _RESHAPE = mx.broadcast_to, mx.astype, mx.reshape  # before tracing patches them
