@@ -103,6 +103,10 @@ class Header:
     def data_start(self) -> int:
         return 8 + len(self.header_bytes)
 
+    def in_data_order(self) -> List[TensorInfo]:
+        """The tensors in file order (by offset, then name): a plan's source table order."""
+        return sorted(self.tensors.values(), key=lambda t: (t.begin, t.name))
+
     @property
     def expected_size(self) -> int:
         """File size the header implies (header plus the end of the last tensor)."""

@@ -62,8 +62,7 @@ def verify_sources(plan: Plan, source_dir: str) -> None:
         size = os.path.getsize(path)
         if size < entry.size:
             raise SourceMismatch(f"{path}: truncated: {size} bytes, its header needs {entry.size}")
-        real = sorted(header.tensors.values(), key=lambda t: (t.begin, t.name))
-        table = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in real]
+        table = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in header.in_data_order()]
         if table != [(t.name, t.dtype, t.shape, t.begin, t.end) for t in by_file.get(i, [])]:
             raise SourceMismatch(f"{path}: the plan's tensor table does not match this file's header")
 

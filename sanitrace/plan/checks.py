@@ -68,6 +68,13 @@ def check_depth(value: Any, what: str) -> None:
         stack.extend((c, depth + 1) for c in children)
 
 
+def group_rows(outputs: Sequence[Output]) -> int:
+    """The leading size a group's outputs share (0 when they differ or are
+    scalars): what a group's ``rows`` must be. The planner uses it too."""
+    rows = {o.shape[0] if o.shape else 0 for o in outputs}
+    return next(iter(rows)) if len(rows) == 1 else 0
+
+
 def check_name(name: str, what: str) -> None:
     """A plain relative path: no absolute path, no empty, '.', '..' or NUL component,
     no backslash, valid UTF-8, and not sanitrace's own journal or lock."""
@@ -158,8 +165,7 @@ def check_plan(plan: Plan) -> None:
             if not 0 <= i < len(plan.outputs):
                 raise PlanError("a group names a missing output")
             member[i] += 1
-        shapes = {plan.outputs[i].shape[:1] for i in group.outputs}
-        rows = next(iter(shapes))[0] if len(shapes) == 1 and next(iter(shapes)) else 0
+        rows = group_rows([plan.outputs[i] for i in group.outputs])
         if group.rows != rows or (group.unit and not 0 < group.unit < rows):
             raise PlanError("a group's rows or chunk unit do not match its outputs")
     if any(count != 1 for count in member):

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import regions
 from ..plan import BASELINE_BYTES, VIEW_OPS, Group, Node, Output, Ref, cache_limit, chunk_rows, group_peak
+from ..plan.checks import group_rows
 from .layout import nbytes
 
 # Temporary memory of mlx's quantize / dequantize kernels, as a multiple of the
@@ -161,14 +162,13 @@ def plan_groups(nodes: List[Node], outputs: List[Output]) -> List[Group]:
     result = []
     for members in groups_of(nodes, outputs):
         roots = [outputs[i].ref for i in members]
-        rows = {outputs[i].shape[0] if outputs[i].shape else 0 for i in members}
+        count = group_rows([outputs[i] for i in members])
         unit = None
-        if len(rows) == 1 and next(iter(rows)) > 1:
+        if count > 1:
             try:
                 unit = max(chunker.granularity(r, 0) for r in roots)
             except regions.NotChunkable:
                 unit = None
-        count = next(iter(rows)) if len(rows) == 1 else 0
         if unit is None or unit >= count:
             result.append(Group(tuple(members), count, 0, ((chunker.cost(roots, None, None), 0),)))
         else:

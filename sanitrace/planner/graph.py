@@ -23,7 +23,7 @@ def source_table(headers: Dict[str, Header]) -> Tuple[List[SourceFile], List[Sou
         header = headers[name]
         files.append(SourceFile(name, header.expected_size, header.sha256, len(header.header_bytes),
                                 header.metadata))
-        for t in sorted(header.tensors.values(), key=lambda t: (t.begin, t.name)):
+        for t in header.in_data_order():
             index[(name, t.name)] = len(tensors)
             tensors.append(SourceTensor(f, t.name, t.dtype, tuple(t.shape), t.begin, t.end))
     return files, tensors, index
