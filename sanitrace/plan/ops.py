@@ -6,7 +6,7 @@ operator or property of mx.array, named ``mx.<fn>``, ``mx.linalg.<fn>`` or
 ``array.<attr>``. Nothing else can be replayed.
 """
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -70,31 +70,35 @@ VIEW_OPS = frozenset(
 )
 
 
-def _resolve(name: str) -> Callable:
+def _resolve(name: str) -> Optional[Callable]:
+    """The function for allowlisted ``name``; None when this mlx lacks it (an older one)."""
     if name.startswith("mx.linalg."):
         fn = name[len("mx.linalg."):]
         if fn in MX_LINALG_FUNCTIONS:
-            return getattr(mx.linalg, fn)
+            return getattr(mx.linalg, fn, None)
     elif name.startswith("mx."):
         fn = name[3:]
         if fn in MX_FUNCTIONS:
-            return getattr(mx, fn)
+            return getattr(mx, fn, None)
     elif name.startswith("array."):
         attr = name[6:]
         if attr in ARRAY_METHODS:
-            return getattr(mx.array, attr)
+            return getattr(mx.array, attr, None)
         if attr in ARRAY_PROPERTIES:
-            return lambda a: getattr(a, attr)
+            return (lambda a: getattr(a, attr)) if hasattr(mx.array, attr) else None
     raise PlanError(f"op {name!r} is not in the replay allowlist")
 
 
+# The allowlist less what this mlx lacks (mlx 0.32.2 has no array.__pos__ or array.mT):
+# a plan naming one of those fails to load here, as an op outside the allowlist.
 OPS: Dict[str, Callable] = {
-    name: _resolve(name)
+    name: fn
     for name in sorted(
         [f"mx.{n}" for n in MX_FUNCTIONS]
         + [f"mx.linalg.{n}" for n in MX_LINALG_FUNCTIONS]
         + [f"array.{n}" for n in ARRAY_METHODS | ARRAY_PROPERTIES]
     )
+    if (fn := _resolve(name)) is not None
 }
 SPECIAL_OPS = frozenset(["load", "const"])  # resolved by the executor itself
 

@@ -20,7 +20,8 @@ import numpy as np
 from ..plan import OPS, Node, Ref, Slot, dtype_name
 
 _REAL_ARRAY = mx.array
-_BROADCAST_TO, _ASTYPE, _RESHAPE = mx.broadcast_to, mx.astype, mx.reshape  # before tracing patches them
+_BROADCAST_TO, _RESHAPE, _EVAL = mx.broadcast_to, mx.reshape, mx.eval  # before tracing patches them
+_ASTYPE = getattr(mx, "astype", mx.array.astype)  # mlx 0.31 has none: import, then refuse it
 _SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_CONST_BYTES = 64 << 20
 POISON_MESSAGE = "Unable to read from file"
@@ -110,7 +111,9 @@ class Recorder:
                 f"{user_site()}; only small constants can be stored in a plan"
             )
         try:
-            data = bytes(memoryview(mx.contiguous(array.reshape(-1)).view(mx.uint8)))
+            flat = mx.contiguous(array.reshape(-1)).view(mx.uint8)
+            _EVAL(flat)  # not in memoryview(): mlx < 0.32.4 aborts there when evaluation fails
+            data = bytes(memoryview(flat))
         except RuntimeError as e:
             if POISON_MESSAGE in str(e):
                 raise TraceError(
@@ -319,11 +322,13 @@ _METHODS = """
     __rshift__ __rsub__ __rtruediv__ __sub__ __truediv__ __xor__ __copy__
 """.split()
 for _name in _METHODS:
-    setattr(Proxy, _name, _method(_name))
+    if hasattr(_REAL_ARRAY, _name):  # an older mlx lacks a few (0.32.2: __pos__)
+        setattr(Proxy, _name, _method(_name))
 for _name in "__iadd__ __isub__ __imul__ __itruediv__ __ifloordiv__ __imod__ __ipow__ __imatmul__ __iand__ __ior__ __ixor__ __ilshift__ __irshift__".split():
     setattr(Proxy, _name, _inplace(_name))
 for _name in ("T", "mT", "real", "imag"):
-    setattr(Proxy, _name, _property(_name))
+    if hasattr(_REAL_ARRAY, _name):  # mlx 0.32.2 has no mT
+        setattr(Proxy, _name, _property(_name))
 for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "__bytes__", "__dlpack__"):
     setattr(Proxy, _name, _value_method(_name))
 
