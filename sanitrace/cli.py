@@ -1,16 +1,10 @@
 """Command line: sanitrace trace | execute | convert | check | show | diff | retrace."""
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import time
 import traceback
-
-from . import plan as plan_ir
-from .executor import GuardFailed, OutputError, OutputExists, SourceMismatch
-from .safetensors_format import SafetensorsError
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 10**3, "KIB": 1 << 10, "M": 1 << 20,
               "MB": 10**6, "MIB": 1 << 20, "G": 1 << 30, "GB": 10**9, "GIB": 1 << 30,
@@ -29,10 +23,38 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"cannot read size {text!r}") from None
 
 
+# mlx_vlm.convert flags sanitrace cannot honour, and what to do instead
+REFUSED_FLAGS = {
+    "quant_method": ("--quant-method awq", "AWQ calibration runs the model on data; sanitrace converts from "
+                     "headers and plans. Use --quant-method rtn (the default), or mlx_vlm.convert for AWQ"),
+    "calibration": ("--calibration", "it only applies to --quant-method awq, which sanitrace cannot honour; "
+                    "use mlx_vlm.convert for AWQ"),
+    "calibration_data": ("--calibration-data", "it only applies to --quant-method awq, which sanitrace "
+                         "cannot honour; use mlx_vlm.convert for AWQ"),
+    "mtp": ("--mtp", "sanitrace does not extract MTP drafters; convert without it, and run "
+            "mlx_vlm.convert --mtp for the drafter"),
+    "mtp_output": ("--mtp-output", "sanitrace does not extract MTP drafters; convert without it, and run "
+                   "mlx_vlm.convert --mtp for the drafter"),
+}
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, positional_out: bool = False):
+    """The model (positional, or mlx_lm.convert's --hf-path / --model) and, for
+    convert, the output (positional, or --mlx-path, default mlx_model)."""
+    parser.add_argument("model_arg", nargs="?", metavar="MODEL", help="Hugging Face model folder.")
+    if positional_out:
+        parser.add_argument("out_arg", nargs="?", metavar="OUT", help="Output folder (must not exist).")
+    parser.add_argument("--hf-path", "--model", dest="hf_path", default=None,
+                        help="Path to the model (a local Hugging Face model folder).")
+    parser.add_argument("--revision", default=None,
+                        help="Hugging Face revision; a local folder ignores it, as mlx_lm.convert does.")
+
+
 def _add_convert_flags(parser: argparse.ArgumentParser):
     """The flags of mlx_lm.convert / mlx_vlm.convert, with the same names and
     defaults. A recipe name is checked by the library that is traced (their
     lists differ), so that parsing never imports either library."""
+    parser.set_defaults(subparser=parser)
     parser.add_argument("--library", choices=["mlx_lm", "mlx_vlm"], default=None,
                         help="Conversion to follow (default: mlx_vlm for vision/audio models, else mlx_lm).")
 
@@ -48,6 +70,12 @@ def _add_convert_flags(parser: argparse.ArgumentParser):
     parser.add_argument("-d", "--dequantize", action="store_true", help="Dequantize a quantized model.")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="Allow a custom model file named by config.json.")
+    refused = parser.add_argument_group("mlx_vlm.convert flags sanitrace refuses (one line says why)")
+    refused.add_argument("--quant-method", choices=["rtn", "awq"], default=None, help="Only rtn (the default).")
+    refused.add_argument("--calibration", choices=["text", "multimodal"], default=None, help=argparse.SUPPRESS)
+    refused.add_argument("--calibration-data", default=None, help=argparse.SUPPRESS)
+    refused.add_argument("--mtp", action="store_true", default=None, help="Refused: no MTP drafter extraction.")
+    refused.add_argument("--mtp-output", default=None, help=argparse.SUPPRESS)
 
 
 def _add_execute_flags(parser: argparse.ArgumentParser):
@@ -61,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("trace", help="Trace a conversion into a plan file (reads headers only).")
-    p.add_argument("model", help="Hugging Face model folder (config.json + safetensors).")
+    _add_model_flags(p)
     p.add_argument("-o", "--output", required=True, help="Plan file to write.")
     _add_convert_flags(p)
     p.add_argument("--memory-budget", type=parse_size, default=None,
@@ -76,15 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Refuse to run unless the plan's digest (printed by `show`) is HEX.")
     _add_execute_flags(p)
 
-    p = sub.add_parser("convert", help="trace + execute in one go.")
-    p.add_argument("model", help="Hugging Face model folder.")
-    p.add_argument("out", help="Output folder (must not exist).")
+    p = sub.add_parser("convert", help="trace + execute in one go; takes mlx_lm.convert's flags.",
+                       description="Convert like mlx_lm.convert / mlx_vlm.convert (same flags), in bounded "
+                                   "memory: `sanitrace convert --hf-path MODEL --mlx-path OUT -q` or "
+                                   "`sanitrace convert MODEL OUT -q`.")
+    _add_model_flags(p, positional_out=True)
+    p.add_argument("--mlx-path", default=None, help="Path to save the MLX model (default: mlx_model).")
+    p.add_argument("--upload-repo", default=None,
+                   help="Upload the finished folder to this Hugging Face repo (the library's upload_to_hub).")
     _add_convert_flags(p)
+    p.add_argument("--plan-out", default=None, metavar="FILE", help="Keep the executed plan in FILE.")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
     _add_execute_flags(p)
 
     p = sub.add_parser("check", help="Convert with the library's own convert and with sanitrace; compare.")
-    p.add_argument("model", help="Hugging Face model folder (small, or a few layers of a big one).")
+    _add_model_flags(p)
     _add_convert_flags(p)
     p.add_argument("--memory-budget", type=parse_size, default=None, help="sanitrace's memory budget.")
     p.add_argument("--keep", default=None, help="Keep both outputs in this folder.")
@@ -107,53 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(Exception):
+    """A flag sanitrace cannot honour, or a missing / conflicting model path."""
+
+
 def options_from_args(args):
-    """ConvertOptions from parsed convert flags."""
+    """ConvertOptions from parsed convert flags; UsageError for a flag sanitrace
+    cannot honour."""
     from .tracer import ConvertOptions
 
-    names = [f.name for f in dataclasses.fields(ConvertOptions)]
-    return ConvertOptions(**{name: getattr(args, name) for name in names})
+    for name, (flag, why) in REFUSED_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None and not (name == "quant_method" and value == "rtn"):
+            raise UsageError(f"{flag} cannot be honoured: {why}")
+    return ConvertOptions(args.quantize, args.q_group_size, args.q_bits, args.q_mode, args.quant_predicate,
+                          args.dtype, args.dequantize, args.trust_remote_code)
 
 
-
-def _trace(model: str, args) -> dict:
-    from .planner import DEFAULT_MEMORY_BUDGET, build_plan
-    from .show import human_bytes
-    from .tracer import trace
-
-    start = time.time()
-    with plan_ir.gc_paused():
-        result = trace(model, options_from_args(args), args.library)
-        plan = build_plan(result, args.memory_budget or DEFAULT_MEMORY_BUDGET)
-        del result
-    acc, mem = plan.accounting, plan.memory
-    print(f"traced {model} with {plan.library} in {time.time() - start:.1f}s")
-    print(f"  source tensors   {acc.source_tensors} in {len(plan.source.files)} files")
-    print(f"  outputs          {acc.outputs} tensors in {len(plan.shards)} shards, {human_bytes(plan.output_bytes)}")
-    print(f"  dropped sources  {len(acc.dropped)}")
-    print(f"  predicted peak   {human_bytes(mem.predicted_peak)} (budget {human_bytes(mem.budget)})")
-    return plan
+def _model(args) -> str:
+    """The model folder: positional or --hf-path / --model (not two different ones)."""
+    if args.model_arg and args.hf_path and args.model_arg != args.hf_path:
+        raise UsageError(f"two models given: {args.model_arg} and --hf-path {args.hf_path}")
+    model = args.hf_path or args.model_arg
+    if not model:
+        raise UsageError("no model given: pass --hf-path MODEL_DIR (or MODEL_DIR)")
+    return model
 
 
-def _execute(plan: plan_ir.Plan, source: str, out: str, args) -> None:
-    from .executor import execute
-    from .planner.chunking import predicted_peak
-    from .show import human_bytes
-
-    start = time.time()
-    budget = args.memory_budget or plan.memory.budget
-    peak, _ = predicted_peak(plan.groups, budget)
-    print(f"executing plan {plan.digest[:16]}: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
-          f"to {out}, predicted peak {human_bytes(peak)} at budget {human_bytes(budget)}", flush=True)
-    summary = execute(
-        plan, source, out, memory_budget=args.memory_budget, resume=args.resume,
-        progress=not args.no_progress, digest=getattr(args, "digest", None),
-    )
-    print(
-        f"wrote {out}: {summary.outputs} tensors, {human_bytes(summary.bytes_written)} "
-        f"in {summary.chunks} chunks, {time.time() - start:.1f}s"
-        + (f" ({summary.skipped_groups} groups resumed)" if summary.skipped_groups else "")
-    )
+def _mlx_path(args) -> str:
+    if args.out_arg and args.mlx_path and args.out_arg != args.mlx_path:
+        raise UsageError(f"two output folders given: {args.out_arg} and --mlx-path {args.mlx_path}")
+    return args.mlx_path or args.out_arg or "mlx_model"
 
 
 REPORT = "this is a bug in sanitrace: please report it with the command and the traceback above"
@@ -163,13 +181,20 @@ def main(argv=None) -> int:
     """Run one command. Bad input and faults print one line and exit 1; Ctrl-C
     exits 130; only a bug in sanitrace shows a traceback."""
     args = build_parser().parse_args(argv)
-    from .tracer import TraceError
+    from .versions import VersionError, check_installed
 
-    user_errors = (TraceError, plan_ir.PlanError, SafetensorsError, SourceMismatch, OutputExists, OutputError,
-                   GuardFailed)
+    try:
+        for line in check_installed():
+            print(f"sanitrace: warning: {line}", file=sys.stderr)
+    except VersionError as e:
+        return _fail(args, str(e))
+    if getattr(args, "quant_predicate", None) is not None:
+        _check_recipe(args)
+    from .api import USER_ERRORS
+
     try:
         return _run(args)
-    except user_errors as e:
+    except USER_ERRORS + (UsageError,) as e:
         return _fail(args, str(e))
     except OSError as e:
         if isinstance(e, BrokenPipeError):  # the reader of our output went away (`| head`)
@@ -190,23 +215,50 @@ def main(argv=None) -> int:
         return 2
 
 
+def _check_recipe(args) -> None:
+    """--quant-predicate must be a recipe of the library that will convert (their
+    lists differ); like the library's own parser, anything else is a usage error
+    (exit 2). Left to trace when the model folder cannot be read."""
+    from .tracer import LIBRARIES, choose_library
+
+    try:
+        recipes = LIBRARIES[args.library or choose_library(_model(args))].recipes()
+    except Exception:  # noqa: BLE001  no model, unreadable config, no mlx-vlm: trace reports it in one line
+        return
+    parser = args.subparser
+    action = next(a for a in parser._actions if a.dest == "quant_predicate")
+    action.choices = recipes
+    try:
+        parser._check_value(action, args.quant_predicate)  # argparse's own invalid-choice message
+    except argparse.ArgumentError as e:
+        parser.error(str(e))
+
+
 def _fail(args, message: str) -> int:
     print(f"sanitrace {args.command}: error: {message}", file=sys.stderr)
     return 1
 
 
+def _convert_kwargs(args) -> dict:
+    options = options_from_args(args)
+    return dict(quantize=options.quantize, q_group_size=options.q_group_size, q_bits=options.q_bits,
+                q_mode=options.q_mode, dtype=options.dtype, revision=args.revision,
+                dequantize=options.dequantize, quant_predicate=options.quant_predicate,
+                trust_remote_code=options.trust_remote_code, library=args.library,
+                memory_budget=args.memory_budget)
+
+
 def _run(args) -> int:
+    from . import api
+
     if args.command == "trace":
-        plan = _trace(args.model, args)
-        data = plan_ir.save(plan, args.output)
-        print(f"  plan             {args.output} ({len(data)} bytes)")
-        print(f"  digest           {plan.digest}")
+        api.trace(_model(args), plan_out=args.output, **_convert_kwargs(args))
     elif args.command == "execute":
-        _execute(plan_ir.load(args.plan), args.source, args.out, args)
+        api.execute(args.plan, args.source, args.out, memory_budget=args.memory_budget, resume=args.resume,
+                    digest=args.digest, progress=not args.no_progress)
     elif args.command == "convert":
-        if os.path.lexists(args.out):
-            raise OutputExists(f"{args.out} already exists; delete it or choose another output folder")
-        _execute(_trace(args.model, args), args.model, args.out, args)
+        api.convert(_model(args), _mlx_path(args), upload_repo=args.upload_repo, plan_out=args.plan_out,
+                    resume=args.resume, progress=not args.no_progress, **_convert_kwargs(args))
     elif args.command == "check":
         return _check(args)
     elif args.command == "show":
@@ -223,9 +275,10 @@ def _check(args) -> int:
     from .check import check, eager_flags
 
     options = options_from_args(args)
-    result = check(args.model, options, args.library, args.keep, args.memory_budget)
+    model = _model(args)
+    result = check(model, options, args.library, args.keep, args.memory_budget)
     flags = " ".join(eager_flags(options)) or "no flags"
-    print(f"check {args.model} ({result.library}, {flags}): {result.verdict}, {result.tensors} tensors")
+    print(f"check {model} ({result.library}, {flags}): {result.verdict}, {result.tensors} tensors")
     for line in (result.eager_failed, result.sanitrace_failed):
         if line:
             print(f"  {line}")
@@ -235,6 +288,7 @@ def _check(args) -> int:
 
 
 def _render(path: str, full: bool = False, form: str = "text") -> str:
+    from . import plan as plan_ir
     from .show import render, render_json
 
     plan = plan_ir.load(path)
@@ -244,6 +298,7 @@ def _render(path: str, full: bool = False, form: str = "text") -> str:
 
 
 def _diff(old_path: str, new_path: str) -> int:
+    from . import plan as plan_ir
     from .diff import diff
 
     lines = diff(plan_ir.load(old_path), plan_ir.load(new_path))
@@ -252,6 +307,7 @@ def _diff(old_path: str, new_path: str) -> int:
 
 
 def _retrace(paths, write: bool, trust_remote_code: bool) -> int:
+    from . import plan as plan_ir
     from .diff import diff
     from .retrace import retrace
     from .show import render

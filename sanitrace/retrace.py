@@ -20,7 +20,7 @@ import tempfile
 from . import plan as plan_ir
 from .plan.checks import check_name
 from .planner import build_plan
-from .tracer import ConvertOptions, trace
+from .tracer import CUSTOM_PREDICATE, ConvertOptions, trace
 
 
 # what a plan's recorded small files may be: data the library reads, never code
@@ -96,6 +96,12 @@ def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan
     unknown = sorted(set(plan.options) - names)
     if unknown:
         raise plan_ir.PlanError(f"the plan's options name unknown flags {unknown}")
+    predicate = plan.options.get("quant_predicate")
+    if isinstance(predicate, str) and predicate.startswith(CUSTOM_PREDICATE):
+        raise plan_ir.PlanError(
+            f"the plan was traced with a custom quant_predicate ({predicate[len(CUSTOM_PREDICATE):]:.200}) "
+            "given through the Python API; retrace cannot reproduce it: trace again with the same predicate"
+        )
     options = ConvertOptions(**dict(plan.options, trust_remote_code=trust_remote_code))
     with tempfile.TemporaryDirectory(prefix="sanitrace-retrace-") as folder:
         rebuild_source(plan, folder)

@@ -258,7 +258,9 @@ def run_sub(argv: List[str], timeout: float = 120, **kwargs) -> subprocess.Compl
 
 
 def error_lines(stderr: str) -> List[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
+    """stderr's lines less warnings (``sanitrace: warning: ...``, e.g. a budget
+    of 1 byte that cannot be met): what a failure says."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("sanitrace: warning:")]
 
 
 def assert_refused(rc: int, stderr: str, what: str = "") -> str:

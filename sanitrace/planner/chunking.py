@@ -205,3 +205,14 @@ def predicted_peak(groups: List[Group], budget: int) -> Tuple[int, int]:
         if peak > worst:
             worst, which = peak, i
     return BASELINE_BYTES + cache_limit(budget) + worst, which
+
+
+def smallest_budget(groups: List[Group]) -> int:
+    """The smallest memory budget whose predicted peak stays within it: every
+    group in its smallest chunks (one unit), plus the baseline and the cache
+    that budget allows (``cache_limit``)."""
+    smallest = max((group_peak(g, g.unit) for g in groups), default=0)
+    budget = BASELINE_BYTES + -(-smallest * 16 // 15)
+    while predicted_peak(groups, budget)[0] > budget:  # rounding in chunk_rows / cache_limit
+        budget += 1 << 20
+    return budget

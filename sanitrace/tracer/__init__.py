@@ -15,11 +15,12 @@ import functools
 import importlib.util
 import io
 import os
+import re
 import stat
 import tempfile
 import traceback
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import mlx.core as mx
 
@@ -29,27 +30,44 @@ from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
 from .libraries import LIBRARIES, choose_library, read_config
 from .sources import SourceSet
+from ..versions import VersionError, check_installed
 
 _REAL_LOAD = mx.load
 # files save() writes itself; everything else in its output is copied from the source
 WRITTEN_FILES = ("config.json", "model.safetensors.index.json", "README.md")
 
 
+# how a plan records a quant_predicate that was a Python callable (API only)
+CUSTOM_PREDICATE = "callable:"
+
+
 @dataclass
 class ConvertOptions:
-    """mlx_lm.convert's flags: field names are its keyword arguments."""
+    """mlx_lm.convert's flags that shape the output: field names are its keyword
+    arguments. ``quant_predicate`` is a recipe name or, through the Python API,
+    a callable ``(path, module) -> bool | dict``."""
 
     quantize: bool = False
     q_group_size: Optional[int] = None
     q_bits: Optional[int] = None
     q_mode: str = "affine"
-    quant_predicate: Optional[str] = None
+    quant_predicate: Optional[Union[str, Callable]] = None
     dtype: Optional[str] = None
     dequantize: bool = False
     trust_remote_code: bool = False
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The keyword arguments of the library's convert()."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def recorded(self) -> dict:
+        """What a plan records: a callable predicate as ``callable:module.name``."""
+        options = self.as_dict()
+        predicate = options["quant_predicate"]
+        if callable(predicate):
+            name = getattr(predicate, "__qualname__", type(predicate).__qualname__)
+            options["quant_predicate"] = f"{CUSTOM_PREDICATE}{getattr(predicate, '__module__', '?')}.{name}"
+        return options
 
 
 @dataclass
@@ -64,6 +82,7 @@ class TraceResult:
     copy_subdirectories: bool = False  # what the library copies besides top-level files
     loaded_keys: List[str] = field(default_factory=list)
     read_files: Dict[str, bytes] = field(default_factory=dict)  # small files the library read
+    messages: List[str] = field(default_factory=list)  # what the library printed (``[INFO] ...``)
 
 
 def _evaluate(recorder: Recorder, sources: SourceSet, cache: dict, ref: Ref):
@@ -84,6 +103,7 @@ def _evaluate(recorder: Recorder, sources: SourceSet, cache: dict, ref: Ref):
     return cache[ref.node][ref.out]
 
 
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 MAX_READ_FILE_BYTES = 4 << 20
 # files the libraries read or glob in the model folder: these must be regular files
 _READ_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".py", ".tiktoken")
@@ -110,6 +130,11 @@ def _check_folder(model_dir: str) -> None:
     regular file or a folder (a FIFO would block the reader forever), or a
     folder where the library reads or globs a file (``*.json``, ...)."""
     if not os.path.isdir(model_dir):
+        if not os.path.lexists(model_dir) and HUB_REPO_ID.fullmatch(model_dir):
+            raise TraceError(
+                f"{model_dir}: no such folder; sanitrace converts local folders (Hub repo ids are not "
+                f"supported yet): download it first, e.g. `hf download {model_dir} --local-dir DIR`, then convert DIR"
+            )
         raise TraceError(f"{model_dir}: not a folder")
     try:
         entries = sorted(os.scandir(model_dir), key=lambda e: e.name)
@@ -215,23 +240,29 @@ def _library_failure(error: Exception, library: str, model_dir: str, config: dic
 def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None) -> TraceResult:
     """Trace the conversion of ``model_dir`` with ``options`` by ``library``
     ("mlx_lm" or "mlx_vlm"; chosen from config.json when None). Reads headers only."""
+    given = model_dir
     model_dir = os.path.abspath(model_dir)
-    _check_folder(model_dir)
+    _check_folder(model_dir if os.path.lexists(model_dir) else given)
     config = _read_config(model_dir, options)
     lib = LIBRARIES[library or choose_library(model_dir, config)]
-    if options.quant_predicate is not None and options.quant_predicate not in lib.recipes():
+    try:
+        check_installed(lib.name)
+    except VersionError as e:
+        raise TraceError(str(e)) from None
+    if isinstance(options.quant_predicate, str) and options.quant_predicate not in lib.recipes():
         raise TraceError(f"{lib.name} has no quantization recipe {options.quant_predicate!r}")
     convert = lib.convert()
     recorder = Recorder(os.path.basename(model_dir))
     sources = SourceSet(model_dir)
     recorder.value_source = functools.partial(_evaluate, recorder, sources, {})
+    printed = io.StringIO()
     try:
         with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
             out = os.path.join(tmp, "out")
             try:
                 lib.import_model_module(model_dir, config)
                 with tracing(recorder, sources, lib.stubs()) as capture:
-                    with contextlib.redirect_stdout(io.StringIO()):
+                    with contextlib.redirect_stdout(printed):
                         convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
             except (TraceError, SafetensorsError, MemoryError):
                 raise
@@ -264,7 +295,8 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
         copy_subdirectories=lib.copies_subdirectories,
         loaded_keys=sorted(capture.loaded_weights),
         read_files=_read_files(model_dir, capture.read_files),
+        messages=[line for line in printed.getvalue().splitlines() if line.strip()],
     )
 
 
-__all__ = ["trace", "ConvertOptions", "TraceResult", "TraceError", "LoadMismatch", "LIBRARIES", "choose_library"]
+__all__ = ["trace", "ConvertOptions", "CUSTOM_PREDICATE", "TraceResult", "TraceError", "LoadMismatch", "LIBRARIES", "choose_library"]

@@ -1,0 +1,296 @@
+"""The Python API: ``convert`` mirrors ``mlx_lm.convert.convert``; ``trace``,
+``execute`` and ``load_plan`` are its two halves and the plan file.
+
+Each function prints what ``mlx_lm.convert`` prints (the library's ``[INFO]``
+lines, relayed from the trace) plus sanitrace's own summary on stdout, and
+warnings on stderr. Bad input raises one of ``USER_ERRORS``, whose message is
+one line naming the file or tensor.
+"""
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, List, Optional, Union
+
+from . import plan as plan_ir
+from .executor import ExecuteSummary, GuardFailed, OutputError, OutputExists, SourceMismatch
+from .plan import Plan, PlanError
+from .safetensors_format import SafetensorsError
+from .show import human_bytes
+from .tracer import ConvertOptions, TraceError
+from .versions import VersionError
+
+
+class UploadError(Exception):
+    """The conversion finished, but uploading it to the Hub failed."""
+
+
+USER_ERRORS = (TraceError, PlanError, SafetensorsError, SourceMismatch, OutputExists, OutputError, GuardFailed,
+               UploadError, VersionError)
+
+
+@dataclass
+class ConvertSummary:
+    """What ``convert`` did: the plan it executed and the measured run."""
+
+    plan: Plan
+    mlx_path: str
+    execute: ExecuteSummary
+    predicted_peak: int  # bytes, the planner's prediction at the budget used
+    measured_peak: int  # bytes, this process's peak RSS (trace included)
+    seconds: float
+    messages: List[str]  # the library's own lines, e.g. "[INFO] Quantized model with 4.501 bits per weight."
+
+
+def load_plan(path: str) -> Plan:
+    """Load and check a plan file.
+
+    Args:
+        path: a plan written by ``trace`` (``sanitrace trace -o``).
+
+    Returns:
+        The Plan, every field type-checked and every derivable fact derived and
+        checked (docs/threat-model.md). Raises PlanError naming what is wrong.
+    """
+    return plan_ir.load(path)
+
+
+def trace(
+    hf_path: str,
+    quantize: bool = False,
+    q_group_size: Optional[int] = None,
+    q_bits: Optional[int] = None,
+    q_mode: str = "affine",
+    dtype: Optional[str] = None,
+    revision: Optional[str] = None,
+    dequantize: bool = False,
+    quant_predicate: Optional[Union[str, Callable]] = None,
+    trust_remote_code: bool = False,
+    *,
+    library: Optional[str] = None,
+    memory_budget: Optional[int] = None,
+    plan_out: Optional[str] = None,
+) -> Plan:
+    """Trace the library's conversion of ``hf_path`` into a plan, reading headers only.
+
+    Args:
+        hf_path: a local Hugging Face model folder (config.json + safetensors).
+        quantize, q_group_size, q_bits, q_mode, dtype, dequantize,
+        quant_predicate, trust_remote_code: as ``mlx_lm.convert.convert``.
+            A callable ``quant_predicate`` is recorded by name; ``retrace``
+            cannot reproduce such a plan.
+        revision: accepted for ``mlx_lm.convert`` compatibility; a local
+            folder ignores it, as the library does.
+        library: "mlx_lm" or "mlx_vlm"; chosen from config.json when None.
+        memory_budget: bytes the plan's chunking assumes (default 1 GiB).
+        plan_out: when given, the plan is also saved there (atomically).
+
+    Returns:
+        The Plan.
+    """
+    options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
+                             trust_remote_code)
+    start = time.time()
+    plan, messages = _trace(hf_path, options, library, memory_budget)
+    _print_messages(messages)
+    _print_trace(hf_path, plan, time.time() - start)
+    _warn_budget(plan, plan.memory.budget)
+    if plan_out is not None:
+        data = plan_ir.save(plan, plan_out)
+        print(f"  plan             {plan_out} ({len(data)} bytes)")
+    print(f"  digest           {plan.digest}")
+    return plan
+
+
+def execute(
+    plan: Union[Plan, str],
+    source: str,
+    mlx_path: str,
+    *,
+    memory_budget: Optional[int] = None,
+    resume: bool = False,
+    digest: Optional[str] = None,
+    progress: bool = True,
+) -> ExecuteSummary:
+    """Write the MLX model a plan describes.
+
+    Args:
+        plan: a Plan, or the path of a plan file.
+        source: the model folder the plan was traced from (checked first).
+        mlx_path: the output folder; must not exist (work goes to
+            ``mlx_path.partial``, renamed at the end).
+        memory_budget: bytes to stay under (default: the plan's).
+        resume: continue an interrupted run in ``mlx_path.partial``.
+        digest: when given, refuse any plan whose digest is not this.
+        progress: a progress bar on stderr.
+
+    Returns:
+        An ExecuteSummary (tensors, bytes and chunks written, groups resumed).
+    """
+    if isinstance(plan, str):
+        plan = load_plan(plan)
+    summary, predicted, seconds = _execute(plan, source, mlx_path, memory_budget, resume, digest, progress)
+    _print_result(mlx_path, summary, predicted, seconds, plan)
+    return summary
+
+
+def convert(
+    hf_path: str,
+    mlx_path: str = "mlx_model",
+    quantize: bool = False,
+    q_group_size: Optional[int] = None,
+    q_bits: Optional[int] = None,
+    q_mode: str = "affine",
+    dtype: Optional[str] = None,
+    upload_repo: Optional[str] = None,
+    revision: Optional[str] = None,
+    dequantize: bool = False,
+    quant_predicate: Optional[Union[str, Callable]] = None,
+    trust_remote_code: bool = False,
+    *,
+    library: Optional[str] = None,
+    memory_budget: Optional[int] = None,
+    plan_out: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> ConvertSummary:
+    """Convert like ``mlx_lm.convert.convert`` (same arguments, same output
+    tensors, config and index), in bounded memory: trace, then execute.
+
+    Args:
+        hf_path, mlx_path, quantize, q_group_size, q_bits, q_mode, dtype,
+        revision, dequantize, quant_predicate, trust_remote_code: as
+            ``mlx_lm.convert.convert`` (see ``trace``).
+        upload_repo: when given, the finished folder is uploaded with the
+            library's own ``upload_to_hub`` (which also rewrites its README.md).
+        library: "mlx_lm" or "mlx_vlm"; chosen from config.json when None.
+        memory_budget: bytes to stay under (default 1 GiB).
+        plan_out: keep the executed plan in this file.
+        resume: continue an interrupted conversion in ``mlx_path.partial``.
+        progress: a progress bar on stderr.
+
+    Returns:
+        A ConvertSummary.
+    """
+    start = time.time()
+    mlx_path = os.fspath(mlx_path)
+    if os.path.lexists(mlx_path):
+        raise OutputExists(f"{mlx_path} already exists; delete it or choose another output folder")
+    options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
+                             trust_remote_code)
+    plan, messages = _trace(hf_path, options, library, memory_budget)
+    _print_messages(messages)
+    _print_trace(hf_path, plan, time.time() - start)
+    if plan_out is not None:
+        plan_ir.save(plan, plan_out)
+        print(f"  plan             {plan_out}")
+    summary, predicted, _ = _execute(plan, hf_path, mlx_path, memory_budget, resume, None, progress)
+    seconds = time.time() - start
+    _print_result(mlx_path, summary, predicted, seconds, plan)
+    if upload_repo is not None:
+        _upload(plan.library, mlx_path, upload_repo)
+    return ConvertSummary(plan, mlx_path, summary, predicted, peak_rss(), seconds, messages)
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def warn(message: str) -> None:
+    print(f"sanitrace: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory_budget: Optional[int]):
+    from .planner import DEFAULT_MEMORY_BUDGET, build_plan
+    from .tracer import trace as trace_conversion
+
+    with plan_ir.gc_paused():
+        result = trace_conversion(os.fspath(hf_path), options, library)
+        plan = build_plan(result, memory_budget or DEFAULT_MEMORY_BUDGET)
+        messages = result.messages
+        del result
+    if options.quantize and not any(node.op == "mx.quantize" for node in plan.nodes):
+        warn(f"-q quantized no weight (see the library's bits-per-weight line): no layer fits --q-group-size "
+             f"{options.q_group_size} / --q-mode {options.q_mode}; the output is unquantized, as with "
+             f"{plan.library}.convert")
+    return plan, messages
+
+
+def _execute(plan: Plan, source: str, mlx_path: str, memory_budget: Optional[int], resume: bool,
+             digest: Optional[str], progress: bool):
+    from .executor import execute as execute_plan
+    from .planner.chunking import predicted_peak
+
+    start = time.time()
+    budget = memory_budget or plan.memory.budget
+    predicted, _ = predicted_peak(plan.groups, budget)
+    _warn_budget(plan, budget)
+    installed = _installed("mlx")
+    if plan.versions.get("mlx") != installed:
+        warn(f"the plan was traced with mlx {plan.versions.get('mlx')} and mlx {installed} is installed: "
+             "the output can differ from this environment's eager conversion (`sanitrace retrace` shows how)")
+    print(f"executing plan {plan.digest[:16]}: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
+          f"to {mlx_path}, predicted peak {human_bytes(predicted)} at budget {human_bytes(budget)}", flush=True)
+    summary = execute_plan(plan, os.fspath(source), os.fspath(mlx_path), memory_budget=memory_budget,
+                           resume=resume, progress=progress, digest=digest)
+    return summary, predicted, time.time() - start
+
+
+def _installed(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _warn_budget(plan: Plan, budget: int) -> None:
+    from .planner.chunking import predicted_peak, smallest_budget
+
+    predicted, _ = predicted_peak(plan.groups, budget)
+    if predicted > budget:
+        warn(f"the memory budget {human_bytes(budget)} cannot be met (predicted peak {human_bytes(predicted)}); "
+             f"the smallest budget this plan can meet is {human_bytes(smallest_budget(plan.groups))}")
+
+
+def _print_messages(messages: List[str]) -> None:
+    for line in messages:
+        print(line)
+
+
+def _print_trace(hf_path: str, plan: Plan, seconds: float) -> None:
+    acc, mem = plan.accounting, plan.memory
+    version = plan.versions.get(plan.library.replace("_", "-"), "?")
+    print(f"traced {hf_path} with {plan.library} {version} in {seconds:.1f}s")
+    print(f"  source tensors   {acc.source_tensors} in {len(plan.source.files)} files")
+    print(f"  outputs          {acc.outputs} tensors in {len(plan.shards)} shards, {human_bytes(plan.output_bytes)}")
+    print(f"  dropped sources  {len(acc.dropped)}")
+    print(f"  predicted peak   {human_bytes(mem.predicted_peak)} (budget {human_bytes(mem.budget)})", flush=True)
+
+
+def _print_result(mlx_path: str, summary: ExecuteSummary, predicted: int, seconds: float, plan: Plan) -> None:
+    resumed = f" ({summary.skipped_groups} groups resumed)" if summary.skipped_groups else ""
+    print(f"wrote {mlx_path}: {summary.outputs} tensors, {human_bytes(plan.output_bytes)} in "
+          f"{len(plan.shards)} shards{resumed}")
+    print(f"  peak memory      predicted {human_bytes(predicted)}, measured {human_bytes(peak_rss())} "
+          "(process RSS)")
+    print(f"  wall time        {seconds:.1f}s ({summary.chunks} chunks)")
+    print(f"  plan digest      {plan.digest}", flush=True)
+
+
+def _upload(library: str, mlx_path: str, upload_repo: str) -> None:
+    """The library's own upload_to_hub, on the finished folder."""
+    import importlib
+
+    try:
+        importlib.import_module(f"{library}.utils").upload_to_hub(mlx_path, upload_repo)
+    except Exception as e:  # noqa: BLE001  the network, the Hub, credentials: one line
+        what = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UploadError(
+            f"{mlx_path} is converted, but uploading it to {upload_repo} failed: {type(e).__name__}: {what}; "
+            f"retry with `hf upload {upload_repo} {mlx_path}`"
+        ) from None
