@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .compare import compare_folders
 from .tracer import ConvertOptions, choose_library, trace
@@ -78,8 +78,11 @@ def check(
     library: Optional[str] = None,
     work_dir: Optional[str] = None,
     memory_budget: Optional[int] = None,
+    eager: Optional[Tuple[str, Optional[str]]] = None,
 ) -> CheckResult:
-    """Compare eager conversion and sanitrace on ``model_dir`` with ``options``."""
+    """Compare eager conversion and sanitrace on ``model_dir`` with ``options``.
+    ``eager``, when given, is that conversion already done: (its output folder,
+    None or the last line of its error); else it runs now, in a subprocess."""
     from .executor import execute
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
 
@@ -90,7 +93,10 @@ def check(
         eager_out, ours = os.path.join(work, "eager"), os.path.join(work, "sanitrace")
         for d in (eager_out, ours, ours + ".partial"):
             shutil.rmtree(d, ignore_errors=True)
-        result.eager_failed = eager_convert(model_dir, eager_out, library, eager_flags(options))
+        if eager is None:
+            result.eager_failed = eager_convert(model_dir, eager_out, library, eager_flags(options))
+        else:
+            eager_out, result.eager_failed = eager
         try:
             start = time.process_time()
             traced = trace(model_dir, options, library)
