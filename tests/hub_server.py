@@ -201,22 +201,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         hub: HubServer = self.server.hub
-        self._sent = 0
-        self._status = None
-        try:
-            fault = hub.faults.take_status(method, self.path)
-            if fault is not None:
-                headers = {"X-Error-Message": "injected fault"}
-                if fault["retry_after"] is not None:
-                    headers["Retry-After"] = str(fault["retry_after"])
-                self._error(fault["status"], None, "injected fault", headers)
-            else:
-                self._route(method)
-        finally:
-            hub._log(Request(method, self.path, self.headers.get("Range"), self._status, self._sent))
+        # logged now and updated before each write: complete by the time the client has the response
+        self._entry = hub._begin(method, self.path, self.headers.get("Range"))
+        fault = hub.faults.take_status(method, self.path)
+        if fault is not None:
+            headers = {"X-Error-Message": "injected fault"}
+            if fault["retry_after"] is not None:
+                headers["Retry-After"] = str(fault["retry_after"])
+            self._error(fault["status"], None, "injected fault", headers)
+        else:
+            self._route(method)
 
     def _send(self, status: int, headers: dict, body: bytes = b"") -> None:
-        self._status = status
+        self.server.hub._update(self._entry, status=status)
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -224,12 +221,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD" and body:
-            self.wfile.write(body)
             self._count(len(body))
+            self.wfile.write(body)
 
     def _count(self, n: int) -> None:
-        self._sent += n
-        self.server.hub._add_bytes(n)
+        """Account ``n`` body bytes about to be written."""
+        self.server.hub._update(self._entry, sent=n)
 
     def _json(self, obj, headers: Optional[dict] = None) -> None:
         body = json.dumps(obj).encode()
@@ -407,8 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
                     b = bytearray(chunk)
                     b[flip - pos] ^= 0xFF
                     chunk = bytes(b)
-                self.wfile.write(chunk)
                 self._count(len(chunk))
+                self.wfile.write(chunk)
                 pos += len(chunk)
         if drop is not None and budget < length:
             self.wfile.flush()
@@ -502,13 +499,19 @@ class HubServer:
         return None
 
     # ------------------------------------------------------------------ accounting
-    def _log(self, req: Request) -> None:
+    def _begin(self, method: str, path: str, range_header: Optional[str]) -> list:
+        """A new log entry [method, path, range, status, bytes sent], for _update."""
+        entry = [method, path, range_header, None, 0]
         with self._lock:
-            self._requests.append(req)
+            self._requests.append(entry)
+        return entry
 
-    def _add_bytes(self, n: int) -> None:
+    def _update(self, entry: list, status: Optional[int] = None, sent: int = 0) -> None:
         with self._lock:
-            self._bytes_sent += n
+            if status is not None:
+                entry[3] = status
+            entry[4] += sent
+            self._bytes_sent += sent
 
     def _track(self, conn, add: bool) -> None:
         with self._lock:
@@ -518,7 +521,7 @@ class HubServer:
     def requests(self) -> List[Request]:
         """A copy of the request log: (method, path, range header or None, status, body bytes sent)."""
         with self._lock:
-            return list(self._requests)
+            return [Request(*entry) for entry in self._requests]
 
     @property
     def bytes_sent(self) -> int:
