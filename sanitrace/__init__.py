@@ -24,4 +24,5 @@ def __getattr__(name: str):
     check_installed()
     from . import api
 
-    return getattr(api, name)
+    value = globals()[name] = getattr(api, name)  # checked once: later lookups find it here
+    return value

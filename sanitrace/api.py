@@ -12,7 +12,6 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Callable, List, Optional, Union
 
 from . import plan as plan_ir
@@ -21,7 +20,7 @@ from .plan import Plan, PlanError
 from .safetensors_format import SafetensorsError
 from .show import human_bytes
 from .tracer import ConvertOptions, TraceError
-from .versions import VersionError
+from .versions import VersionError, installed_version
 
 
 class UploadError(Exception):
@@ -93,11 +92,8 @@ def trace(
     """
     options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
                              trust_remote_code)
-    start = time.time()
-    plan, messages = _trace(hf_path, options, library, memory_budget)
-    _print_messages(messages)
-    _print_trace(hf_path, plan, time.time() - start)
-    _warn_budget(plan, plan.memory.budget)
+    plan, _ = _trace(hf_path, options, library, memory_budget)
+    _warn_budget(plan.groups, plan.memory.budget, plan.memory.predicted_peak)
     if plan_out is not None:
         data = plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out} ({len(data)} bytes)")
@@ -182,8 +178,6 @@ def convert(
     options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
                              trust_remote_code)
     plan, messages = _trace(hf_path, options, library, memory_budget)
-    _print_messages(messages)
-    _print_trace(hf_path, plan, time.time() - start)
     if plan_out is not None:
         plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out}")
@@ -206,14 +200,19 @@ def warn(message: str) -> None:
 
 
 def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory_budget: Optional[int]):
+    """The plan, and the lines the library printed; prints those lines, the
+    trace summary and a warning when -q quantized nothing."""
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
     from .tracer import trace as trace_conversion
 
+    start = time.time()
     with plan_ir.gc_paused():
         result = trace_conversion(os.fspath(hf_path), options, library)
         plan = build_plan(result, memory_budget or DEFAULT_MEMORY_BUDGET)
         messages = result.messages
         del result
+    _print_messages(messages)
+    _print_trace(hf_path, plan, time.time() - start)
     if options.quantize and not any(node.op == "mx.quantize" for node in plan.nodes):
         warn(f"-q quantized no weight (see the library's bits-per-weight line): no layer fits --q-group-size "
              f"{options.q_group_size} / --q-mode {options.q_mode}; the output is unquantized, as with "
@@ -229,8 +228,8 @@ def _execute(plan: Plan, source: str, mlx_path: str, memory_budget: Optional[int
     start = time.time()
     budget = memory_budget or plan.memory.budget
     predicted, _ = predicted_peak(plan.groups, budget)
-    _warn_budget(plan, budget)
-    installed = _installed("mlx")
+    _warn_budget(plan.groups, budget, predicted)
+    installed = installed_version("mlx") or "absent"
     if plan.versions.get("mlx") != installed:
         warn(f"the plan was traced with mlx {plan.versions.get('mlx')} and mlx {installed} is installed: "
              "the output can differ from this environment's eager conversion (`sanitrace retrace` shows how)")
@@ -241,20 +240,13 @@ def _execute(plan: Plan, source: str, mlx_path: str, memory_budget: Optional[int
     return summary, predicted, time.time() - start
 
 
-def _installed(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
+def _warn_budget(groups, budget: int, predicted: int) -> None:
+    """Warn when ``predicted`` (the peak at ``budget``) exceeds ``budget``."""
+    from .planner.chunking import smallest_budget
 
-
-def _warn_budget(plan: Plan, budget: int) -> None:
-    from .planner.chunking import predicted_peak, smallest_budget
-
-    predicted, _ = predicted_peak(plan.groups, budget)
     if predicted > budget:
         warn(f"the memory budget {human_bytes(budget)} cannot be met (predicted peak {human_bytes(predicted)}); "
-             f"the smallest budget this plan can meet is {human_bytes(smallest_budget(plan.groups))}")
+             f"the smallest budget this plan can meet is {human_bytes(smallest_budget(groups))}")
 
 
 def _print_messages(messages: List[str]) -> None:

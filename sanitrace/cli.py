@@ -240,11 +240,8 @@ def _fail(args, message: str) -> int:
 
 
 def _convert_kwargs(args) -> dict:
-    options = options_from_args(args)
-    return dict(quantize=options.quantize, q_group_size=options.q_group_size, q_bits=options.q_bits,
-                q_mode=options.q_mode, dtype=options.dtype, revision=args.revision,
-                dequantize=options.dequantize, quant_predicate=options.quant_predicate,
-                trust_remote_code=options.trust_remote_code, library=args.library,
+    """The api.trace / api.convert keyword arguments the convert flags give."""
+    return dict(options_from_args(args).as_dict(), revision=args.revision, library=args.library,
                 memory_budget=args.memory_budget)
 
 

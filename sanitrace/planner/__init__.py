@@ -1,12 +1,12 @@
 """Turn a trace into an executable plan (see docs/plan-format.md)."""
 
-from importlib import metadata as _metadata
 from typing import Dict
 
 from .. import __version__
 from ..plan import BASELINE_BYTES, VERSION, Graph, Guard, Memory, OutputFile, Plan, Ref, Source
 from ..plan.format import encode_graph
 from ..tracer import TraceResult
+from ..versions import installed_version
 from .accounting import account
 from .chunking import plan_groups, predicted_peak
 from .graph import canonical_order, source_table
@@ -18,10 +18,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 def library_versions() -> Dict[str, str]:
     versions = {"sanitrace": __version__}
     for dist in ("mlx", "mlx-lm", "mlx-vlm"):
-        try:
-            versions[dist] = _metadata.version(dist)
-        except _metadata.PackageNotFoundError:
-            versions[dist] = "absent"
+        versions[dist] = installed_version(dist) or "absent"
     return versions
 
 

@@ -15,7 +15,6 @@ import functools
 import importlib.util
 import io
 import os
-import re
 import stat
 import tempfile
 import traceback
@@ -30,6 +29,7 @@ from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
 from .libraries import LIBRARIES, choose_library, read_config
 from .sources import SourceSet
+from ..hub import parse_repo_spec
 from ..versions import VersionError, check_installed
 
 _REAL_LOAD = mx.load
@@ -103,7 +103,6 @@ def _evaluate(recorder: Recorder, sources: SourceSet, cache: dict, ref: Ref):
     return cache[ref.node][ref.out]
 
 
-HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 MAX_READ_FILE_BYTES = 4 << 20
 # files the libraries read or glob in the model folder: these must be regular files
 _READ_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".py", ".tiktoken")
@@ -130,10 +129,13 @@ def _check_folder(model_dir: str) -> None:
     regular file or a folder (a FIFO would block the reader forever), or a
     folder where the library reads or globs a file (``*.json``, ...)."""
     if not os.path.isdir(model_dir):
-        if not os.path.lexists(model_dir) and HUB_REPO_ID.fullmatch(model_dir):
+        spec = None if os.path.lexists(model_dir) else parse_repo_spec(model_dir)
+        if spec is not None:
+            repo_id, revision = spec
+            download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
             raise TraceError(
                 f"{model_dir}: no such folder; sanitrace converts local folders (Hub repo ids are not "
-                f"supported yet): download it first, e.g. `hf download {model_dir} --local-dir DIR`, then convert DIR"
+                f"supported yet): download it first, e.g. `{download} --local-dir DIR`, then convert DIR"
             )
         raise TraceError(f"{model_dir}: not a folder")
     try:
