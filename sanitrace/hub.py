@@ -10,6 +10,7 @@ file as its exact header bytes in a sparse file of the real size, and the
 small files the libraries read. Weight bytes are never requested.
 """
 
+import contextlib
 import os
 import re
 import struct
@@ -96,10 +97,11 @@ def read_header_bytes(repo: RemoteRepo, name: str) -> bytes:
     size = repo.files[name].size
     if size < 8:
         raise SafetensorsError(f"{repo.label}: {name}: {size} bytes, too short for a safetensors file")
-    (length,) = struct.unpack("<Q", read_range(repo, name, 0, 8))
+    prefix = read_range(repo, name, 0, 8)
+    (length,) = struct.unpack("<Q", prefix)
     if length > MAX_HEADER_BYTES or 8 + length > size:
         raise SafetensorsError(f"{repo.label}: {name}: header length {length} does not fit its {size} bytes")
-    return read_range(repo, name, 0, 8 + length) if length else b""
+    return prefix + (read_range(repo, name, 8, 8 + length) if length else b"")
 
 
 def fetch_headers(repo: RemoteRepo, folder: str, cache_dir: Optional[str] = None) -> None:
@@ -130,31 +132,21 @@ def fetch_headers(repo: RemoteRepo, folder: str, cache_dir: Optional[str] = None
             out.write(src.read())
 
 
-class _hub_errors:
+@contextlib.contextmanager
+def _hub_errors(what: str):
     """Turns huggingface_hub's errors into one-line HubErrors naming ``what``."""
+    import httpx2
+    from huggingface_hub import errors
 
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb) -> bool:
-        if error is None:
-            return False
-        import httpx2
-        from huggingface_hub import errors
-
-        if isinstance(error, errors.GatedRepoError):
-            message = "gated: accept its conditions on the Hub and set HF_TOKEN"
-        elif isinstance(error, errors.RepositoryNotFoundError):
-            message = "no such repo (or private: set HF_TOKEN)"
-        elif isinstance(error, errors.RevisionNotFoundError):
-            message = "no such revision"
-        elif isinstance(error, errors.EntryNotFoundError):
-            message = "no such file"
-        elif isinstance(error, (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, httpx2.HTTPError, OSError)):
-            message = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        else:
-            return False
-        raise HubError(f"{self.what}: {message}") from None
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise HubError(f"{what}: gated: accept its conditions on the Hub and set HF_TOKEN") from None
+    except errors.RepositoryNotFoundError:
+        raise HubError(f"{what}: no such repo (or private: set HF_TOKEN)") from None
+    except errors.RevisionNotFoundError:
+        raise HubError(f"{what}: no such revision") from None
+    except errors.EntryNotFoundError:
+        raise HubError(f"{what}: no such file") from None
+    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, httpx2.HTTPError, OSError) as e:
+        raise HubError(f"{what}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}") from None
