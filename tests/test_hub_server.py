@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from huggingface_hub.errors import (  # noqa: E402
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import build_hf_headers  # noqa: E402
+from httpx2 import TransportError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer  # noqa: E402
@@ -265,6 +267,22 @@ def test_corrupted_file_is_detectable(hub, cache, checkpoint):
     assert get_session().get(url, headers={"Range": "bytes=0-7"}).content == data[:8]
 
 
+def test_random_drops_are_mid_body_and_repeatable(checkpoint):
+    """drop_randomly cuts each matching GET at a seeded point: the client sees a transport error."""
+    size = (checkpoint / SHARD).stat().st_size
+    cuts = []
+    for _ in range(2):
+        with HubServer({REPO: str(checkpoint)}) as hub:
+            hub.faults.drop_randomly(3, match="*.safetensors", seed=7)
+            url = hf_hub_url(REPO, SHARD, endpoint=hub.endpoint)
+            for _ in range(3):
+                with pytest.raises(TransportError):
+                    get_session().get(url, headers={"Range": "bytes=100-"})
+            assert get_session().get(url).content == (checkpoint / SHARD).read_bytes()  # 3 taken
+            cuts.append([r.nbytes for r in hub.requests[:3]])
+    assert cuts[0] == cuts[1] and len(set(cuts[0])) == 3 and all(n < size - 100 for n in cuts[0])
+
+
 # 6 ------------------------------------------------------------------ lifecycle
 def test_server_stops_at_exit(checkpoint):
     with HubServer({REPO: str(checkpoint)}) as hub:
@@ -274,3 +292,28 @@ def test_server_stops_at_exit(checkpoint):
     assert not thread.is_alive()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_sparse_giant_files_start_fast_and_are_not_lfs(tmp_path, cache):
+    """20 sparse 4 GB shards (header bytes, then holes): nothing is hashed at startup, and
+    they are served as non-LFS files with a cheap blob id (see hub_server's docstring)."""
+    header = struct.pack("<Q", 64) + json.dumps({"__metadata__": {}}).encode().ljust(64)
+    for i in range(20):
+        with open(tmp_path / f"model-{i + 1:05d}-of-00020.safetensors", "wb") as f:
+            f.write(header)
+            f.truncate(4 << 30)
+    (tmp_path / "config.json").write_text("{}")
+    start = time.perf_counter()
+    with HubServer({"org/giant": str(tmp_path)}) as hub:
+        assert time.perf_counter() - start < 2  # a startup bound, not a benchmark
+        info = HfApi(endpoint=hub.endpoint).model_info("org/giant", files_metadata=True)
+        name = "model-00020-of-00020.safetensors"
+        head = get_session().head(hf_hub_url("org/giant", name, endpoint=hub.endpoint))
+        first = get_session().get(hf_hub_url("org/giant", name, endpoint=hub.endpoint),
+                                 headers={"Range": f"bytes=0-{len(header) - 1}"})
+    assert info.sha == hub.sha("org/giant") and len(info.siblings) == 21
+    weights = [s for s in info.siblings if s.rfilename.endswith(".safetensors")]
+    assert all(s.size == 4 << 30 and s.lfs is None for s in weights)
+    blob = next(s.blob_id for s in weights if s.rfilename == name)
+    assert head.headers["ETag"].strip('"') == blob and "X-Linked-Etag" not in head.headers
+    assert first.status_code == 206 and first.content == header
