@@ -7,23 +7,32 @@ a three-stage pipeline so that disk and compute overlap:
   main thread:  build chunk i's lazy graph and mx.eval it (all mlx calls happen here)
   write thread: pwrite chunk i-1 at its offsets, hash it, journal finished groups
 
+The source is a local folder (local_source.py) or a Hub repo streamed in
+bounded disk (hub_source.py): the read thread waits for a chunk's files
+(``acquire``) and the main thread lets each file go after its last group
+(``release``), in the order schedule.py gives.
+
 This package reads only the plan and the source files; it never imports
 mlx-lm or mlx-vlm.
 """
 
 import hashlib
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 
 from .. import plan as plan_ir
+from ..hub import RemoteRepo
 from ..plan import Output, Plan
 from ..regions import NotChunkable
+from .hub_source import DiskBudgetError, HubSource
+from .local_source import LocalSource
+from .progress import progress_bar
 from .replay import Replayer
-from .sources import SourceMismatch, SourceReader, byte_view, fill_all, verify_sources
+from .schedule import Schedule, schedule
+from .sources import SourceMismatch, SourceReader, byte_view, fill_all
 from .writer import OutputError, OutputExists, OutputWriter
 
 
@@ -38,6 +47,9 @@ class ExecuteSummary:
     groups: int
     chunks: int
     skipped_groups: int
+    downloaded: int = 0  # bytes downloaded from the Hub (0 for a local folder)
+    source_bytes: int = 0  # bytes of the source files the plan reads
+    peak_source_disk: int = 0  # most downloaded source bytes held at once
 
 
 @dataclass
@@ -48,11 +60,18 @@ class Chunk:
     last: bool  # last chunk of its group
 
 
-def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor):
-    """Allocate the chunk's source buffers (main thread) and start reading them."""
+def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor,
+                source, files):
+    """Allocate the chunk's source buffers (main thread) and start reading them,
+    once the source has ``files`` (read thread)."""
     requests = replayer.reads([o.ref for o in chunk.outputs], chunk.region)
     pieces = _prepare(requests, reader)
-    return pieces, requests, pool.submit(fill_all, list(pieces.values()))
+
+    def read(pieces: list) -> None:
+        source.acquire(files)
+        fill_all(pieces)
+
+    return pieces, requests, pool.submit(read, list(pieces.values()))
 
 
 def _prepare(requests: dict, reader: SourceReader) -> dict:
@@ -89,7 +108,8 @@ class _Sink:
             self.writer.group_done(chunk.group, sums)
 
 
-def _check_guards(plan: Plan, replayer: Replayer, reader: SourceReader) -> None:
+def _check_guards(plan: Plan, replayer: Replayer, reader: SourceReader, source, order: Schedule) -> None:
+    source.acquire(order.guard_files)
     for guard in plan.guards:
         pieces = _prepare(replayer.reads([guard.ref], None), reader)
         fill_all(list(pieces.values()))
@@ -105,20 +125,21 @@ def _check_guards(plan: Plan, replayer: Replayer, reader: SourceReader) -> None:
             )
 
 
-def plan_chunks(plan: Plan, budget: int, writer: OutputWriter) -> Tuple[List[Chunk], int]:
-    """The chunks still to do, in output-file order, and how many groups are already done."""
+def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[List[Chunk], int, Schedule]:
+    """The chunks still to do, how many groups are already done, and the source
+    schedule. Chunks go in output-file order, or for a streaming source in the
+    schedule's order (each source file fetched once, held briefly)."""
     outputs = plan.outputs
     groups = plan.groups
-    order = sorted(
+    by_offset = sorted(
         range(len(groups)),
         key=lambda g: min((outputs[i].file, outputs[i].offset) for i in groups[g].outputs),
     )
-    chunks, skipped = [], 0
-    for g in order:
+    todo = [g for g in by_offset if not writer.verified_done(g, [outputs[i] for i in groups[g].outputs])]
+    order = schedule(plan, todo, getattr(source, "sizes", {}))
+    chunks = []
+    for g in order.groups if source.streams else todo:
         members = [outputs[i] for i in groups[g].outputs]
-        if writer.verified_done(g, members):
-            skipped += 1
-            continue
         rows = plan_ir.chunk_rows(groups[g], budget)
         if not rows:
             chunks.append(Chunk(g, members, None, True))
@@ -127,28 +148,32 @@ def plan_chunks(plan: Plan, budget: int, writer: OutputWriter) -> Tuple[List[Chu
         for start in range(0, total, rows):
             stop = min(start + rows, total)
             chunks.append(Chunk(g, members, (0, start, stop), stop == total))
-    return chunks, skipped
+    return chunks, len(groups) - len(todo), order
 
 
 def execute(
     plan: Plan,
-    source_dir: str,
+    source: Union[str, RemoteRepo],
     out_dir: str,
     memory_budget: Optional[int] = None,
     resume: bool = False,
     progress: bool = True,
     digest: Optional[str] = None,
+    disk_budget: Optional[int] = None,
 ) -> ExecuteSummary:
     """Write the plan's output into ``out_dir`` (via ``out_dir.partial``).
 
     Args:
         plan: a loaded (validated) or freshly built plan.
-        source_dir: the model folder the plan was traced from; checked first.
+        source: the model folder the plan was traced from, or the Hub repo
+            (``hub.open_repo``) to stream it from; checked first.
         out_dir: the output folder; must not exist.
         memory_budget: bytes to stay under (default: the plan's budget).
         resume: continue an interrupted run in ``out_dir.partial``.
-        progress: show a progress bar on stderr.
+        progress: show progress bars on stderr.
         digest: when given, refuse a plan whose digest is not this hex string.
+        disk_budget: a Hub source's downloaded bytes to hold at once (default:
+            its two largest files, or more when a group needs more at once).
 
     Returns:
         An ExecuteSummary.
@@ -156,27 +181,41 @@ def execute(
     if digest is not None and digest.lower() != plan.digest:
         raise plan_ir.PlanError(f"plan digest {plan.digest} is not the approved {digest}")
     budget = memory_budget or plan.memory.budget
-    verify_sources(plan, source_dir)
+    if isinstance(source, RemoteRepo):
+        source = HubSource(plan, source, out_dir, disk_budget, progress)
+    else:
+        source = LocalSource(plan, source)
+    source.check()
     replayer = Replayer(plan.nodes, [o.ref for o in plan.outputs] + [g.ref for g in plan.guards])
     check_chunk_units(plan, replayer)
-    writer = OutputWriter(plan, source_dir, out_dir, resume)
-    reader = SourceReader(plan, source_dir)
+    writer = OutputWriter(plan, source, out_dir, resume)
+    reader = SourceReader(plan, source.paths)
     total = plan.output_bytes
-    bar = _progress(total, progress)
+    finished = False
+    bar = None
     previous_cache_limit = mx.set_cache_limit(plan_ir.cache_limit(budget))
     try:
-        _check_guards(plan, replayer, reader)
-        chunks, skipped = plan_chunks(plan, budget, writer)
+        chunks, skipped, order = plan_chunks(plan, budget, writer, source)
+        if source.streams:
+            source.start(order)
+        bar = progress_bar(total, "execute", 1 if source.streams else 0, progress)
+        _check_guards(plan, replayer, reader, source, order)
+        _release(source, reader, order, -1)
+        position = {g: p for p, g in enumerate(order.groups)}
         bar.update(total - sum(o.nbytes for c in chunks if c.last for o in c.outputs))
         sink = _Sink(writer, bar)
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
             pending: Optional[Future] = None
-            ahead = _read_ahead(chunks[0], replayer, reader, reads) if chunks else None
+            ahead = _read_ahead(chunks[0], replayer, reader, reads, source, order.reads[chunks[0].group]) \
+                if chunks else None
             for i, chunk in enumerate(chunks):
                 pieces, requests, filled = ahead
                 filled.result()
+                if chunk.last:
+                    _release(source, reader, order, position[chunk.group])
                 if i + 1 < len(chunks):
-                    ahead = _read_ahead(chunks[i + 1], replayer, reader, reads)
+                    ahead = _read_ahead(chunks[i + 1], replayer, reader, reads, source,
+                                        order.reads[chunks[i + 1].group])
                 replayer.sources = {key: p.array() for key, p in pieces.items()}
                 replayer.requests = requests
                 del pieces
@@ -194,13 +233,29 @@ def execute(
                 del views
             if pending is not None:
                 pending.result()
+        reader.close()
+        source.close(finished=True)
+        finished = True
         writer.finish()
     finally:
         mx.set_cache_limit(previous_cache_limit)
-        bar.close()
+        if bar is not None:
+            bar.close()
         reader.close()
+        if not finished:
+            source.close(finished=False)
         writer.close()
-    return ExecuteSummary(len(plan.outputs), total, len(plan.groups), len(chunks), skipped)
+    return ExecuteSummary(len(plan.outputs), total, len(plan.groups), len(chunks), skipped,
+                          getattr(source, "downloaded", 0), getattr(source, "source_bytes", 0),
+                          getattr(source, "peak_held", 0))
+
+
+def _release(source, reader: SourceReader, order: Schedule, position: int) -> None:
+    """Let go of the source files whose last reader is at ``position`` (-1: the guards)."""
+    done = [f for f, last in order.last_use.items() if last == position]
+    for f in done:
+        reader.forget(f)
+    source.release(done)
 
 
 def check_chunk_units(plan: Plan, replayer: Replayer) -> None:
@@ -232,19 +287,5 @@ def _check_piece(out: Output, array: mx.array, region) -> None:
         )
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="execute",
-        disable=not enabled,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-
-
-__all__ = ["execute", "ExecuteSummary", "SourceMismatch", "OutputExists", "OutputError", "GuardFailed"]
+__all__ = ["execute", "ExecuteSummary", "SourceMismatch", "OutputExists", "OutputError", "GuardFailed",
+           "DiskBudgetError"]

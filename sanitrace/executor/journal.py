@@ -1,7 +1,9 @@
 """The resume journal in ``OUT.partial``: one JSON object per line.
 
-- Line 1, the header: ``{"plan": digest, "sources": {name: [size, mtime_ns,
-  inode, device]}}`` for every source file the plan reads. It is written to a
+- Line 1, the header: ``{"plan": digest, "sources": {name: identity}}`` for
+  every source file the plan reads, the identity as its source gives it (a
+  folder: [size, mtime_ns, inode, device]; the Hub: [size, commit, sha256]).
+  It is written to a
   temporary file and renamed into place, so it is whole whenever the journal
   exists.
 - One line per finished output group: ``{"group": i, "sha256": {output name:
@@ -19,12 +21,12 @@ its group is redone.
 import json
 import os
 import stat
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from ..plan import Plan
 
 JOURNAL = ".sanitrace-journal.jsonl"
-_IDENTITY = ("size", "mtime", "inode", "device")
+_MAX_IDENTITY = 8
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -35,16 +37,7 @@ class Journal(NamedTuple):
     whole_lines: bool  # the file ends with a newline
 
 
-def source_identity(plan: Plan, source_dir: str) -> Dict[str, List[int]]:
-    """[size, mtime_ns, inode, device] of each source file the plan reads."""
-    ids = {}
-    for f in plan.source.files:
-        st = os.stat(os.path.join(source_dir, f.name))
-        ids[f.name] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
-    return ids
-
-
-def header_line(digest: str, sources: Dict[str, List[int]]) -> bytes:
+def header_line(digest: str, sources: Dict[str, list]) -> bytes:
     return (json.dumps({"plan": digest, "sources": sources}, sort_keys=True) + "\n").encode()
 
 
@@ -95,25 +88,27 @@ def parse(raw: bytes, plan: Plan) -> Journal:
     return Journal(header, done, finished, raw.endswith(b"\n"))
 
 
-def recorded_sources(header: dict) -> Optional[Dict[str, List[int]]]:
+def recorded_sources(header: dict) -> Optional[Dict[str, list]]:
     """The header's source identities, or None when malformed."""
     sources = header.get("sources")
     if not isinstance(sources, dict):
         return None
     for value in sources.values():
-        if not (isinstance(value, list) and len(value) == len(_IDENTITY)
-                and all(type(v) is int for v in value)):
+        if not (isinstance(value, list) and len(value) <= _MAX_IDENTITY
+                and all(type(v) in (int, str) for v in value)):
             return None
     return sources
 
 
-def changed_source(recorded: Dict[str, List[int]], current: Dict[str, List[int]]) -> Optional[str]:
-    """'name (size, mtime)' for the first source whose identity differs, else None."""
+def changed_source(recorded: Dict[str, list], current: Dict[str, list], fields: Tuple[str, ...]) -> Optional[str]:
+    """'name (size, mtime)' for the first source whose identity (named by
+    ``fields``) differs, else None."""
     for name in sorted(current):
         old = recorded.get(name)
         if old != current[name]:
-            fields = [k for k, a, b in zip(_IDENTITY, old or [None] * 4, current[name]) if a != b]
-            return f"{name} ({', '.join(fields)})"
+            old = old if isinstance(old, list) and len(old) == len(fields) else [None] * len(fields)
+            changed = [k for k, a, b in zip(fields, old, current[name]) if a != b]
+            return f"{name} ({', '.join(changed)})"
     return None
 
 

@@ -8,8 +8,9 @@ array with the dtype mx.load would give (main thread).
 
 import math
 import os
+import threading
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
@@ -42,29 +43,33 @@ class SourceMismatch(ValueError):
     """The source folder is not the one the plan was traced from."""
 
 
-def verify_sources(plan: Plan, source_dir: str) -> None:
-    """Every plan source file exists with the same header and full length, and the
-    plan's source tensor table is the one those headers give (names, dtypes,
-    shapes, offsets): what the executor reads is derived from the real headers."""
-    by_file: Dict[int, list] = {}
-    for t in plan.source.tensors:
-        by_file.setdefault(t.file, []).append(t)
-    for i, entry in enumerate(plan.source.files):
-        path = os.path.join(source_dir, entry.name)
-        if not os.path.isfile(path):
-            raise SourceMismatch(f"{path}: missing (the plan reads it)")
-        try:
-            header = read_header(path)
-        except SafetensorsError as e:
-            raise SourceMismatch(str(e)) from None
-        if header.sha256 != entry.header_sha256:
-            raise SourceMismatch(f"{path}: header differs from the one the plan was traced from")
-        size = os.path.getsize(path)
-        if size < entry.size:
-            raise SourceMismatch(f"{path}: truncated: {size} bytes, its header needs {entry.size}")
-        table = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in header.in_data_order()]
-        if table != [(t.name, t.dtype, t.shape, t.begin, t.end) for t in by_file.get(i, [])]:
-            raise SourceMismatch(f"{path}: the plan's tensor table does not match this file's header")
+def verify_sources(plan: Plan, paths: List[str]) -> None:
+    """``verify_file`` for every source file of the plan (``paths[i]`` is file i)."""
+    for i, path in enumerate(paths):
+        verify_file(plan, i, path)
+
+
+def verify_file(plan: Plan, index: int, path: str) -> None:
+    """Source file ``index`` exists at ``path`` with the plan's header and full
+    length, and the plan's tensor table for it is the one that header gives
+    (names, dtypes, shapes, offsets): what the executor reads is derived from
+    the real header."""
+    entry = plan.source.files[index]
+    if not os.path.isfile(path):
+        raise SourceMismatch(f"{path}: missing (the plan reads it)")
+    try:
+        header = read_header(path)
+    except SafetensorsError as e:
+        raise SourceMismatch(str(e)) from None
+    if header.sha256 != entry.header_sha256:
+        raise SourceMismatch(f"{path}: header differs from the one the plan was traced from")
+    size = os.path.getsize(path)
+    if size < entry.size:
+        raise SourceMismatch(f"{path}: truncated: {size} bytes, its header needs {entry.size}")
+    table = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in header.in_data_order()]
+    planned = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in plan.source.tensors if t.file == index]
+    if table != planned:
+        raise SourceMismatch(f"{path}: the plan's tensor table does not match this file's header")
 
 
 @dataclass
@@ -73,19 +78,21 @@ class Piece:
 
     buffer: mx.array  # evaluated, raw dtype, filled by fill()
     view: memoryview
-    fd: int
+    reader: "SourceReader"
+    file: int  # index into the plan's source files
     offset: int
-    path: str
     name: str
     dtype: mx.Dtype  # what mx.load gives
     crop: Region  # applied after reading when the region is not contiguous on disk
 
     def fill(self) -> None:
         done, length = 0, len(self.view)
+        fd = self.reader.fd(self.file)
         while done < length:
-            n = os.preadv(self.fd, [self.view[done:]], self.offset + done)
+            n = os.preadv(fd, [self.view[done:]], self.offset + done)
             if n <= 0:
-                raise SourceMismatch(f"{self.path}: tensor {self.name!r}: unexpected end of file")
+                path = self.reader.paths[self.file]
+                raise SourceMismatch(f"{path}: tensor {self.name!r}: unexpected end of file")
             done += n
 
     def array(self) -> mx.array:
@@ -99,22 +106,33 @@ class Piece:
 
 
 class SourceReader:
-    """Reads pieces of source tensors with pread; nothing stays mapped or cached."""
+    """Reads pieces of source tensors with pread; nothing stays mapped or cached.
+    A file is opened at its first read (any thread) and closed by ``forget``."""
 
-    def __init__(self, plan: Plan, source_dir: str):
-        self.files = [os.path.join(source_dir, f.name) for f in plan.source.files]
+    def __init__(self, plan: Plan, paths: List[str]):
+        self.paths = paths
         self.tensors = plan.source.tensors
         self._fds: Dict[int, int] = {}
+        self._lock = threading.Lock()
 
     def close(self):
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
-    def _fd(self, file_index: int) -> int:
-        if file_index not in self._fds:
-            self._fds[file_index] = os.open(self.files[file_index], os.O_RDONLY)
-        return self._fds[file_index]
+    def fd(self, file_index: int) -> int:
+        with self._lock:
+            if file_index not in self._fds:
+                self._fds[file_index] = os.open(self.paths[file_index], os.O_RDONLY)
+            return self._fds[file_index]
+
+    def forget(self, file_index: int) -> None:
+        """Close file ``file_index`` (it is about to be deleted)."""
+        with self._lock:
+            fd = self._fds.pop(file_index, None)
+        if fd is not None:
+            os.close(fd)
 
     def prepare(self, index: int, region: Region) -> Piece:
         """Allocate the buffer for tensor ``index`` of the source table, whole or
@@ -132,7 +150,7 @@ class SourceReader:
             else:
                 crop = region  # strided on disk: read whole, slice after
         buffer = mx.zeros(shape, dtype=raw)
-        return Piece(buffer, None, self._fd(file_index), offset, self.files[file_index], name, final, crop)
+        return Piece(buffer, None, self, file_index, offset, name, final, crop)
 
 
 def byte_view(array: mx.array) -> memoryview:

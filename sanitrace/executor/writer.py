@@ -9,8 +9,9 @@ the resume journal (journal.py), resumable finishing and the final rename.
 - Before creating anything: OUT, its parent and the free space (on resume,
   only what is not yet allocated). Shards get ``posix_fallocate``.
 - Resume refuses (does not redo) when a source file the plan reads changed
-  size, mtime, inode or device. Source bytes are not hashed (that measured
-  ~20% of execute's wall time): an in-place edit keeping all four is missed.
+  its identity: size, mtime, inode or device for a folder (source bytes are
+  not hashed, that measured ~20% of execute's wall time: an in-place edit
+  keeping all four is missed); size, commit or sha256 for the Hub.
 - Finishing (fsync shards, text files, copies, a "finished" record, rename,
   then remove the journal from OUT) may be killed at any instant and resumed.
   OS errors on the output raise a one-line ``OutputError``; OUT.partial stays
@@ -28,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from ..plan import Output, OutputFile, Plan
 from ..show import human_bytes
 from . import journal
-from .copies import copies, regular_size
+from .copies import regular_size
 from .journal import JOURNAL
 from .sources import SourceMismatch
 
@@ -55,9 +56,9 @@ class OutputWriter:
     complete (``complete``): ``finish()`` then just removes the journal.
     """
 
-    def __init__(self, plan: Plan, source_dir: str, out_dir: str, resume: bool):
+    def __init__(self, plan: Plan, source, out_dir: str, resume: bool):
         self.plan = plan
-        self.source_dir = source_dir
+        self.source = source  # a LocalSource or HubSource
         self.out_dir = os.path.abspath(out_dir)
         self.partial = self.out_dir + ".partial"
         self.complete = False
@@ -82,8 +83,8 @@ class OutputWriter:
                 "Please delete the file/directory or specify a new path to save to."
             )
         _check_parent(os.path.dirname(self.out_dir))
-        self._copy_dirs, self._copy_files = copies(self.source_dir, self.plan)
-        sources = journal.source_identity(self.plan, self.source_dir)
+        self._copy_dirs, self._copy_files = self.source.copies()
+        sources = self.source.identity()
         state = None
         if not os.path.lexists(self.partial):
             self._check_space()
@@ -126,7 +127,7 @@ class OutputWriter:
         self._dirs[""] = _lock(self.out_dir)
         return True
 
-    def _resume_state(self, sources: Dict[str, List[int]]) -> Optional[journal.Journal]:
+    def _resume_state(self, sources: Dict[str, list]) -> Optional[journal.Journal]:
         """The journal to continue, or None to start over (there is none, or its
         first line is damaged and every shard in OUT.partial is this plan's)."""
         raw = journal.read(self._dirs[""])
@@ -143,11 +144,11 @@ class OutputWriter:
                 f"{self.partial}: its journal is damaged and nothing shows it belongs to this plan; "
                 "delete it to start over"
             )
-        changed = journal.changed_source(recorded, sources)
+        changed = journal.changed_source(recorded, sources, self.source.identity_fields)
         if changed:
             raise SourceMismatch(
                 f"source {changed} changed since the interrupted run; delete {self.partial} "
-                "or pass the same source"
+                f"or pass the same source{self.source.resume_hint(recorded)}"
             )
         return state
 
@@ -165,6 +166,7 @@ class OutputWriter:
         need = sum(f.size - self._allocated(f) for f in self.plan.shards)
         need += sum(f.size for f in self.plan.files if f.kind == "text")
         need += sum(size for _, size in self._copy_files)
+        need += self.source.space_needed
         where = self.partial if self._dirs else os.path.dirname(self.out_dir)
         with self._faults(""):
             st = os.statvfs(where)
@@ -237,7 +239,7 @@ class OutputWriter:
             os.close(fd)
 
     def _copy(self, rel: str) -> None:
-        path = os.path.join(self.source_dir, rel)
+        path = self.source.copy_path(rel)
         try:
             src = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:

@@ -1,0 +1,284 @@
+"""A Hugging Face Hub repo as the executor's source, streamed in bounded disk.
+
+Each safetensors file the plan reads is downloaded whole (one request, resumed
+by Range after a dropped connection; bench/source_coverage.py measures why
+whole files: the Hub's sha256 covers whole files only, and plans read nearly
+every byte of every file), in the order the groups first need them, into
+``OUT.partial/.sanitrace-source/``. It is deleted as soon as no remaining
+group reads it. Downloads run ahead on their own thread while the source
+bytes held stay within the disk budget (downloading and held files both
+count). Files already in the local huggingface_hub cache are read in place,
+count nothing and are never deleted.
+
+Before anything is created, each remote file's size and header hash are
+checked against the plan (by Range: a few KB per file). A downloaded file is
+used only after its length, its Hub sha256 and its header (against the plan's
+source table) are verified.
+"""
+
+import hashlib
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+from .. import hub
+from ..plan import Plan
+from ..show import human_bytes
+from .progress import progress_bar
+from .schedule import Schedule, schedule
+from .sources import SourceMismatch, verify_file
+
+STAGING = ".sanitrace-source"
+_WRITTEN = frozenset(["model.safetensors.index.json", "config.json", "README.md"])
+
+
+class DiskBudgetError(ValueError):
+    """The disk budget is smaller than the source bytes the plan must hold at once."""
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass
+class DiskNeeds:
+    cached: Dict[int, str]  # source file -> its path in the local huggingface_hub cache
+    sizes: Dict[int, int]  # source file -> bytes to download (files not cached)
+    budget: int  # the disk budget: as given, or the default
+    peak: int  # the least disk budget the plan's schedule can meet
+
+
+def disk_needs(plan: Plan, repo: hub.RemoteRepo, disk_budget: Optional[int] = None,
+               cache_dir: Optional[str] = None) -> DiskNeeds:
+    """What streaming ``plan``'s sources from ``repo`` downloads and holds. The
+    default budget is the two largest downloads (one in use, the next
+    arriving), or the schedule's peak when a group must hold more at once.
+    SourceMismatch when the repo lacks a file the plan reads or has it shorter."""
+    for f in plan.source.files:
+        remote = repo.files.get(f.name)
+        if remote is None:
+            raise SourceMismatch(f"{repo.label}: {f.name}: missing (the plan reads it)")
+        if remote.size < f.size:
+            raise SourceMismatch(f"{repo.label}: {f.name}: {remote.size} bytes, its header needs {f.size}")
+    cached: Dict[int, str] = {}
+    for i, f in enumerate(plan.source.files):
+        path = hub.cached_file(repo, f.name, cache_dir)
+        if path is not None:
+            cached[i] = path
+    sizes = {i: repo.files[f.name].size for i, f in enumerate(plan.source.files) if i not in cached}
+    peak = schedule(plan, range(len(plan.groups)), sizes).peak
+    default = max(sum(sorted(sizes.values(), reverse=True)[:2]), peak)
+    return DiskNeeds(cached, sizes, disk_budget or default, peak)
+
+
+class HubSource:
+    """The plan's source files from ``repo`` (pinned at its commit); see the module
+    docstring. Same interface as local_source.LocalSource."""
+
+    streams = True
+    identity_fields = ("size", "commit", "sha256")
+
+    def __init__(self, plan: Plan, repo: hub.RemoteRepo, out_dir: str, disk_budget: Optional[int],
+                 progress: bool = True, cache_dir: Optional[str] = None):
+        self.plan = plan
+        self.repo = repo
+        self.cache_dir = cache_dir
+        self.folder = os.path.join(os.path.abspath(out_dir) + ".partial", STAGING)
+        self.progress = progress
+        needs = disk_needs(plan, repo, disk_budget, cache_dir)
+        if needs.peak > needs.budget:
+            raise DiskBudgetError(
+                f"--disk-budget {human_bytes(needs.budget)} is too small: some output groups read "
+                f"several shards that must be held at once; the smallest disk budget for this plan is "
+                f"{human_bytes(needs.peak)}"
+            )
+        self.cached = needs.cached
+        self.sizes = needs.sizes
+        self.disk_budget = needs.budget
+        self.paths = [self.cached.get(i) or os.path.join(self.folder, f.name)
+                      for i, f in enumerate(plan.source.files)]
+        self.space_needed = min(self.disk_budget, sum(self.sizes.values()))
+        self.source_bytes = sum(repo.files[f.name].size for f in plan.source.files)
+        self.downloaded = 0
+        self.peak_held = 0
+        self._copies: List[Tuple[str, int]] = []
+        self._copy_paths: Dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._present: set = set()
+        self._held = 0
+        self._error: Optional[BaseException] = None
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self._bar = None
+
+    # -- before anything is created
+
+    def check(self) -> None:
+        """Each remote file's header is the plan's (cached files: the whole local
+        check); the small files the output copies are fetched into the cache."""
+        files = self.plan.source.files
+
+        def check_one(i: int) -> None:
+            if i in self.cached:
+                verify_file(self.plan, i, self.cached[i])
+                return
+            header = hub.read_header_bytes(self.repo, files[i].name)
+            if hashlib.sha256(header[8:]).hexdigest() != files[i].header_sha256:
+                raise SourceMismatch(f"{self.repo.label}: {files[i].name}: header differs from the one "
+                                     "the plan was traced from")
+
+        with ThreadPoolExecutor(8) as pool:
+            for result in [pool.submit(check_one, i) for i in range(len(files))]:
+                result.result()
+        self._fetch_copies()
+
+    def _fetch_copies(self) -> None:
+        """The repo's small top-level files the output copies (as the libraries'
+        download patterns), downloaded into the huggingface_hub cache."""
+        from huggingface_hub import hf_hub_download
+
+        written = {f.name for f in self.plan.files} | _WRITTEN
+        for name, remote in sorted(self.repo.files.items()):
+            if not hub.SMALL_FILE_PATTERN.fullmatch(name) or name in written:
+                continue
+            if remote.size > hub.MAX_SMALL_FILE_BYTES:
+                continue
+            with hub.hub_errors(f"{self.repo.label}: {name}"):
+                path = hf_hub_download(self.repo.repo_id, name, revision=self.repo.commit,
+                                       endpoint=self.repo.endpoint, cache_dir=self.cache_dir)
+            self._copies.append((name, remote.size))
+            self._copy_paths[name] = path
+
+    def identity(self) -> Dict[str, list]:
+        """[size, commit, sha256] of each source file: a moved revision is a change."""
+        ids = {}
+        for f in self.plan.source.files:
+            remote = self.repo.files[f.name]
+            ids[f.name] = [remote.size, self.repo.commit, remote.sha256 or ""]
+        return ids
+
+    def resume_hint(self, recorded: Dict[str, list]) -> str:
+        commits = sorted({v[1] for v in recorded.values() if len(v) == 3 and isinstance(v[1], str)})
+        if len(commits) == 1 and commits[0] != self.repo.commit:
+            return (f" ({self.repo.label} now resolves to commit {self.repo.commit[:12]}; the interrupted run "
+                    f"read {commits[0][:12]}: --source {self.repo.repo_id}@{commits[0]} finishes it)")
+        return ""
+
+    def copies(self) -> Tuple[List[str], List[Tuple[str, int]]]:
+        return [], list(self._copies)
+
+    def copy_path(self, rel: str) -> str:
+        return self._copy_paths[rel]
+
+    # -- while executing
+
+    def start(self, order: Schedule) -> None:
+        """Download, on a thread, the files ``order`` reads, in its fetch order,
+        within the disk budget. A staged file left by an interrupted run is
+        kept when still needed (whole, or continued from where it stopped)."""
+        needed = [f for f in order.fetch if f not in self.cached]
+        self._forget_stale(needed)
+        staged = [f for f in needed if self._staged_bytes(f)]
+        with self._cond:
+            self._held = sum(self.sizes[f] for f in staged)
+            self.peak_held = self._held
+        left = sum(self.sizes[f] for f in needed) - sum(self._staged_bytes(f) for f in staged)
+        self._bar = progress_bar(left, "download", 0, self.progress)
+        self._thread = threading.Thread(target=self._run, args=(needed, set(staged)), daemon=True,
+                                        name="sanitrace-download")
+        self._thread.start()
+
+    def acquire(self, files: FrozenSet[int]) -> None:
+        """Block until each of ``files`` is local and verified; re-raise a failed download."""
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if all(f in self.cached or f in self._present for f in files):
+                    return
+                self._cond.wait()
+
+    def release(self, files) -> None:
+        """Delete downloaded ``files`` (no remaining group reads them)."""
+        for f in files:
+            if f in self.cached:
+                continue
+            with self._cond:
+                if f not in self._present:
+                    continue
+                self._present.discard(f)
+            os.unlink(self.paths[f])
+            with self._cond:
+                self._held -= self.sizes[f]
+                self._cond.notify_all()
+
+    def close(self, finished: bool) -> None:
+        """Stop downloading; on success remove the staging folder (before the
+        output folder is renamed into place)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self._bar is not None:
+            self._bar.close()
+        if finished:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    # -- the download thread
+
+    def _run(self, needed: List[int], staged: set) -> None:
+        try:
+            for f in needed:
+                name, size = self.plan.source.files[f].name, self.sizes[f]
+                with self._cond:
+                    while f not in staged and self._held + size > self.disk_budget and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    if f not in staged:
+                        self._held += size
+                        self.peak_held = max(self.peak_held, self._held)
+                if not os.path.isfile(self.paths[f]):
+                    os.makedirs(os.path.dirname(self.paths[f]), exist_ok=True)
+                    hub.download_file(self.repo, name, self.paths[f], on_bytes=self._on_bytes)
+                try:
+                    verify_file(self.plan, f, self.paths[f])
+                except SourceMismatch:
+                    os.unlink(self.paths[f])  # the Hub's bytes are not the plan's: never reused
+                    raise
+                with self._cond:
+                    self._present.add(f)
+                    self._cond.notify_all()
+        except _Stopped:
+            return
+        except BaseException as e:  # noqa: BLE001  handed to the main thread by acquire()
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def _on_bytes(self, n: int) -> None:
+        if self._stop:
+            raise _Stopped()
+        self.downloaded += n
+        self._bar.update(n)
+
+    def _staged_bytes(self, f: int) -> int:
+        """Bytes of file ``f`` already staged: whole, or an interrupted download."""
+        for path in (self.paths[f], self.paths[f] + ".incomplete"):
+            if os.path.isfile(path):
+                return os.path.getsize(path)
+        return 0
+
+    def _forget_stale(self, needed: List[int]) -> None:
+        """Delete staged files (whole or partial) no remaining group reads."""
+        keep = {self.paths[f] for f in needed} | {self.paths[f] + ".incomplete" for f in needed}
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                path = os.path.join(root, name)
+                if path not in keep:
+                    os.unlink(path)
+
