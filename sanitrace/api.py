@@ -12,10 +12,11 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 from . import plan as plan_ir
-from .executor import ExecuteSummary, GuardFailed, OutputError, OutputExists, SourceMismatch
+from .executor import DiskBudgetError, ExecuteSummary, GuardFailed, OutputError, OutputExists, SourceMismatch
+from .hub import HubError, RemoteRepo
 from .plan import Plan, PlanError
 from .safetensors_format import SafetensorsError
 from .show import human_bytes
@@ -28,7 +29,7 @@ class UploadError(Exception):
 
 
 USER_ERRORS = (TraceError, PlanError, SafetensorsError, SourceMismatch, OutputExists, OutputError, GuardFailed,
-               UploadError, VersionError)
+               UploadError, VersionError, HubError, DiskBudgetError)
 
 
 @dataclass
@@ -76,13 +77,15 @@ def trace(
     """Trace the library's conversion of ``hf_path`` into a plan, reading headers only.
 
     Args:
-        hf_path: a local Hugging Face model folder (config.json + safetensors).
+        hf_path: a local Hugging Face model folder (config.json + safetensors),
+            or a Hub repo id ``org/name[@revision]``: its small files and
+            safetensors headers are read by HTTP range, never its weights.
         quantize, q_group_size, q_bits, q_mode, dtype, dequantize,
         quant_predicate, trust_remote_code: as ``mlx_lm.convert.convert``.
             A callable ``quant_predicate`` is recorded by name; ``retrace``
             cannot reproduce such a plan.
-        revision: accepted for ``mlx_lm.convert`` compatibility; a local
-            folder ignores it, as the library does.
+        revision: the Hub revision (branch, tag or commit); a local folder
+            ignores it, as the library does.
         library: "mlx_lm" or "mlx_vlm"; chosen from config.json when None.
         memory_budget: bytes the plan's chunking assumes (default 1 GiB).
         plan_out: when given, the plan is also saved there (atomically).
@@ -92,7 +95,7 @@ def trace(
     """
     options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
                              trust_remote_code)
-    plan, _ = _trace(hf_path, options, library, memory_budget)
+    plan, _, _ = _trace(hf_path, options, library, memory_budget, revision)
     _warn_budget(plan.groups, plan.memory.budget, plan.memory.predicted_peak)
     if plan_out is not None:
         data = plan_ir.save(plan, plan_out)
@@ -110,25 +113,30 @@ def execute(
     resume: bool = False,
     digest: Optional[str] = None,
     progress: bool = True,
+    disk_budget: Optional[int] = None,
 ) -> ExecuteSummary:
     """Write the MLX model a plan describes.
 
     Args:
         plan: a Plan, or the path of a plan file.
-        source: the model folder the plan was traced from (checked first).
+        source: the model folder the plan was traced from, or its Hub repo
+            ``org/name[@revision]``, streamed shard by shard (checked first).
         mlx_path: the output folder; must not exist (work goes to
             ``mlx_path.partial``, renamed at the end).
         memory_budget: bytes to stay under (default: the plan's).
         resume: continue an interrupted run in ``mlx_path.partial``.
         digest: when given, refuse any plan whose digest is not this.
-        progress: a progress bar on stderr.
+        progress: progress bars on stderr.
+        disk_budget: for a Hub source, the downloaded bytes to hold at once
+            (default: its two largest files, or what one output group needs).
 
     Returns:
         An ExecuteSummary (tensors, bytes and chunks written, groups resumed).
     """
     if isinstance(plan, str):
         plan = load_plan(plan)
-    summary, predicted, seconds = _execute(plan, source, mlx_path, memory_budget, resume, digest, progress)
+    summary, predicted, seconds = _execute(plan, resolve_source(source)[0], mlx_path, memory_budget, resume, digest,
+                                           progress, disk_budget)
     _print_result(mlx_path, summary, predicted, seconds, plan)
     return summary
 
@@ -152,6 +160,7 @@ def convert(
     plan_out: Optional[str] = None,
     resume: bool = False,
     progress: bool = True,
+    disk_budget: Optional[int] = None,
 ) -> ConvertSummary:
     """Convert like ``mlx_lm.convert.convert`` (same arguments, same output
     tensors, config and index), in bounded memory: trace, then execute.
@@ -166,7 +175,8 @@ def convert(
         memory_budget: bytes to stay under (default 1 GiB).
         plan_out: keep the executed plan in this file.
         resume: continue an interrupted conversion in ``mlx_path.partial``.
-        progress: a progress bar on stderr.
+        progress: progress bars on stderr.
+        disk_budget: for a Hub repo, the downloaded bytes to hold at once.
 
     Returns:
         A ConvertSummary.
@@ -177,11 +187,11 @@ def convert(
         raise OutputExists(f"{mlx_path} already exists; delete it or choose another output folder")
     options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
                              trust_remote_code)
-    plan, messages = _trace(hf_path, options, library, memory_budget)
+    plan, messages, source = _trace(hf_path, options, library, memory_budget, revision, disk_budget)
     if plan_out is not None:
         plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out}")
-    summary, predicted, _ = _execute(plan, hf_path, mlx_path, memory_budget, resume, None, progress)
+    summary, predicted, _ = _execute(plan, source, mlx_path, memory_budget, resume, None, progress, disk_budget)
     seconds = time.time() - start
     _print_result(mlx_path, summary, predicted, seconds, plan)
     if upload_repo is not None:
@@ -199,29 +209,64 @@ def warn(message: str) -> None:
     print(f"sanitrace: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory_budget: Optional[int]):
-    """The plan, and the lines the library printed; prints those lines, the
-    trace summary and a warning when -q quantized nothing."""
+def resolve_source(source: Union[str, RemoteRepo], revision: Optional[str] = None
+                   ) -> Tuple[Union[str, RemoteRepo], Optional[str]]:
+    """(source, Hub repo id or None). A local path stays as it is. A Hub repo id
+    ``org/name[@revision]`` that is not a local path is opened on the Hub,
+    pinned to the commit its revision resolves to; in huggingface_hub's offline
+    mode (HF_HUB_OFFLINE=1) it is the repo's snapshot folder in the local cache."""
+    from huggingface_hub import constants
+
+    from .hub import open_repo, parse_repo_spec, snapshot_folder
+
+    if isinstance(source, RemoteRepo):
+        return source, source.repo_id
+    source = os.fspath(source)
+    spec = None if os.path.lexists(source) else parse_repo_spec(source)
+    if spec is None:
+        return source, None
+    repo_id, at = spec
+    if constants.HF_HUB_OFFLINE:
+        return snapshot_folder(repo_id, at or revision), repo_id
+    return open_repo(repo_id, at or revision), repo_id
+
+
+def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory_budget: Optional[int],
+           revision: Optional[str] = None, disk_budget: Optional[int] = None):
+    """The plan, the lines the library printed, and the source (a folder, or the
+    opened Hub repo: its headers are read by range into a temporary folder);
+    prints those lines, the trace summary, for the Hub what streaming will
+    download and hold, and a warning when -q quantized nothing."""
+    import tempfile
+
+    from .hub import fetch_headers
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
     from .tracer import trace as trace_conversion
 
     start = time.time()
-    with plan_ir.gc_paused():
-        result = trace_conversion(os.fspath(hf_path), options, library)
+    source, hf_repo = resolve_source(hf_path, revision)
+    with plan_ir.gc_paused(), tempfile.TemporaryDirectory(prefix="sanitrace-hub-") as tmp:
+        folder = source
+        if isinstance(source, RemoteRepo):
+            folder = os.path.join(tmp, source.repo_id.split("/")[-1])
+            fetch_headers(source, folder)
+        result = trace_conversion(folder, options, library, hf_repo)
         plan = build_plan(result, memory_budget or DEFAULT_MEMORY_BUDGET)
         messages = result.messages
         del result
     _print_messages(messages)
     _print_trace(hf_path, plan, time.time() - start)
+    if isinstance(source, RemoteRepo):
+        _print_download(plan, source, disk_budget)
     if options.quantize and not any(node.op == "mx.quantize" for node in plan.nodes):
         warn(f"-q quantized no weight (see the library's bits-per-weight line): no layer fits --q-group-size "
              f"{options.q_group_size} / --q-mode {options.q_mode}; the output is unquantized, as with "
              f"{plan.library}.convert")
-    return plan, messages
+    return plan, messages, source
 
 
-def _execute(plan: Plan, source: str, mlx_path: str, memory_budget: Optional[int], resume: bool,
-             digest: Optional[str], progress: bool):
+def _execute(plan: Plan, source: Union[str, RemoteRepo], mlx_path: str, memory_budget: Optional[int], resume: bool,
+             digest: Optional[str], progress: bool, disk_budget: Optional[int] = None):
     from .executor import execute as execute_plan
     from .planner.chunking import predicted_peak
 
@@ -235,8 +280,10 @@ def _execute(plan: Plan, source: str, mlx_path: str, memory_budget: Optional[int
              "the output can differ from this environment's eager conversion (`sanitrace retrace` shows how)")
     print(f"executing plan {plan.digest[:16]}: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
           f"to {mlx_path}, predicted peak {human_bytes(predicted)} at budget {human_bytes(budget)}", flush=True)
-    summary = execute_plan(plan, os.fspath(source), os.fspath(mlx_path), memory_budget=memory_budget,
-                           resume=resume, progress=progress, digest=digest)
+    if not isinstance(source, RemoteRepo):
+        source = os.fspath(source)
+    summary = execute_plan(plan, source, os.fspath(mlx_path), memory_budget=memory_budget, resume=resume,
+                           progress=progress, digest=digest, disk_budget=disk_budget)
     return summary, predicted, time.time() - start
 
 
@@ -264,10 +311,28 @@ def _print_trace(hf_path: str, plan: Plan, seconds: float) -> None:
     print(f"  predicted peak   {human_bytes(mem.predicted_peak)} (budget {human_bytes(mem.budget)})", flush=True)
 
 
+def _print_download(plan: Plan, repo: RemoteRepo, disk_budget: Optional[int]) -> None:
+    """Before any weight byte moves: what streaming from ``repo`` downloads and the disk it needs."""
+    from .executor.hub_source import disk_needs
+
+    needs = disk_needs(plan, repo, disk_budget)
+    source = sum(repo.files[f.name].size for f in plan.source.files)
+    download = sum(needs.sizes.values())
+    cached = f", {len(needs.cached)} files read from the local cache" if needs.cached else ""
+    print(f"  download         {human_bytes(download)} of {human_bytes(source)} source in "
+          f"{len(needs.sizes)} files{cached}")
+    print(f"  disk needed      {human_bytes(plan.output_bytes + min(needs.budget, download))}: the output and "
+          f"{human_bytes(min(needs.budget, download))} of source at once (--disk-budget)", flush=True)
+
+
 def _print_result(mlx_path: str, summary: ExecuteSummary, predicted: int, seconds: float, plan: Plan) -> None:
     resumed = f" ({summary.skipped_groups} groups resumed)" if summary.skipped_groups else ""
     print(f"wrote {mlx_path}: {summary.outputs} tensors, {human_bytes(plan.output_bytes)} in "
           f"{len(plan.shards)} shards{resumed}")
+    if summary.source_bytes:
+        print(f"  downloaded       {human_bytes(summary.downloaded)} of {human_bytes(summary.source_bytes)} "
+              f"source ({summary.downloaded / summary.source_bytes:.3f}x), peak local source "
+              f"{human_bytes(summary.peak_source_disk)}")
     print(f"  peak memory      predicted {human_bytes(predicted)}, measured {human_bytes(peak_rss())} "
           "(process RSS)")
     print(f"  wall time        {seconds:.1f}s ({summary.chunks} chunks)")

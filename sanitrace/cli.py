@@ -41,13 +41,15 @@ REFUSED_FLAGS = {
 def _add_model_flags(parser: argparse.ArgumentParser, positional_out: bool = False):
     """The model (positional, or mlx_lm.convert's --hf-path / --model) and, for
     convert, the output (positional, or --mlx-path, default mlx_model)."""
-    parser.add_argument("model_arg", nargs="?", metavar="MODEL", help="Hugging Face model folder.")
+    parser.add_argument("model_arg", nargs="?", metavar="MODEL",
+                        help="Hugging Face model folder, or Hub repo id org/name[@revision].")
     if positional_out:
         parser.add_argument("out_arg", nargs="?", metavar="OUT", help="Output folder (must not exist).")
     parser.add_argument("--hf-path", "--model", dest="hf_path", default=None,
-                        help="Path to the model (a local Hugging Face model folder).")
+                        help="Path to the model: a local folder, or a Hub repo id (read by HTTP range, "
+                             "then streamed shard by shard).")
     parser.add_argument("--revision", default=None,
-                        help="Hugging Face revision; a local folder ignores it, as mlx_lm.convert does.")
+                        help="Hub revision (branch, tag, commit); a local folder ignores it, as mlx_lm.convert does.")
 
 
 def _add_convert_flags(parser: argparse.ArgumentParser):
@@ -81,7 +83,10 @@ def _add_convert_flags(parser: argparse.ArgumentParser):
 def _add_execute_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--memory-budget", type=parse_size, default=None,
                         help="Peak memory to stay under, e.g. 2G (default: the plan's, 1 GiB).")
-    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    parser.add_argument("--disk-budget", type=parse_size, default=None,
+                        help="Hub source: downloaded bytes to hold at once, e.g. 20G (default: the two "
+                             "largest shards, or what one output group needs).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("execute", help="Write the converted model described by a plan.")
     p.add_argument("plan", help="Plan file from `sanitrace trace`.")
-    p.add_argument("--source", required=True, help="The model folder the plan was traced from.")
+    p.add_argument("--source", required=True,
+                   help="The model folder the plan was traced from, or its Hub repo id org/name[@revision].")
     p.add_argument("--out", required=True, help="Output folder (must not exist).")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
     p.add_argument("--digest", default=None, metavar="HEX",
@@ -252,10 +258,11 @@ def _run(args) -> int:
         api.trace(_model(args), plan_out=args.output, **_convert_kwargs(args))
     elif args.command == "execute":
         api.execute(args.plan, args.source, args.out, memory_budget=args.memory_budget, resume=args.resume,
-                    digest=args.digest, progress=not args.no_progress)
+                    digest=args.digest, progress=not args.no_progress, disk_budget=args.disk_budget)
     elif args.command == "convert":
         api.convert(_model(args), _mlx_path(args), upload_repo=args.upload_repo, plan_out=args.plan_out,
-                    resume=args.resume, progress=not args.no_progress, **_convert_kwargs(args))
+                    resume=args.resume, progress=not args.no_progress, disk_budget=args.disk_budget,
+                    **_convert_kwargs(args))
     elif args.command == "check":
         return _check(args)
     elif args.command == "show":

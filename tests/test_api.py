@@ -11,7 +11,6 @@ import sanitrace
 from sanitrace.compare import compare_folders
 from sanitrace.plan import PlanError
 from sanitrace.retrace import retrace
-from sanitrace.tracer import TraceError
 
 EXAMPLE = REPO / "examples" / "tiny-qwen3-moe"
 
@@ -74,13 +73,6 @@ def test_quantizing_nothing_and_an_unmeetable_budget_are_said(tmp_path, capsys):
     assert any("-q quantized no weight" in line for line in warnings)
     budget = [line for line in warnings if "cannot be met" in line]
     assert budget and "the smallest budget this plan can meet is" in budget[0]
-
-
-def test_a_hub_repo_id_is_refused_with_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(TraceError, match="hf download Qwen/Qwen3-0.6B --local-dir DIR"):
-        sanitrace.trace("Qwen/Qwen3-0.6B")
-    assert not (tmp_path / "mlx_model").exists()
 
 
 def test_a_failed_upload_is_one_line_and_the_output_is_complete(tmp_path):

@@ -29,7 +29,6 @@ from .patching import LoadMismatch, tracing
 from .proxy import Recorder, TraceError
 from .libraries import LIBRARIES, choose_library, read_config
 from .sources import SourceSet
-from ..hub import parse_repo_spec
 from ..versions import VersionError, check_installed
 
 _REAL_LOAD = mx.load
@@ -129,14 +128,6 @@ def _check_folder(model_dir: str) -> None:
     regular file or a folder (a FIFO would block the reader forever), or a
     folder where the library reads or globs a file (``*.json``, ...)."""
     if not os.path.isdir(model_dir):
-        spec = None if os.path.lexists(model_dir) else parse_repo_spec(model_dir)
-        if spec is not None:
-            repo_id, revision = spec
-            download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
-            raise TraceError(
-                f"{model_dir}: no such folder; sanitrace converts local folders (Hub repo ids are not "
-                f"supported yet): download it first, e.g. `{download} --local-dir DIR`, then convert DIR"
-            )
         raise TraceError(f"{model_dir}: not a folder")
     try:
         entries = sorted(os.scandir(model_dir), key=lambda e: e.name)
@@ -239,9 +230,13 @@ def _library_failure(error: Exception, library: str, model_dir: str, config: dic
     return TraceError(f"{model_dir}: {library}.convert fails at {where}:{site.lineno} ({site.name}): {what}{same}")
 
 
-def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None) -> TraceResult:
+def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None,
+          hf_repo: Optional[str] = None) -> TraceResult:
     """Trace the conversion of ``model_dir`` with ``options`` by ``library``
-    ("mlx_lm" or "mlx_vlm"; chosen from config.json when None). Reads headers only."""
+    ("mlx_lm" or "mlx_vlm"; chosen from config.json when None). Reads headers only.
+    ``hf_repo``: the Hub repo ``model_dir`` holds the headers of; the README.md
+    is then the library's model card for that repo, as its convert writes
+    when given a repo id (``base_model``, the repo's card metadata)."""
     given = model_dir
     model_dir = os.path.abspath(model_dir)
     _check_folder(model_dir if os.path.lexists(model_dir) else given)
@@ -273,6 +268,8 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
                 if failure is None:
                     raise
                 raise failure from e
+            if hf_repo is not None:
+                lib.create_model_card(out, hf_repo)
             text_files = {}
             for name in WRITTEN_FILES:
                 path = os.path.join(out, name)

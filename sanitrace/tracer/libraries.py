@@ -45,6 +45,14 @@ class Library:
         """(module, attribute, value) patches that skip tokenizer/processor loading."""
         return [(importlib.import_module(self.loader_module), self.loader_name, _no_tokenizer)]
 
+    def create_model_card(self, out: str, hf_repo: str) -> None:
+        """The library's README.md for a conversion of Hub repo ``hf_repo`` (it
+        fetches the repo's card through huggingface_hub); HubError when it cannot."""
+        from ..hub import hub_errors
+
+        with hub_errors(f"{hf_repo}: README.md"):
+            importlib.import_module(f"{self.name}.utils").create_model_card(out, hf_repo)
+
     def recipes(self) -> List[str]:
         return list(getattr(importlib.import_module(self.convert_module), self.quant_recipes))
 
