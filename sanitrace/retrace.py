@@ -4,7 +4,8 @@ A plan's manifest holds every header fact a trace reads (tensor names, dtypes,
 shapes, offsets, header lengths and metadata) and the small files the library
 read (config.json, ...). ``rebuild_source`` writes a header-only model folder
 from it; ``retrace`` traces that folder with the plan's library and options,
-so a sanitize change upstream shows up as a plan diff.
+so a sanitize change upstream shows up as a plan diff. The model card of a
+plan traced from a Hub repo id is kept as recorded (see ``hub_card``).
 
 The rebuilt headers are the same facts in sanitrace's own JSON spelling, so
 their sha256 differs from the originals: the re-traced plan keeps the recorded
@@ -16,6 +17,7 @@ import json
 import os
 import struct
 import tempfile
+from typing import Optional
 
 from . import plan as plan_ir
 from .plan.checks import check_name
@@ -113,4 +115,22 @@ def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan
             fresh = build_plan(result, plan.memory.budget)
     recorded = {f.name: f.header_sha256 for f in plan.source.files}
     files = tuple(f._replace(header_sha256=recorded.get(f.name, f.header_sha256)) for f in fresh.source.files)
-    return dataclasses.replace(fresh, source=fresh.source._replace(files=files))
+    fresh = dataclasses.replace(fresh, source=fresh.source._replace(files=files))
+    card = hub_card(plan)
+    if card is not None:
+        outputs = tuple(f._replace(data=card, size=len(card)) if f.name == "README.md" and f.kind == "text" else f
+                        for f in fresh.files)
+        fresh = dataclasses.replace(fresh, files=outputs)
+    return fresh
+
+
+def hub_card(plan: plan_ir.Plan) -> Optional[bytes]:
+    """The plan's README.md when it is the library's model card for a Hub repo id
+    (its front matter names a ``base_model``; a local folder's card never does).
+    The library builds it from the repo's own card on the Hub, which a retrace
+    from the plan alone cannot fetch, so the retrace keeps it as recorded."""
+    card = next((f.data for f in plan.files if f.name == "README.md" and f.kind == "text"), None)
+    if card is None or not card.startswith(b"---\n"):
+        return None
+    front = card[4:].split(b"\n---", 1)[0]
+    return card if any(line.startswith(b"base_model:") for line in front.split(b"\n")) else None

@@ -149,6 +149,9 @@ def test_remote_trace_reads_headers_only_and_is_the_trace_of_a_local_copy(hub, c
     proc = sanitrace("trace", REPO, "-o", "local.msgpack", "-q", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert plan.read_bytes() == (tmp_path / "local.msgpack").read_bytes()
+    # retrace, from the plan alone (no network), keeps the repo's model card
+    proc = sanitrace("retrace", str(plan), env=dict(env, HF_ENDPOINT="http://127.0.0.1:9"), cwd=tmp_path)
+    assert proc.returncode == 0 and "fresh" in proc.stdout, proc.stdout + proc.stderr
 
 
 def data_gets(hub: HubServer, name: str) -> list:
