@@ -53,11 +53,13 @@ class Faults:
         with self._lock:
             self._ignore_range.append(dict(left=k, match=match))
 
-    def delay(self, seconds: float, k: int = 1, match: Optional[str] = None, method: Optional[str] = None) -> None:
+    def delay(self, seconds: float, k: int = 1, match: Optional[str] = None, method: Optional[str] = None,
+              ranged: Optional[bool] = None) -> None:
         """Wait ``seconds`` before answering each of the next ``k`` requests (optionally only
-        those with ``method`` / whose path matches ``match``): a round trip's latency."""
+        those with ``method`` / whose path matches ``match`` / with (True) or without (False)
+        a Range header): a round trip's latency, or a slow download."""
         with self._lock:
-            self._delays.append(dict(left=k, seconds=seconds, method=method, match=match))
+            self._delays.append(dict(left=k, seconds=seconds, method=method, match=match, ranged=ranged))
 
     def corrupt(self, filename: str, offset: Optional[int] = None) -> None:
         """Serve ``filename`` (a repo-relative path, any repo and revision) with the byte at
@@ -86,9 +88,12 @@ class Faults:
         with self._lock:
             return self._take(self._status, method, path)
 
-    def take_delay(self, method: str, path: str) -> float:
+    def take_delay(self, method: str, path: str, ranged: bool = False) -> float:
         with self._lock:
-            rule = self._take(self._delays, method, path)
+            rules = [r for r in self._delays if r["ranged"] in (None, ranged)]
+            rule = self._take(rules, method, path)
+            if rule is not None and rule["left"] <= 0:
+                self._delays.remove(rule)
             return 0.0 if rule is None else rule["seconds"]
 
     def take_drop(self, path: str, length: int) -> Optional[int]:

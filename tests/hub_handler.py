@@ -49,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
         hub: "HubServer" = self.server.hub
         # logged now and updated before each write: complete by the time the client has the response
         self._entry = hub._begin(method, self.path, self.headers.get("Range"))
-        time.sleep(hub.faults.take_delay(method, self.path))
+        time.sleep(hub.faults.take_delay(method, self.path, self.headers.get("Range") is not None))
         fault = hub.faults.take_status(method, self.path)
         if fault is not None:
             headers = {"X-Error-Message": "injected fault"}

@@ -194,6 +194,31 @@ def test_dropped_connections_and_a_kill_resume_to_the_same_output(hub, checkpoin
     assert len(over) <= 1, over  # only the shard in flight at the kill
 
 
+def test_ctrl_c_while_downloading_stops_at_once_and_resumes(hub, checkpoint, eager_from_hub, tmp_path):
+    env = env_for(hub, tmp_path / "hf")
+    plan = _plan(hub, tmp_path)
+    hub.faults.delay(60.0, k=100, match=".safetensors", method="GET", ranged=False)  # downloads hang
+    proc = subprocess.Popen([sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out",
+                             "out", "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    staging = tmp_path / "out.partial" / STAGING
+    deadline = time.time() + 120
+    while time.time() < deadline and not (staging.exists() and any(staging.iterdir())):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.time() - sent < 20  # not stuck behind a waiting read or a hanging download
+    assert "--resume" in stderr and "Traceback" not in stderr
+    hub.faults.clear()
+    done = sanitrace("execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume",
+                     env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
+
+
 def test_a_moved_revision_is_detected_on_resume(hub, checkpoint, tmp_path):
     env = env_for(hub, tmp_path / "hf")
     plan = _plan(hub, tmp_path)

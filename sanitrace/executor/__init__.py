@@ -136,7 +136,7 @@ def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[
         key=lambda g: min((outputs[i].file, outputs[i].offset) for i in groups[g].outputs),
     )
     todo = [g for g in by_offset if not writer.verified_done(g, [outputs[i] for i in groups[g].outputs])]
-    order = schedule(plan, todo, getattr(source, "sizes", {}))
+    order = schedule(plan, todo, source.sizes)
     chunks = []
     for g in order.groups if source.streams else todo:
         members = [outputs[i] for i in groups[g].outputs]
@@ -201,38 +201,14 @@ def execute(
         bar = progress_bar(total, "execute", 1 if source.streams else 0, progress)
         _check_guards(plan, replayer, reader, source, order)
         _release(source, reader, order, -1)
-        position = {g: p for p, g in enumerate(order.groups)}
         bar.update(total - sum(o.nbytes for c in chunks if c.last for o in c.outputs))
         sink = _Sink(writer, bar)
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
-            pending: Optional[Future] = None
-            ahead = _read_ahead(chunks[0], replayer, reader, reads, source, order.reads[chunks[0].group]) \
-                if chunks else None
-            for i, chunk in enumerate(chunks):
-                pieces, requests, filled = ahead
-                filled.result()
-                if chunk.last:
-                    _release(source, reader, order, position[chunk.group])
-                if i + 1 < len(chunks):
-                    ahead = _read_ahead(chunks[i + 1], replayer, reader, reads, source,
-                                        order.reads[chunks[i + 1].group])
-                replayer.sources = {key: p.array() for key, p in pieces.items()}
-                replayer.requests = requests
-                del pieces
-                arrays = [replayer.value(o.ref, chunk.region) for o in chunk.outputs]
-                replayer.clear()
-                for out, array in zip(chunk.outputs, arrays):
-                    _check_piece(out, array, chunk.region)
-                arrays = [_host_layout(a) for a in arrays]
-                mx.eval(arrays)
-                views = [byte_view(a) for a in arrays]
-                del arrays
-                if pending is not None:
-                    pending.result()
-                pending = writes.submit(sink.put, chunk, views)
-                del views
-            if pending is not None:
-                pending.result()
+            try:
+                _pipeline(chunks, order, replayer, reader, source, sink, reads, writes)
+            except BaseException:
+                source.stop()  # a read waiting for a download returns, so the pools can shut down
+                raise
         reader.close()
         source.close(finished=True)
         finished = True
@@ -246,8 +222,40 @@ def execute(
             source.close(finished=False)
         writer.close()
     return ExecuteSummary(len(plan.outputs), total, len(plan.groups), len(chunks), skipped,
-                          getattr(source, "downloaded", 0), getattr(source, "source_bytes", 0),
-                          getattr(source, "peak_held", 0))
+                          source.downloaded, source.source_bytes, source.peak_held)
+
+
+def _pipeline(chunks: List[Chunk], order: Schedule, replayer: Replayer, reader: SourceReader, source,
+              sink: "_Sink", reads: ThreadPoolExecutor, writes: ThreadPoolExecutor) -> None:
+    """Read chunk i+1, compute chunk i and write chunk i-1 at once (module docstring);
+    each source file is released after the last chunk that reads it."""
+    position = {g: p for p, g in enumerate(order.groups)}
+    pending: Optional[Future] = None
+    ahead = _read_ahead(chunks[0], replayer, reader, reads, source, order.reads[chunks[0].group]) if chunks else None
+    for i, chunk in enumerate(chunks):
+        pieces, requests, filled = ahead
+        filled.result()
+        if chunk.last:
+            _release(source, reader, order, position[chunk.group])
+        if i + 1 < len(chunks):
+            ahead = _read_ahead(chunks[i + 1], replayer, reader, reads, source, order.reads[chunks[i + 1].group])
+        replayer.sources = {key: p.array() for key, p in pieces.items()}
+        replayer.requests = requests
+        del pieces
+        arrays = [replayer.value(o.ref, chunk.region) for o in chunk.outputs]
+        replayer.clear()
+        for out, array in zip(chunk.outputs, arrays):
+            _check_piece(out, array, chunk.region)
+        arrays = [_host_layout(a) for a in arrays]
+        mx.eval(arrays)
+        views = [byte_view(a) for a in arrays]
+        del arrays
+        if pending is not None:
+            pending.result()
+        pending = writes.submit(sink.put, chunk, views)
+        del views
+    if pending is not None:
+        pending.result()
 
 
 def _release(source, reader: SourceReader, order: Schedule, position: int) -> None:

@@ -195,6 +195,8 @@ class HubSource:
         """Block until each of ``files`` is local and verified; re-raise a failed download."""
         with self._cond:
             while True:
+                if self._stop:
+                    raise _Stopped("the run is stopping")
                 if self._error is not None:
                     raise self._error
                 if all(f in self.cached or f in self._present for f in files):
@@ -215,14 +217,19 @@ class HubSource:
                 self._held -= self.sizes[f]
                 self._cond.notify_all()
 
-    def close(self, finished: bool) -> None:
-        """Stop downloading; on success remove the staging folder (before the
-        output folder is renamed into place)."""
+    def stop(self) -> None:
+        """Stop downloading; a waiting ``acquire`` returns (raising)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+
+    def close(self, finished: bool) -> None:
+        """Stop downloading; on success remove the staging folder (before the
+        output folder is renamed into place). A download stuck in the network
+        is left to its daemon thread."""
+        self.stop()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=5)
         if self._bar is not None:
             self._bar.close()
         if finished:

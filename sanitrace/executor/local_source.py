@@ -20,7 +20,9 @@ class LocalSource:
 
     streams = False
     identity_fields = ("size", "mtime", "inode", "device")
-    space_needed = 0
+    space_needed = 0  # bytes needed beside the output
+    sizes: Dict[int, int] = {}  # bytes to download per file: nothing
+    downloaded = source_bytes = peak_held = 0
 
     def __init__(self, plan: Plan, folder: str):
         self.plan = plan
@@ -51,6 +53,9 @@ class LocalSource:
         pass
 
     def release(self, files) -> None:
+        pass
+
+    def stop(self) -> None:
         pass
 
     def close(self, finished: bool) -> None:
