@@ -22,7 +22,7 @@ import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Dict, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .safetensors_format import SafetensorsError
 
@@ -33,6 +33,8 @@ MAX_HEADER_BYTES = 100 << 20  # as safetensors itself
 HEADER_THREADS = 8  # safetensors headers read at once by fetch_headers
 DOWNLOAD_WRITE_BYTES = 4 << 20  # download_file writes (and reports) this much at a time
 RETRY_FIRST_WAIT, RETRY_MAX_WAIT = 0.5, 8.0  # seconds; doubling in between, Retry-After capped too
+RETRY_ATTEMPTS = 8  # tries of a call that makes no partial progress (model_info, a small file)
+T = TypeVar("T")
 REPO_SPEC = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
 
 
@@ -71,8 +73,8 @@ def open_repo(repo_id: str, revision: Optional[str] = None, endpoint: Optional[s
     from huggingface_hub import HfApi
 
     label = f"{repo_id}@{revision}" if revision else repo_id
-    with hub_errors(label):
-        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
+    info = _retrying(label, lambda: HfApi(endpoint=endpoint).model_info(repo_id, revision=revision,
+                                                                       files_metadata=True))
     files = {}
     for sibling in info.siblings or []:
         lfs = sibling.lfs
@@ -119,18 +121,11 @@ def fetch_headers(repo: RemoteRepo, folder: str, cache_dir: Optional[str] = None
     as its header bytes in a sparse file of its real size (HEADER_THREADS at once;
     the first failure in name order is raised), and the small files (through
     huggingface_hub's cache). Names are checked to stay inside ``folder``."""
-    from huggingface_hub import hf_hub_download
-
     from .plan.checks import check_name
 
-    weights, small = [], []
-    for name, remote in sorted(repo.files.items()):
-        if name.endswith(".safetensors"):
-            weights.append(name)
-        elif SMALL_FILE_PATTERN.fullmatch(name) and remote.size <= MAX_SMALL_FILE_BYTES:
-            small.append(name)
-        else:
-            continue
+    weights = sorted(name for name in repo.files if name.endswith(".safetensors"))
+    small = small_files(repo)
+    for name in weights + small:
         check_name(name, f"{repo.label}: file")
         os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
 
@@ -143,11 +138,24 @@ def fetch_headers(repo: RemoteRepo, folder: str, cache_dir: Optional[str] = None
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
         list(pool.map(write_header, weights))
     for name in small:
-        with hub_errors(f"{repo.label}: {name}"):
-            local = hf_hub_download(repo.repo_id, name, revision=repo.commit, endpoint=repo.endpoint,
-                                    cache_dir=cache_dir)
-        with open(local, "rb") as src, open(os.path.join(folder, name), "wb") as out:
+        with open(download_small(repo, name, cache_dir), "rb") as src, open(os.path.join(folder, name), "wb") as out:
             out.write(src.read())
+
+
+def small_files(repo: RemoteRepo) -> List[str]:
+    """The repo's small top-level files the libraries download besides weights
+    (config, tokenizer, chat template, ...; never code), in name order."""
+    return sorted(name for name, remote in repo.files.items()
+                  if SMALL_FILE_PATTERN.fullmatch(name) and remote.size <= MAX_SMALL_FILE_BYTES)
+
+
+def download_small(repo: RemoteRepo, name: str, cache_dir: Optional[str] = None) -> str:
+    """A small file of the repo at its commit, through huggingface_hub's cache
+    (hf_hub_download, retried on transient errors); its path in the cache."""
+    from huggingface_hub import hf_hub_download
+
+    return _retrying(f"{repo.label}: {name}", lambda: hf_hub_download(
+        repo.repo_id, name, revision=repo.commit, endpoint=repo.endpoint, cache_dir=cache_dir))
 
 
 def snapshot_folder(repo_id: str, revision: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
@@ -278,6 +286,28 @@ def _fill(repo: RemoteRepo, name: str, out: BinaryIO, on_bytes: Optional[Callabl
         time.sleep(min(RETRY_MAX_WAIT, wait if retry_after is None else retry_after))
         wait = min(RETRY_MAX_WAIT, 2 * wait)
     return sha.hexdigest()
+
+
+def _retrying(what: str, call: Callable[[], T]) -> T:
+    """``call()`` (a huggingface_hub call that does not retry by itself), retried with
+    backoff on 408 / 429 / 5xx and lost connections; errors mapped by hub_errors."""
+    import httpx2
+    from huggingface_hub import constants, errors
+
+    wait = RETRY_FIRST_WAIT
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return call()
+        except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, httpx2.TransportError) as e:
+            status = getattr(getattr(e, "response", None), "status_code", None) or 0
+            lost = isinstance(e, httpx2.TransportError) or (
+                isinstance(e, errors.LocalEntryNotFoundError) and not constants.HF_HUB_OFFLINE)
+            if not (lost or status in (408, 429) or status >= 500) or attempt == RETRY_ATTEMPTS:
+                with hub_errors(what):
+                    raise
+        time.sleep(wait)
+        wait = min(RETRY_MAX_WAIT, 2 * wait)
+    raise AssertionError("unreachable")
 
 
 def _retry_after(response) -> Optional[float]:

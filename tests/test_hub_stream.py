@@ -249,6 +249,20 @@ def test_a_moved_revision_is_detected_on_resume(hub, checkpoint, tmp_path):
     assert (tmp_path / "out" / "config.json").exists()
 
 
+def test_transient_errors_are_retried_everywhere(hub, checkpoint, eager_from_hub, tmp_path):
+    """429 / 5xx on the repo's info, its small files, header reads and shard downloads."""
+    hub.faults.fail_next(2, 503, match="/api/models/")
+    hub.faults.fail_next(2, 429, retry_after=1, match="tokenizer_config.json")
+    hub.faults.fail_next(1, 500, match="config.json")
+    hub.faults.fail_next(3, 502, match=".safetensors")
+    proc = sanitrace("convert", "--hf-path", REPO, "--mlx-path", "out", "-q", "--no-progress",
+                     env=env_for(hub, tmp_path / "hf"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    failed = [r for r in hub.requests if r.status in (429, 500, 502, 503)]
+    assert len(failed) == 8
+    assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
+
+
 @pytest.mark.parametrize("spec, expected", [
     ("org/gated", "gated"),
     (f"{REPO}@no-such-branch", "no such revision"),

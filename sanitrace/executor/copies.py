@@ -15,7 +15,7 @@ from .sources import SourceMismatch
 
 # never copied: weights, and the files the libraries' save code writes itself
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".npz", ".msgpack")
-_WRITTEN = frozenset(["model.safetensors.index.json", "config.json", "README.md"])
+WRITTEN = frozenset(["model.safetensors.index.json", "config.json", "README.md"])
 
 
 def copies(source_dir: str, plan: Plan) -> Tuple[List[str], List[Tuple[str, int]]]:
@@ -24,7 +24,7 @@ def copies(source_dir: str, plan: Plan) -> Tuple[List[str], List[Tuple[str, int]
     plan's library copies them. Symlinks are followed (dangling ones skipped); a
     special file or a symlink loop is refused (SourceMismatch, never opened)."""
     subfolders = plan.copy_subdirectories
-    written = {f.name for f in plan.files} | _WRITTEN
+    written = {f.name for f in plan.files} | WRITTEN
     dirs: List[str] = []
     files: List[Tuple[str, int]] = []
 

@@ -27,12 +27,12 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 from .. import hub
 from ..plan import Plan
 from ..show import human_bytes
+from .copies import WRITTEN
 from .progress import progress_bar
 from .schedule import Schedule, schedule
 from .sources import SourceMismatch, verify_file
 
 STAGING = ".sanitrace-source"
-_WRITTEN = frozenset(["model.safetensors.index.json", "config.json", "README.md"])
 
 
 class DiskBudgetError(ValueError):
@@ -136,21 +136,13 @@ class HubSource:
         self._fetch_copies()
 
     def _fetch_copies(self) -> None:
-        """The repo's small top-level files the output copies (as the libraries'
-        download patterns), downloaded into the huggingface_hub cache."""
-        from huggingface_hub import hf_hub_download
-
-        written = {f.name for f in self.plan.files} | _WRITTEN
-        for name, remote in sorted(self.repo.files.items()):
-            if not hub.SMALL_FILE_PATTERN.fullmatch(name) or name in written:
-                continue
-            if remote.size > hub.MAX_SMALL_FILE_BYTES:
-                continue
-            with hub.hub_errors(f"{self.repo.label}: {name}"):
-                path = hf_hub_download(self.repo.repo_id, name, revision=self.repo.commit,
-                                       endpoint=self.repo.endpoint, cache_dir=self.cache_dir)
-            self._copies.append((name, remote.size))
-            self._copy_paths[name] = path
+        """The repo's small files (hub.small_files: what the libraries download
+        besides weights) that the output copies, fetched into the huggingface_hub cache."""
+        written = {f.name for f in self.plan.files} | WRITTEN
+        for name in hub.small_files(self.repo):
+            if name not in written:
+                self._copies.append((name, self.repo.files[name].size))
+                self._copy_paths[name] = hub.download_small(self.repo, name, self.cache_dir)
 
     def identity(self) -> Dict[str, list]:
         """[size, commit, sha256] of each source file: a moved revision is a change."""
