@@ -219,6 +219,31 @@ def test_ctrl_c_while_downloading_stops_at_once_and_resumes(hub, checkpoint, eag
     assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
 
 
+def test_resume_with_downloads_that_no_longer_fit_the_budget_drops_the_ones_needed_last(
+        hub, checkpoint, eager_from_hub, tmp_path):
+    """A killed run left later shards downloaded (here: with a larger budget); the
+    resumed run's budget cannot hold them and the first shard: the ones needed
+    last are deleted instead of waiting forever for room."""
+    env = env_for(hub, tmp_path / "hf")
+    plan = _plan(hub, tmp_path)
+    loaded = plan_ir.load(str(plan))
+    sizes = {i: f.size for i, f in enumerate(loaded.source.files)}
+    order = schedule(loaded, range(len(loaded.groups)), sizes)
+    staging = tmp_path / "out.partial" / STAGING
+    staging.mkdir(parents=True)
+    later = [loaded.source.files[f].name for f in order.fetch[1:]]
+    for name in later:
+        (staging / name).write_bytes((checkpoint / name).read_bytes())
+    assert sum(sizes.values()) > order.peak  # all of them at once do not fit
+    hub.reset_log()
+    done = subprocess.run([sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out", "out",
+                           "--no-progress", "--resume", "--disk-budget", str(order.peak)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
+    assert "downloaded" in done.stdout
+
+
 def test_a_moved_revision_is_detected_on_resume(hub, checkpoint, tmp_path):
     env = env_for(hub, tmp_path / "hf")
     plan = _plan(hub, tmp_path)

@@ -9,8 +9,8 @@ a three-stage pipeline so that disk and compute overlap:
 
 The source is a local folder (local_source.py) or a Hub repo streamed in
 bounded disk (hub_source.py): the read thread waits for a chunk's files
-(``acquire``) and the main thread lets each file go after its last group
-(``release``), in the order schedule.py gives.
+(``acquire``) and the write thread lets each file go once the last group
+reading it is journaled (``release``), in the order schedule.py gives.
 
 This package reads only the plan and the source files; it never imports
 mlx-lm or mlx-vlm.
@@ -19,7 +19,7 @@ mlx-lm or mlx-vlm.
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 
@@ -90,11 +90,14 @@ def _host_layout(array: mx.array) -> mx.array:
 
 
 class _Sink:
-    """Write-thread side: pwrite pieces, hash each output, journal finished groups."""
+    """Write-thread side: pwrite pieces, hash each output, journal finished groups,
+    then ``group_written(group)`` (the source lets go of what only it read: a
+    resumed run never needs a source file again for a journaled group)."""
 
-    def __init__(self, writer: OutputWriter, bar):
+    def __init__(self, writer: OutputWriter, bar, group_written: Callable[[int], None]):
         self.writer = writer
         self.bar = bar
+        self.group_written = group_written
         self.hashes: Dict[str, "hashlib._Hash"] = {}
 
     def put(self, chunk: Chunk, views: List[memoryview]) -> None:
@@ -106,6 +109,7 @@ class _Sink:
         if chunk.last:
             sums = {o.name: self.hashes.pop(o.name).hexdigest() for o in chunk.outputs}
             self.writer.group_done(chunk.group, sums)
+            self.group_written(chunk.group)
 
 
 def _check_guards(plan: Plan, replayer: Replayer, reader: SourceReader, source, order: Schedule) -> None:
@@ -202,7 +206,8 @@ def execute(
         _check_guards(plan, replayer, reader, source, order)
         _release(source, reader, order, -1)
         bar.update(total - sum(o.nbytes for c in chunks if c.last for o in c.outputs))
-        sink = _Sink(writer, bar)
+        position = {g: p for p, g in enumerate(order.groups)}
+        sink = _Sink(writer, bar, lambda g: _release(source, reader, order, position[g]))
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
             try:
                 _pipeline(chunks, order, replayer, reader, source, sink, reads, writes)
@@ -227,16 +232,12 @@ def execute(
 
 def _pipeline(chunks: List[Chunk], order: Schedule, replayer: Replayer, reader: SourceReader, source,
               sink: "_Sink", reads: ThreadPoolExecutor, writes: ThreadPoolExecutor) -> None:
-    """Read chunk i+1, compute chunk i and write chunk i-1 at once (module docstring);
-    each source file is released after the last chunk that reads it."""
-    position = {g: p for p, g in enumerate(order.groups)}
+    """Read chunk i+1, compute chunk i and write chunk i-1 at once (module docstring)."""
     pending: Optional[Future] = None
     ahead = _read_ahead(chunks[0], replayer, reader, reads, source, order.reads[chunks[0].group]) if chunks else None
     for i, chunk in enumerate(chunks):
         pieces, requests, filled = ahead
         filled.result()
-        if chunk.last:
-            _release(source, reader, order, position[chunk.group])
         if i + 1 < len(chunks):
             ahead = _read_ahead(chunks[i + 1], replayer, reader, reads, source, order.reads[chunks[i + 1].group])
         replayer.sources = {key: p.array() for key, p in pieces.items()}

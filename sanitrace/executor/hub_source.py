@@ -29,7 +29,7 @@ from ..plan import Plan
 from ..show import human_bytes
 from .copies import WRITTEN
 from .progress import progress_bar
-from .schedule import Schedule, schedule
+from .schedule import Schedule, held_peak, schedule
 from .sources import SourceMismatch, verify_file
 
 STAGING = ".sanitrace-source"
@@ -46,7 +46,7 @@ class _Stopped(Exception):
 @dataclass
 class DiskNeeds:
     cached: Dict[int, str]  # source file -> its path in the local huggingface_hub cache
-    sizes: Dict[int, int]  # source file -> bytes to download (files not cached)
+    sizes: Dict[int, int]  # source file -> bytes to download (files read and not cached)
     budget: int  # the disk budget: as given, or the default
     peak: int  # the least disk budget the plan's schedule can meet
 
@@ -69,9 +69,10 @@ def disk_needs(plan: Plan, repo: hub.RemoteRepo, disk_budget: Optional[int] = No
         if path is not None:
             cached[i] = path
     sizes = {i: repo.files[f.name].size for i, f in enumerate(plan.source.files) if i not in cached}
-    peak = schedule(plan, range(len(plan.groups)), sizes).peak
-    default = max(sum(sorted(sizes.values(), reverse=True)[:2]), peak)
-    return DiskNeeds(cached, sizes, disk_budget or default, peak)
+    whole = schedule(plan, range(len(plan.groups)), sizes)
+    sizes = {i: size for i, size in sizes.items() if i in whole.first_use}  # files no group reads: never
+    default = max(sum(sorted(sizes.values(), reverse=True)[:2]), whole.peak)
+    return DiskNeeds(cached, sizes, disk_budget or default, whole.peak)
 
 
 class HubSource:
@@ -173,7 +174,14 @@ class HubSource:
         kept when still needed (whole, or continued from where it stopped)."""
         needed = [f for f in order.fetch if f not in self.cached]
         self._forget_stale(needed)
-        staged = [f for f in needed if self._staged_bytes(f)]
+        staged = {f for f in needed if self._staged_bytes(f)}
+        # kept while the schedule, holding them from the start, fits the budget;
+        # else the one needed last goes (the download thread never waits for
+        # room that only a later group would free)
+        while staged and held_peak(order, self.sizes, frozenset(staged)) > self.disk_budget:
+            dropped = max(staged, key=lambda f: order.first_use[f])
+            staged.discard(dropped)
+            self._unstage(dropped)
         with self._cond:
             self._held = sum(self.sizes[f] for f in staged)
             self.peak_held = self._held
@@ -271,6 +279,12 @@ class HubSource:
             if os.path.isfile(path):
                 return os.path.getsize(path)
         return 0
+
+    def _unstage(self, f: int) -> None:
+        """Delete what is staged of file ``f`` (whole or partial)."""
+        for path in (self.paths[f], self.paths[f] + ".incomplete"):
+            if os.path.isfile(path):
+                os.unlink(path)
 
     def _forget_stale(self, needed: List[int]) -> None:
         """Delete staged files (whole or partial) no remaining group reads."""

@@ -9,6 +9,7 @@ layer), so a group whose tensors straddle two shards (split experts) runs as
 soon as its second shard is there, and no file is ever fetched twice.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Sequence
 
@@ -23,7 +24,7 @@ class Schedule:
     guard_files: FrozenSet[int]  # files the guards read, before any group
     first_use: Dict[int, int]  # file -> position in ``groups`` of its first reader (-1: a guard)
     last_use: Dict[int, int]  # file -> position in ``groups`` of its last reader (-1: guards only)
-    peak: int  # largest sum of ``sizes`` held at once, fetching nothing ahead
+    peak: int  # largest sum of ``sizes`` held at once, fetching nothing ahead (held_peak)
 
 
 def files_read(plan: Plan, roots: Sequence[Ref]) -> FrozenSet[int]:
@@ -49,24 +50,40 @@ def schedule(plan: Plan, todo: Sequence[int], sizes: Dict[int, int]) -> Schedule
     reads = {g: files_read(plan, [plan.outputs[i].ref for i in plan.groups[g].outputs]) for g in todo}
     guards = files_read(plan, [g.ref for g in plan.guards])
     # a group that reads nothing (constants only) goes first; ties keep output order
-    order = sorted(todo, key=lambda g: (max(reads[g], default=-1), min(reads[g], default=-1)))
+    groups = sorted(todo, key=lambda g: (max(reads[g], default=-1), min(reads[g], default=-1)))
     first_use: Dict[int, int] = {f: -1 for f in guards}
     last_use: Dict[int, int] = {f: -1 for f in guards}
     fetch = sorted(guards)
-    for position, g in enumerate(order):
+    for position, g in enumerate(groups):
         for f in sorted(reads[g]):
             if f not in first_use:
                 first_use[f] = position
                 fetch.append(f)
             last_use[f] = position
-    held = sum(sizes.get(f, 0) for f in guards)
-    peak = held
+    unpriced = Schedule(groups, reads, fetch, guards, first_use, last_use, 0)
+    return dataclasses.replace(unpriced, peak=held_peak(unpriced, sizes))
+
+
+def held_peak(order: Schedule, sizes: Dict[int, int], early: FrozenSet[int] = frozenset()) -> int:
+    """The most bytes of ``sizes`` held at once when each file is held from its
+    first reader to its last, and the files ``early`` from the start (a resumed
+    run's downloads) to their last reader."""
     releases: Dict[int, List[int]] = {}
-    for f, position in last_use.items():
+    for f, position in order.last_use.items():
         releases.setdefault(position, []).append(f)
-    held -= sum(sizes.get(f, 0) for f in releases.get(-1, []))
-    for position, g in enumerate(order):
-        held += sum(sizes.get(f, 0) for f in reads[g] if first_use[f] == position)
+    alive = set(order.guard_files) | set(early)
+    held = sum(sizes.get(f, 0) for f in alive)
+    peak = held
+    for f in releases.get(-1, []):
+        if f in alive:
+            alive.discard(f)
+            held -= sizes.get(f, 0)
+    for position, g in enumerate(order.groups):
+        for f in order.reads[g] - alive:
+            alive.add(f)
+            held += sizes.get(f, 0)
         peak = max(peak, held)
-        held -= sum(sizes.get(f, 0) for f in releases.get(position, []))
-    return Schedule(order, reads, fetch, guards, first_use, last_use, peak)
+        for f in releases.get(position, []):
+            alive.discard(f)
+            held -= sizes.get(f, 0)
+    return peak

@@ -47,11 +47,15 @@ class Library:
 
     def create_model_card(self, out: str, hf_repo: str) -> None:
         """The library's README.md for a conversion of Hub repo ``hf_repo`` (it
-        fetches the repo's card through huggingface_hub); HubError when it cannot."""
-        from ..hub import hub_errors
+        fetches the repo's card through huggingface_hub); TraceError when it cannot."""
+        from ..hub import HubError, hub_errors
 
-        with hub_errors(f"{hf_repo}: README.md"):
-            importlib.import_module(f"{self.name}.utils").create_model_card(out, hf_repo)
+        try:
+            with hub_errors(f"{hf_repo}: README.md"):
+                importlib.import_module(f"{self.name}.utils").create_model_card(out, hf_repo)
+        except HubError as e:
+            raise TraceError(f"{e}: {self.name}.convert --hf-path {hf_repo} builds the output's model card "
+                             "from it and fails the same way (after writing the weights)") from None
 
     def recipes(self) -> List[str]:
         return list(getattr(importlib.import_module(self.convert_module), self.quant_recipes))
