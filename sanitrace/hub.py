@@ -32,7 +32,6 @@ MAX_SMALL_FILE_BYTES = 64 << 20
 MAX_HEADER_BYTES = 100 << 20  # as safetensors itself
 HEADER_THREADS = 8  # safetensors headers read at once by fetch_headers
 DOWNLOAD_WRITE_BYTES = 4 << 20  # download_file writes (and reports) this much at a time
-DOWNLOAD_READ_BYTES = 1 << 20  # pieces taken from the response (its default, network-sized pieces measured 1.5x slower)
 RETRY_FIRST_WAIT, RETRY_MAX_WAIT = 0.5, 8.0  # seconds; doubling in between, Retry-After capped too
 RETRY_ATTEMPTS = 8  # tries of a call that makes no partial progress (model_info, a small file)
 T = TypeVar("T")
@@ -266,7 +265,7 @@ def _fill(repo: RemoteRepo, name: str, out: BinaryIO, on_bytes: Optional[Callabl
                     elif status != (206 if done else 200) or (done and not content_range.startswith(
                             f"bytes {done}-")):
                         raise HubError(f"{what}: asked for bytes {done}-, got status {status} {content_range}")
-                    for piece in response.iter_bytes(DOWNLOAD_READ_BYTES):
+                    for piece in response.iter_bytes():
                         pending += piece
                         if len(pending) >= DOWNLOAD_WRITE_BYTES:
                             write(pending)
