@@ -288,6 +288,19 @@ def test_transient_errors_are_retried_everywhere(hub, checkpoint, eager_from_hub
     assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
 
 
+def test_a_gated_repo_converts_with_hf_token_and_lfs_redirects(checkpoint, eager_from_hub, tmp_path):
+    """HF_TOKEN is the client's own auth; shards redirect to another origin, as on the Hub."""
+    with HubServer({"org/gated": str(checkpoint)}, gated=["org/gated"], token="hf_test_token",
+                   redirect_lfs=True) as hub:
+        env = dict(env_for(hub, tmp_path / "hf"), HF_TOKEN="hf_test_token")
+        proc = sanitrace("convert", "--hf-path", "org/gated", "--mlx-path", "out", "-q", "--no-progress",
+                         env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert any(r.path.startswith("/__cdn__/") for r in hub.requests)
+    assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
+    assert "base_model: org/gated" in (tmp_path / "out" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("spec, expected", [
     ("org/gated", "gated"),
     (f"{REPO}@no-such-branch", "no such revision"),
