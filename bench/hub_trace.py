@@ -19,24 +19,17 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Dict, List
 
 from harness import GIANTS, materialize, measure
-from hub_stream import HubServer, environ, file_of, header_bytes
+from hub_bench import HubServer, environ, file_of, header_bytes, sanitrace
 
 from sanitrace import plan as plan_ir
 from sanitrace.show import human_bytes
 
 REPO_ID = "deepseek-ai/DeepSeek-V3"
-SANITRACE = os.path.join(os.path.dirname(sys.executable), "sanitrace")
-
-
-def sanitrace(*args: str) -> List[str]:
-    exe = [SANITRACE] if os.path.exists(SANITRACE) else [sys.executable, "-m", "sanitrace"]
-    return exe + list(args)
 
 
 def expected_bytes(folder: str) -> Dict[str, int]:
