@@ -73,6 +73,7 @@ def trace(
     library: Optional[str] = None,
     memory_budget: Optional[int] = None,
     plan_out: Optional[str] = None,
+    allow_unloadable: bool = False,
 ) -> Plan:
     """Trace the library's conversion of ``hf_path`` into a plan, reading headers only.
 
@@ -89,13 +90,16 @@ def trace(
         library: "mlx_lm" or "mlx_vlm"; chosen from config.json when None.
         memory_budget: bytes the plan's chunking assumes (default 1 GiB).
         plan_out: when given, the plan is also saved there (atomically).
+        allow_unloadable: trace an output the library's own loader would
+            refuse (load_check.py) instead of failing; it is what the
+            library's convert writes.
 
     Returns:
         The Plan.
     """
     options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
                              trust_remote_code)
-    plan, _, _ = _trace(hf_path, options, library, memory_budget, revision)
+    plan, _, _ = _trace(hf_path, options, library, memory_budget, revision, allow_unloadable=allow_unloadable)
     _warn_budget(plan.groups, plan.memory.budget, plan.memory.predicted_peak)
     if plan_out is not None:
         data = plan_ir.save(plan, plan_out)
@@ -161,6 +165,7 @@ def convert(
     resume: bool = False,
     progress: bool = True,
     disk_budget: Optional[int] = None,
+    allow_unloadable: bool = False,
 ) -> ConvertSummary:
     """Convert like ``mlx_lm.convert.convert`` (same arguments, same output
     tensors, config and index), in bounded memory: trace, then execute.
@@ -177,6 +182,8 @@ def convert(
         resume: continue an interrupted conversion in ``mlx_path.partial``.
         progress: progress bars on stderr.
         disk_budget: for a Hub repo, the downloaded bytes to hold at once.
+        allow_unloadable: convert even when the library's own loader would
+            refuse the output (as its convert does); see ``trace``.
 
     Returns:
         A ConvertSummary.
@@ -187,7 +194,8 @@ def convert(
         raise OutputExists(f"{mlx_path} already exists; delete it or choose another output folder")
     options = ConvertOptions(quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize,
                              trust_remote_code)
-    plan, messages, source = _trace(hf_path, options, library, memory_budget, revision, disk_budget)
+    plan, messages, source = _trace(hf_path, options, library, memory_budget, revision, disk_budget,
+                                    allow_unloadable)
     if plan_out is not None:
         plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out}")
@@ -232,7 +240,7 @@ def resolve_source(source: Union[str, RemoteRepo], revision: Optional[str] = Non
 
 
 def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory_budget: Optional[int],
-           revision: Optional[str] = None, disk_budget: Optional[int] = None):
+           revision: Optional[str] = None, disk_budget: Optional[int] = None, allow_unloadable: bool = False):
     """The plan, the lines the library printed, and the source (a folder, or the
     opened Hub repo: its headers are read by range into a temporary folder);
     prints those lines, the trace summary, for the Hub what streaming will
@@ -256,6 +264,7 @@ def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory
         del result
     _print_messages(messages)
     _print_trace(hf_path, plan, time.time() - start)
+    _check_loads(plan, allow_unloadable)
     if isinstance(source, RemoteRepo):
         _print_download(plan, source, disk_budget)
     if options.quantize and not any(node.op == "mx.quantize" for node in plan.nodes):
@@ -263,6 +272,27 @@ def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory
              f"{options.q_group_size} / --q-mode {options.q_mode}; the output is unquantized, as with "
              f"{plan.library}.convert")
     return plan, messages, source
+
+
+def _check_loads(plan: Plan, allow_unloadable: bool) -> None:
+    """TraceError when the library's own loader would refuse the output (unless
+    ``allow_unloadable``: then a warning); a warning when the check cannot run."""
+    from .load_check import LoadCheckFailed, load_error
+
+    try:
+        problem = load_error(plan)
+    except LoadCheckFailed as e:
+        warn(f"could not check that the output loads with {plan.library}.load: {e}")
+        return
+    print(f"  loads            {'yes' if problem is None else 'no'} ({plan.library}.load, strict)", flush=True)
+    if problem is None:
+        return
+    if allow_unloadable:
+        warn(f"the output will not load with {plan.library}.load: {problem}; writing it anyway "
+             f"(--allow-unloadable), as {plan.library}.convert does")
+        return
+    raise TraceError(f"the output would not load with {plan.library}.load, and {plan.library}.convert writes it "
+                     f"the same way: {problem}; pass --allow-unloadable to write it anyway")
 
 
 def _execute(plan: Plan, source: Union[str, RemoteRepo], mlx_path: str, memory_budget: Optional[int], resume: bool,

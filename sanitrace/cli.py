@@ -80,6 +80,12 @@ def _add_convert_flags(parser: argparse.ArgumentParser):
     refused.add_argument("--mtp-output", default=None, help=argparse.SUPPRESS)
 
 
+def _add_allow_unloadable(parser: argparse.ArgumentParser):
+    parser.add_argument("--allow-unloadable", action="store_true",
+                        help="Write an output the library's own loader would refuse (the trace checks it), "
+                             "exactly as the library's convert writes it.")
+
+
 def _add_execute_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--memory-budget", type=parse_size, default=None,
                         help="Peak memory to stay under, e.g. 2G (default: the plan's, 1 GiB).")
@@ -97,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     p.add_argument("-o", "--output", required=True, help="Plan file to write.")
     _add_convert_flags(p)
+    _add_allow_unloadable(p)
     p.add_argument("--memory-budget", type=parse_size, default=None,
                    help="Budget the plan's chunking and memory prediction assume (default 1 GiB).")
 
@@ -119,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-repo", default=None,
                    help="Upload the finished folder to this Hugging Face repo (the library's upload_to_hub).")
     _add_convert_flags(p)
+    _add_allow_unloadable(p)
     p.add_argument("--plan-out", default=None, metavar="FILE", help="Keep the executed plan in FILE.")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
     _add_execute_flags(p)
@@ -255,14 +263,15 @@ def _run(args) -> int:
     from . import api
 
     if args.command == "trace":
-        api.trace(_model(args), plan_out=args.output, **_convert_kwargs(args))
+        api.trace(_model(args), plan_out=args.output, allow_unloadable=args.allow_unloadable,
+                  **_convert_kwargs(args))
     elif args.command == "execute":
         api.execute(args.plan, args.source, args.out, memory_budget=args.memory_budget, resume=args.resume,
                     digest=args.digest, progress=not args.no_progress, disk_budget=args.disk_budget)
     elif args.command == "convert":
         api.convert(_model(args), _mlx_path(args), upload_repo=args.upload_repo, plan_out=args.plan_out,
                     resume=args.resume, progress=not args.no_progress, disk_budget=args.disk_budget,
-                    **_convert_kwargs(args))
+                    allow_unloadable=args.allow_unloadable, **_convert_kwargs(args))
     elif args.command == "check":
         return _check(args)
     elif args.command == "show":
