@@ -30,7 +30,7 @@ from ..show import human_bytes
 from .copies import WRITTEN
 from .progress import progress_bar
 from .schedule import Schedule, held_peak, schedule
-from .sources import SourceMismatch, verify_file
+from .sources import SourceMismatch, planned_tables, verify_file
 
 STAGING = ".sanitrace-source"
 
@@ -97,6 +97,7 @@ class HubSource:
                 f"{human_bytes(needs.peak)}"
             )
         self.cached = needs.cached
+        self._tables = planned_tables(plan)
         self.sizes = needs.sizes
         self.disk_budget = needs.budget
         self.paths = [self.cached.get(i) or os.path.join(self.folder, f.name)
@@ -124,7 +125,7 @@ class HubSource:
 
         def check_one(i: int) -> None:
             if i in self.cached:
-                verify_file(self.plan, i, self.cached[i])
+                verify_file(self.plan, i, self.cached[i], self._tables[i])
                 return
             header = hub.read_header_bytes(self.repo, files[i].name)
             if hashlib.sha256(header[8:]).hexdigest() != files[i].header_sha256:
@@ -253,7 +254,7 @@ class HubSource:
                     os.makedirs(os.path.dirname(self.paths[f]), exist_ok=True)
                     hub.download_file(self.repo, name, self.paths[f], on_bytes=self._on_bytes)
                 try:
-                    verify_file(self.plan, f, self.paths[f])
+                    verify_file(self.plan, f, self.paths[f], self._tables[f])
                 except SourceMismatch:
                     os.unlink(self.paths[f])  # the Hub's bytes are not the plan's: never reused
                     raise

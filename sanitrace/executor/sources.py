@@ -45,15 +45,25 @@ class SourceMismatch(ValueError):
 
 def verify_sources(plan: Plan, paths: List[str]) -> None:
     """``verify_file`` for every source file of the plan (``paths[i]`` is file i)."""
+    tables = planned_tables(plan)
     for i, path in enumerate(paths):
-        verify_file(plan, i, path)
+        verify_file(plan, i, path, tables[i])
 
 
-def verify_file(plan: Plan, index: int, path: str) -> None:
+def planned_tables(plan: Plan) -> List[list]:
+    """Per source file, the plan's (name, dtype, shape, begin, end) of its tensors,
+    in data order: what ``verify_file`` compares a header with (built once per plan)."""
+    tables: List[list] = [[] for _ in plan.source.files]
+    for t in plan.source.tensors:
+        tables[t.file].append((t.name, t.dtype, t.shape, t.begin, t.end))
+    return tables
+
+
+def verify_file(plan: Plan, index: int, path: str, planned: list) -> None:
     """Source file ``index`` exists at ``path`` with the plan's header and full
-    length, and the plan's tensor table for it is the one that header gives
-    (names, dtypes, shapes, offsets): what the executor reads is derived from
-    the real header."""
+    length, and ``planned`` (its ``planned_tables`` entry) is the tensor table
+    that header gives (names, dtypes, shapes, offsets): what the executor reads
+    is derived from the real header."""
     entry = plan.source.files[index]
     if not os.path.isfile(path):
         raise SourceMismatch(f"{path}: missing (the plan reads it)")
@@ -67,7 +77,6 @@ def verify_file(plan: Plan, index: int, path: str) -> None:
     if size < entry.size:
         raise SourceMismatch(f"{path}: truncated: {size} bytes, its header needs {entry.size}")
     table = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in header.in_data_order()]
-    planned = [(t.name, t.dtype, t.shape, t.begin, t.end) for t in plan.source.tensors if t.file == index]
     if table != planned:
         raise SourceMismatch(f"{path}: the plan's tensor table does not match this file's header")
 
