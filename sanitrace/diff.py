@@ -23,6 +23,11 @@ def _files(plan: Plan, kind: str) -> Dict[str, bytes]:
     return {f.name: f.data for f in plan.files if f.kind == kind}
 
 
+def _side_files(plan: Plan) -> Dict[str, tuple]:
+    """The plan's files besides the shards: name -> what determines their bytes."""
+    return {f.name: (f.kind, f.data, f.base, f.sha256) for f in plan.files if f.kind != "safetensors"}
+
+
 def _fields(label: str, old: dict, new: dict) -> List[str]:
     return [
         f"{label}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
@@ -67,6 +72,10 @@ def diff(old: Plan, new: Plan) -> List[str]:
             lines.append(f"{title} ({len(items)}):")
             lines += [f"  {mark} {line}" for line in collapse_numbers(items)]
 
+    for what, a, b in (("loads", old.accounting.loads, new.accounting.loads),
+                       ("tokenizer", old.accounting.tokenizer or "written", new.accounting.tokenizer or "written")):
+        if a != b:
+            lines.append(f"{what}: {a} -> {b}")
     old_dropped = {(d.name, d.reason) for d in old.accounting.dropped}
     new_dropped = {(d.name, d.reason) for d in new.accounting.dropped}
     for title, items, mark in (
@@ -85,7 +94,7 @@ def diff(old: Plan, new: Plan) -> List[str]:
             f"memory: predicted peak {human_bytes(old.memory.predicted_peak)} -> "
             f"{human_bytes(new.memory.predicted_peak)}"
         )
-    old_texts, new_texts = _files(old, "text"), _files(new, "text")
+    old_texts, new_texts = _side_files(old), _side_files(new)
     for name in sorted(old_texts.keys() | new_texts.keys()):
         if old_texts.get(name) != new_texts.get(name):
             lines.append(f"{name}: content changed")

@@ -26,8 +26,9 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .safetensors_format import SafetensorsError
 
-# small files the libraries read when converting (mlx_lm's download patterns, no code)
-SMALL_FILE_PATTERN = re.compile(r"[^/]+\.(json|jsonl|jinja|txt|model|tiktoken)")
+# the small files the libraries download besides weights (mlx_lm's download patterns);
+# a trace reads them, and the output copies or re-saves some (tokenizer, *.py)
+SMALL_FILE_PATTERN = re.compile(r"[^/]+\.(json|jsonl|jinja|txt|model|tiktoken|py)")
 MAX_SMALL_FILE_BYTES = 64 << 20
 MAX_HEADER_BYTES = 100 << 20  # as safetensors itself
 HEADER_THREADS = 8  # safetensors headers read at once by fetch_headers
@@ -144,7 +145,7 @@ def fetch_headers(repo: RemoteRepo, folder: str, cache_dir: Optional[str] = None
 
 def small_files(repo: RemoteRepo) -> List[str]:
     """The repo's small top-level files the libraries download besides weights
-    (config, tokenizer, chat template, ...; never code), in name order."""
+    (config, tokenizer, chat template, *.py, ...), in name order."""
     return sorted(name for name, remote in repo.files.items()
                   if SMALL_FILE_PATTERN.fullmatch(name) and remote.size <= MAX_SMALL_FILE_BYTES)
 

@@ -61,8 +61,20 @@ def load_error(plan: Plan) -> Optional[str]:
     return None
 
 
+def load_verdict(plan: Plan) -> str:
+    """What a plan records: "yes", "no: <load_error>" or "unchecked: <why>"."""
+    try:
+        problem = load_error(plan)
+    except LoadCheckFailed as e:
+        return f"unchecked: {e}"
+    return "yes" if problem is None else f"no: {problem}"
+
+
 def _write_header_only(plan: Plan, folder: str) -> None:
+    """The plan's text files and shard headers (sparse, full size); no source-made files."""
     for f in plan.files:
+        if f.kind == "source":
+            continue
         path = os.path.join(folder, f.name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as out:
@@ -94,7 +106,7 @@ def _explain(model, weights: dict, config: dict) -> str:
         name = wrong[0]
         part = (f"{len(wrong)} parameters of the wrong shape, first {name}: the model expects "
                 f"{tuple(expected[name].shape)}, the output has {tuple(weights[name].shape)}")
-        parts.append(part + _quantization_why(model, weights, name, config))
+        parts.append(part + _quantization_why(model, weights, expected, name, config))
     if missing:
         parts.append(f"{len(missing)} model parameters not in the output, first {missing[0]}")
     if extra:
@@ -102,8 +114,10 @@ def _explain(model, weights: dict, config: dict) -> str:
     return "; ".join(parts)
 
 
-def _quantization_why(model, weights: dict, name: str, config: dict) -> str:
-    """For a parameter of a quantized module: config group size / bits vs the tensors'."""
+def _quantization_why(model, weights: dict, expected: dict, name: str, config: dict) -> str:
+    """For a parameter of a quantized module: the mode, group size and bits that
+    config.json builds it with (its own entry or the global one) vs what the
+    output's tensors imply (input width from the model's own weight)."""
     path = name.rsplit(".", 1)[0]
     module = model
     try:
@@ -114,11 +128,16 @@ def _quantization_why(model, weights: dict, name: str, config: dict) -> str:
         return ""
     bits, group_size = getattr(module, "bits", None), getattr(module, "group_size", None)
     weight, scales = weights.get(f"{path}.weight"), weights.get(f"{path}.scales")
-    if not bits or not group_size or weight is None or scales is None or not scales.shape:
+    model_weight = expected.get(f"{path}.weight")
+    if not bits or not group_size or weight is None or scales is None or model_weight is None or not scales.shape:
         return ""
-    in_dims = weight.shape[-1] * 32 // bits
-    implied = in_dims // scales.shape[-1] if scales.shape[-1] else 0
+    in_dims = model_weight.shape[-1] * 32 // bits
+    implied_bits = weight.shape[-1] * 32 // in_dims if in_dims else 0
+    implied_group = in_dims // scales.shape[-1] if scales.shape[-1] else 0
     quantization = config.get("quantization") or {}
-    return (f" (config.json quantization group_size {quantization.get('group_size')}, bits "
-            f"{quantization.get('bits')}: the module is built with group_size {group_size}; "
-            f"its tensors imply group_size {implied})")
+    entry = quantization.get(path) or quantization.get(path.removeprefix("language_model."))
+    which = "its own entry" if isinstance(entry, dict) else "the global entry"
+    biases = ", with biases" if f"{path}.biases" in weights else ""
+    return (f" (config.json quantization, {which}, builds the module {getattr(module, 'mode', 'affine')} "
+            f"group_size {group_size}, bits {bits}; its tensors imply group_size {implied_group}, "
+            f"bits {implied_bits}{biases})")

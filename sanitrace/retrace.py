@@ -5,7 +5,9 @@ shapes, offsets, header lengths and metadata) and the small files the library
 read (config.json, ...). ``rebuild_source`` writes a header-only model folder
 from it; ``retrace`` traces that folder with the plan's library and options,
 so a sanitize change upstream shows up as a plan diff. The model card of a
-plan traced from a Hub repo id is kept as recorded (see ``hub_card``).
+plan traced from a Hub repo id is kept as recorded (see ``hub_card``), and so
+are the files made from the source's tokenizer and side files (see
+``keep_side_files``): the plan does not carry the files they are made from.
 
 The rebuilt headers are the same facts in sanitrace's own JSON spelling, so
 their sha256 differs from the originals: the re-traced plan keeps the recorded
@@ -22,6 +24,7 @@ from typing import Optional
 from . import plan as plan_ir
 from .plan.checks import check_name
 from .planner import build_plan
+from .planner.side_files import GENERATED
 from .tracer import CUSTOM_PREDICATE, ConvertOptions, trace
 
 
@@ -116,12 +119,24 @@ def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan
     recorded = {f.name: f.header_sha256 for f in plan.source.files}
     files = tuple(f._replace(header_sha256=recorded.get(f.name, f.header_sha256)) for f in fresh.source.files)
     fresh = dataclasses.replace(fresh, source=fresh.source._replace(files=files))
+    fresh = keep_side_files(fresh, plan)
     card = hub_card(plan)
     if card is not None:
         outputs = tuple(f._replace(data=card, size=len(card)) if f.name == "README.md" and f.kind == "text" else f
                         for f in fresh.files)
         fresh = dataclasses.replace(fresh, files=outputs)
     return fresh
+
+
+def keep_side_files(fresh: plan_ir.Plan, plan: plan_ir.Plan) -> plan_ir.Plan:
+    """``fresh`` with ``plan``'s files besides the shards and the ones convert
+    generates (config.json, the index, README.md), and its tokenizer note."""
+    shards = [f for f in fresh.files if f.kind == "safetensors"]
+    generated = [f for f in fresh.files if f.kind != "safetensors" and f.name in GENERATED]
+    recorded = [f for f in plan.files if f.kind != "safetensors" and f.name not in GENERATED]
+    files = tuple(shards + sorted(generated + recorded, key=lambda f: f.name))
+    accounting = fresh.accounting._replace(tokenizer=plan.accounting.tokenizer)
+    return dataclasses.replace(fresh, files=files, accounting=accounting)
 
 
 def hub_card(plan: plan_ir.Plan) -> Optional[bytes]:

@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Dict, List, Optional
 
-from .plan import Group, Node, Output, Plan, Ref, Slot, chunk_rows, dtype_name
+from .plan import Group, Node, Output, OutputFile, Plan, Ref, Slot, chunk_rows, dtype_name
 
 _NUMBER = re.compile(r"\d+")
 _INFIX = {"__add__": "+", "__sub__": "-", "__mul__": "*", "__truediv__": "/", "__matmul__": "@",
@@ -254,7 +254,24 @@ def header_lines(plan: Plan) -> List[str]:
         f"memory: predicted peak {human_bytes(mem.predicted_peak)} at budget {human_bytes(mem.budget)}",
         f"accounting: {acc.source_tensors} source tensors = {acc.used_sources} used + "
         f"{len(acc.dropped)} dropped; {acc.outputs} outputs; strict load {acc.strict_load}",
+        f"loads: {loads_text(acc.loads, plan.library)}",
+        f"side files: {', '.join(side_file_text(f) for f in plan.files if f.kind != 'safetensors') or 'none'}"
+        + (f"; no tokenizer files: {acc.tokenizer}" if acc.tokenizer else ""),
     ]
+
+
+def loads_text(loads: str, library: str) -> str:
+    """``yes`` / ``no (why)`` / ``unchecked (why)``: the plan's load-check verdict."""
+    verdict, _, why = loads.partition(": ")
+    return f"{verdict} ({library}.load, strict)" if not why else f"{verdict} ({why})"
+
+
+def side_file_text(f: OutputFile) -> str:
+    if f.kind == "text":
+        return f.name
+    if not f.edits:
+        return f"{f.name} (copied)"
+    return f"{f.name} ({f.base} + {len(f.edits)} edit{'s' if len(f.edits) > 1 else ''})"
 
 
 def render(plan: Plan, full: bool = False) -> str:
@@ -281,10 +298,14 @@ def file_lines(plan: Plan) -> List[str]:
     for f in plan.files:
         if f.kind == "safetensors":
             lines.append(f"{f.name}: shard, {f.size} bytes, metadata {f.metadata!r}")
+        elif f.kind == "source":
+            edited = f" with {len(f.edits)} edits ({sum(len(e[2]) for e in f.edits)} bytes)" if f.edits else ""
+            lines.append(f"{f.name}: the source's {f.base} ({f.base_size} bytes){edited}, {f.size} bytes, "
+                         f"sha256:{f.sha256}")
         else:
             lines.append(f"{f.name}: text, {f.size} bytes, sha256:{hashlib.sha256(f.data).hexdigest()}")
-    copied = "top-level files and sub-folders" if plan.copy_subdirectories else "top-level files"
-    lines.append(f"copied from the source folder: its other {copied}")
+    if plan.copy_subdirectories:
+        lines.append("copied from the source folder: every sub-folder, whole")
     return lines
 
 

@@ -87,19 +87,48 @@ def test_resume_refuses_a_partial_from_another_plan(qplan, checkpoints, tmp_path
         execute(qplan, src, str(tmp_path / "out"), resume=True, progress=False)
 
 
-def test_copies_non_weight_files_only(checkpoints, tmp_path):
+@pytest.mark.parametrize("library", ["mlx_lm", "mlx_vlm"])
+def test_writes_the_files_the_library_writes(library, checkpoints, tmp_path):
+    """The same file set as eager, every file byte-equal but the shard layout
+    (compare_folders): mlx_lm copies *.py and generation_config.json and re-saves
+    the tokenizer; mlx_vlm copies every *.py / *.json and re-saves the processor.
+    Neither copies a licence; the tokenizer's re-save is a plan edit, not a copy."""
+    from sanitrace.check import eager_convert
+
     src = copy_tree(checkpoints["llama"], tmp_path / "src")
     (src / "LICENSE").write_text("license text")
     (src / "chat_template.jinja").write_text("{{ messages }}")
     (src / "pytorch_model.bin").write_bytes(b"\0" * 16)
     (src / "README.md").write_text("the hub's card, replaced by the mlx card")
-    plan = build_plan(trace(str(src), ConvertOptions()))
+    (src / "helper.py").write_text("# remote code the library copies\n")
+    (src / "extra.json").write_text('{"copied by": "mlx_vlm"}')
+    assert eager_convert(str(src), str(tmp_path / "eager"), library, []) is None
+    plan = build_plan(trace(str(src), ConvertOptions(), library))
+    made = {f.name: f for f in plan.files if f.kind == "source"}
+    assert "helper.py" in made and not made["helper.py"].edits
     execute(plan, str(src), str(tmp_path / "out"), progress=False)
     names = set(os.listdir(tmp_path / "out"))
-    assert {"LICENSE", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json", "config.json", "model.safetensors",
-            "model.safetensors.index.json", "README.md"} == names
+    assert names == set(os.listdir(tmp_path / "eager"))
+    assert "LICENSE" not in names and "pytorch_model.bin" not in names
+    assert ("extra.json" in names) == (library == "mlx_vlm")
+    assert compare_folders(str(tmp_path / "eager"), str(tmp_path / "out")) == []
     assert "library_name: mlx" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("change", ["edit", "truncate", "delete"])
+def test_a_changed_side_file_is_refused_before_anything_is_written(change, checkpoints, tmp_path):
+    src = copy_tree(checkpoints["llama"], tmp_path / "src")
+    plan = build_plan(trace(str(src), ConvertOptions()))
+    assert any(f.kind == "source" and f.base == "generation_config.json" for f in plan.files)
+    path = src / "generation_config.json"
+    if change == "delete":
+        path.unlink()
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b"1", b"2", 1) if change == "edit" else data[:-1])
+    with pytest.raises(SourceMismatch, match="generation_config.json: "):
+        execute(plan, str(src), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_shards_are_aligned_and_readable_by_safetensors(qplan, checkpoints, tmp_path):

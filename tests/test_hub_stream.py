@@ -136,8 +136,12 @@ def _plan(hub: HubServer, tmp_path: Path) -> Path:
 
 
 def test_remote_trace_reads_headers_only_and_is_the_trace_of_a_local_copy(hub, checkpoint, tmp_path):
-    """The plan from remote headers is byte-identical to the plan traced from the
-    repo downloaded into the cache (offline: the same input, a local copy)."""
+    """The plan from remote headers is the plan traced from the repo downloaded
+    into the cache (offline: the same input, a local copy), but for the one
+    thing the library itself records differently offline: the re-saved
+    tokenizer_config.json's local_files_only."""
+    import json
+
     from huggingface_hub import snapshot_download
 
     plan = _plan(hub, tmp_path)
@@ -148,7 +152,13 @@ def test_remote_trace_reads_headers_only_and_is_the_trace_of_a_local_copy(hub, c
     env = dict(env_for(hub, cache), HF_HUB_OFFLINE="1")
     proc = sanitrace("trace", REPO, "-o", "local.msgpack", "-q", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert plan.read_bytes() == (tmp_path / "local.msgpack").read_bytes()
+    remote, local = plan_ir.load(str(plan)), plan_ir.load(str(tmp_path / "local.msgpack"))
+    differ = [(a, b) for a, b in zip(remote.files, local.files) if a != b]
+    assert [a.name for a, _ in differ] == ["tokenizer_config.json"] and len(remote.files) == len(local.files)
+    a, b = (json.loads(f.data) for f in differ[0])
+    assert (a.pop("local_files_only"), b.pop("local_files_only")) == (False, True) and a == b
+    same = [remote.graph.rows == local.graph.rows, remote.outputs == local.outputs, remote.source == local.source]
+    assert all(same)
     # retrace, from the plan alone (no network), keeps the repo's model card
     proc = sanitrace("retrace", str(plan), env=dict(env, HF_ENDPOINT="http://127.0.0.1:9"), cwd=tmp_path)
     assert proc.returncode == 0 and "fresh" in proc.stdout, proc.stdout + proc.stderr
@@ -251,7 +261,7 @@ def test_a_moved_revision_is_detected_on_resume(hub, checkpoint, tmp_path):
     import shutil
 
     shutil.copytree(checkpoint, moved)
-    (moved / "generation_config.json").write_text('{"moved": true}')
+    (moved / "NOTES.txt").write_text("a new commit: every file the plan reads is unchanged")
     # interrupt after the journal exists: a corrupted last shard stops the run
     last = sorted(p.name for p in checkpoint.glob("*.safetensors"))[-1]
     hub.faults.corrupt(last)
@@ -270,6 +280,26 @@ def test_a_moved_revision_is_detected_on_resume(hub, checkpoint, tmp_path):
                      "--resume", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "config.json").exists()
+
+
+def test_a_side_file_changed_on_the_hub_is_refused_before_anything_is_written(hub, checkpoint, tmp_path):
+    """generation_config.json is an output file the plan makes from the repo's
+    (a copy): a new commit that changes it is refused, in one line, at the start."""
+    import shutil
+
+    env = env_for(hub, tmp_path / "hf")
+    plan = _plan(hub, tmp_path)
+    moved = tmp_path / "moved"
+    shutil.copytree(checkpoint, moved)
+    (moved / "generation_config.json").write_text('{"moved": true}')
+    hub.set_revision(REPO, "main", str(moved))
+    hub.reset_log()
+    proc = sanitrace("execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    (line,) = errors(proc)
+    assert "generation_config.json" in line and "the plan was traced from" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert not data_gets(hub, sorted(p.name for p in checkpoint.glob("*.safetensors"))[0])
 
 
 def test_transient_errors_are_retried_everywhere(hub, checkpoint, eager_from_hub, tmp_path):
@@ -295,7 +325,8 @@ def test_a_gated_repo_converts_with_hf_token_and_lfs_redirects(checkpoint, eager
                          env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert any(r.path.startswith("/__cdn__/") for r in hub.requests)
-    assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
+    # the model card names the repo it was converted from: org/gated here
+    assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == ["README.md: bytes differ"]
     assert "base_model: org/gated" in (tmp_path / "out" / "README.md").read_text()
 
 

@@ -228,8 +228,9 @@ def test_symlinks_and_links_planted_in_partial_are_not_written_through(vlm, tmp_
 
 def test_fifo_in_source_is_refused_not_opened(lm, tmp_path):
     src = copy_tree(lm["src"], tmp_path / "src")
-    os.mkfifo(src / "tokenizer.model")
-    with pytest.raises(SourceMismatch, match="tokenizer.model: not a regular file") as e:
+    (src / "generation_config.json").unlink()  # a file the plan makes an output file from
+    os.mkfifo(src / "generation_config.json")
+    with pytest.raises(SourceMismatch, match="generation_config.json: not a regular file") as e:
         execute(lm["plan"], str(src), str(tmp_path / "out"), progress=False)
     one_line(e.value)
     assert sorted(os.listdir(tmp_path)) == ["src"]

@@ -86,7 +86,7 @@ def test_proxies_are_mx_arrays_inside_sanitize(checkpoints, tmp_path, eager):
     assert any(node.op == "mx.array" for node in plan.nodes)
     out = tmp_path / "out"
     execute(plan, str(folder), str(out), progress=False)
-    assert compare_folders(str(eager(checkpoints["qwen3_moe"], [])), str(out)) == []
+    assert compare_folders(str(eager(folder, ["--trust-remote-code"])), str(out)) == []
 
 
 VALUE_CHECK = """
@@ -209,7 +209,7 @@ def test_convert_via_cli_matches_eager_with_custom_model(checkpoints, tmp_path, 
             return super().sanitize(weights)
     """)
     out = sanitrace_convert(folder, tmp_path / "out", ["-q", "--trust-remote-code"])
-    assert compare_folders(str(eager(checkpoints["qwen3_moe"], ["-q"])), str(out)) == []
+    assert compare_folders(str(eager(folder, ["-q", "--trust-remote-code"])), str(out)) == []
     assert os.path.exists(out / "custom_model.py")  # *.py files are copied, as eager does
 
 

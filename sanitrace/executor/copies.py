@@ -1,30 +1,53 @@
-"""What execute copies from the source folder besides the plan's own files.
+"""What execute takes from the source folder besides the tensors.
 
-Like the libraries' convert: the top-level non-weight files (tokenizer, chat
-template, generation config, licence, ...) and, for mlx_vlm, every sub-folder.
-Listed before any work, so their size counts in the free-space check and a
-special file is refused before anything is created.
+- The files the plan makes from source files ("source" entries: a copied
+  ``*.py``, a re-saved tokenizer.json): ``made_file`` builds their bytes and
+  checks them against the plan's digest.
+- For mlx_vlm, every sub-folder of the source, copied whole as its convert
+  does. Listed before any work, so their size counts in the free-space check
+  and a special file is refused before anything is created.
 """
 
+import hashlib
 import os
 import stat
 from typing import List, Tuple
 
-from ..plan import Plan
+from ..plan import OutputFile, Plan
+from ..plan.edits import apply_edits
 from .sources import SourceMismatch
 
-# never copied: weights, and the files the libraries' save code writes itself
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".npz", ".msgpack")
-WRITTEN = frozenset(["model.safetensors.index.json", "config.json", "README.md"])
+
+def made_file(f: OutputFile, path: str) -> bytes:
+    """The bytes of plan file ``f`` (kind "source"), made from the source file at
+    ``path``; SourceMismatch when that file is not the one the plan was traced from."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO is refused, never waited on
+    except OSError as e:
+        raise SourceMismatch(f"{path}: {e.strerror}; the output's {f.name} is made from it") from None
+    try:
+        regular_size(path, os.fstat(fd))
+        with os.fdopen(fd, "rb", closefd=False) as src:
+            base = src.read(f.base_size + 1)
+    except OSError as e:
+        raise SourceMismatch(f"{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(base) != f.base_size:
+        raise SourceMismatch(f"{path}: {len(base)} bytes, the plan was traced from a {f.base_size}-byte file")
+    data = apply_edits(base, f.edits)
+    if hashlib.sha256(data).hexdigest() != f.sha256:
+        raise SourceMismatch(f"{path}: differs from the file the plan was traced from (the output's {f.name} "
+                             "would not be the library's)")
+    return data
 
 
 def copies(source_dir: str, plan: Plan) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """The source's sub-folders and (file, size) to copy: top-level files that are
-    neither weights nor written by the plan, and every sub-folder whole when the
-    plan's library copies them. Symlinks are followed (dangling ones skipped); a
-    special file or a symlink loop is refused (SourceMismatch, never opened)."""
+    """The source's sub-folders and the (file, size) in them, when the plan's
+    library copies sub-folders whole (else nothing). Symlinks are followed
+    (dangling ones skipped); a special file or a symlink loop is refused
+    (SourceMismatch, never opened)."""
     subfolders = plan.copy_subdirectories
-    written = {f.name for f in plan.files} | WRITTEN
     dirs: List[str] = []
     files: List[Tuple[str, int]] = []
 
@@ -50,7 +73,7 @@ def copies(source_dir: str, plan: Plan) -> Tuple[List[str], List[Tuple[str, int]
                 if rel or subfolders:
                     dirs.append(sub)
                     walk(sub, seen | {(st.st_dev, st.st_ino)})
-            elif rel or not (name.endswith(_WEIGHT_SUFFIXES) or name in written):
+            elif rel:
                 files.append((sub, regular_size(path, st)))
 
     walk("", frozenset())

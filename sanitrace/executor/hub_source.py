@@ -27,7 +27,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 from .. import hub
 from ..plan import Plan
 from ..show import human_bytes
-from .copies import WRITTEN
+from .copies import made_file
 from .progress import progress_bar
 from .schedule import Schedule, held_peak, schedule
 from .sources import SourceMismatch, planned_tables, verify_file
@@ -106,7 +106,6 @@ class HubSource:
         self.source_bytes = sum(repo.files[f.name].size for f in plan.source.files)
         self.downloaded = 0
         self.peak_held = 0
-        self._copies: List[Tuple[str, int]] = []
         self._copy_paths: Dict[str, str] = {}
         self._cond = threading.Condition()
         self._present: set = set()
@@ -138,13 +137,15 @@ class HubSource:
         self._fetch_copies()
 
     def _fetch_copies(self) -> None:
-        """The repo's small files (hub.small_files: what the libraries download
-        besides weights) that the output copies, fetched into the huggingface_hub cache."""
-        written = {f.name for f in self.plan.files} | WRITTEN
-        for name in hub.small_files(self.repo):
-            if name not in written:
-                self._copies.append((name, self.repo.files[name].size))
-                self._copy_paths[name] = hub.download_small(self.repo, name, self.cache_dir)
+        """The repo files the plan makes output files from, fetched into the
+        huggingface_hub cache and checked against the plan."""
+        for f in self.plan.files:
+            if f.kind != "source" or f.base in self._copy_paths:
+                continue
+            if f.base not in self.repo.files:
+                raise SourceMismatch(f"{self.repo.label}: has no {f.base}, which the output's {f.name} is made from")
+            self._copy_paths[f.base] = hub.download_small(self.repo, f.base, self.cache_dir)
+            made_file(f, self._copy_paths[f.base])
 
     def identity(self) -> Dict[str, list]:
         """[size, commit, sha256] of each source file: a moved revision is a change."""
@@ -162,7 +163,7 @@ class HubSource:
         return ""
 
     def copies(self) -> Tuple[List[str], List[Tuple[str, int]]]:
-        return [], list(self._copies)
+        return [], []
 
     def copy_path(self, rel: str) -> str:
         return self._copy_paths[rel]

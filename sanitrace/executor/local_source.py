@@ -4,7 +4,7 @@ import os
 from typing import Dict, List, Tuple
 
 from ..plan import Plan
-from .copies import copies
+from .copies import copies, made_file
 from .sources import verify_sources
 
 
@@ -31,6 +31,9 @@ class LocalSource:
 
     def check(self) -> None:
         verify_sources(self.plan, self.paths)
+        for f in self.plan.files:
+            if f.kind == "source":
+                made_file(f, self.copy_path(f.base))
 
     def identity(self) -> Dict[str, List]:
         """[size, mtime_ns, inode, device] of each source file the plan reads."""

@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from ..plan import Output, OutputFile, Plan
 from ..show import human_bytes
 from . import journal
-from .copies import regular_size
+from .copies import made_file, regular_size
 from .journal import JOURNAL
 from .sources import SourceMismatch
 
@@ -164,7 +164,7 @@ class OutputWriter:
     def _check_space(self) -> None:
         """Refuse when the disk lacks the bytes still to allocate or write."""
         need = sum(f.size - self._allocated(f) for f in self.plan.shards)
-        need += sum(f.size for f in self.plan.files if f.kind == "text")
+        need += sum(f.size for f in self.plan.files if f.kind != "safetensors")
         need += sum(size for _, size in self._copy_files)
         need += self.source.space_needed
         where = self.partial if self._dirs else os.path.dirname(self.out_dir)
@@ -303,9 +303,10 @@ class OutputWriter:
                 with self._faults(self.plan.files[i].name):
                     os.fsync(fd)
             for f in self.plan.files:
-                if f.kind == "text":
+                if f.kind != "safetensors":
+                    data = f.data if f.kind == "text" else made_file(f, self.source.copy_path(f.base))
                     with self._faults(f.name):
-                        self._replace(f.name, [f.data])
+                        self._replace(f.name, [data])
             with self._faults(""):
                 for rel in self._copy_dirs:
                     self._folder(rel)

@@ -139,6 +139,8 @@ def check_plan(plan: Plan) -> None:
     seen = set()
     for f in plan.files:
         check_name(f.name, "output file")
+        if f.kind == "source":
+            check_name(f.base, f"the source file of {f.name!r}")
         if f.name in seen:
             raise PlanError(f"output file {f.name!r} appears twice")
         seen.add(f.name)

@@ -25,7 +25,7 @@ from .ops import PlanError, is_allowed
 from .types import Node, Plan, Ref, Slot, SourceFile, SourceTensor
 
 FORMAT = "sanitrace-plan"
-VERSION = 2
+VERSION = 3
 MAX_PLAN_BYTES = 1 << 30
 
 # ext type codes (application range 0..127)
@@ -320,6 +320,9 @@ def dumps(plan: Plan) -> bytes:
     for f in plan.files:
         if f.kind == "safetensors":
             files.append({"kind": f.kind, "metadata": f.metadata, "name": f.name, "size": f.size})
+        elif f.kind == "source":
+            files.append({"base": f.base, "base_size": f.base_size, "edits": [list(e) for e in f.edits],
+                          "kind": f.kind, "name": f.name, "sha256": f.sha256})
         else:
             files.append({"data": f.data, "kind": f.kind, "name": f.name})
     body = {

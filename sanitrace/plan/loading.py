@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 from . import gc_paused
 from .checks import check_depth, check_plan, derive_shard, fields, integer, items, text
+from .edits import edited_size
 from .format import FORMAT, MAX_PLAN_BYTES, VERSION, decode_graph, decode_tensors, unpack
 from .infer import check_avals
 from .ops import PlanError
@@ -80,6 +81,8 @@ def _files(rows, outputs: Tuple[Output, ...]) -> Tuple[OutputFile, ...]:
             if not isinstance(data, bytes):
                 raise PlanError(f"text file {name!r}: data is not bytes")
             files.append(OutputFile(text(name, "a file name"), "text", len(data), data=data))
+        elif isinstance(f, dict) and f.get("kind") == "source":
+            files.append(_source_made(f))
         elif isinstance(f, dict) and f.get("kind") == "safetensors":
             _, metadata, name, size = fields(f, "a shard", ("kind", "metadata", "name", "size"))
             shard = OutputFile(text(name, "a shard name"), "safetensors", integer(size, "a shard size"),
@@ -88,6 +91,19 @@ def _files(rows, outputs: Tuple[Output, ...]) -> Tuple[OutputFile, ...]:
         else:
             raise PlanError("an output file has an unknown kind")
     return tuple(files)
+
+
+def _source_made(f: dict) -> OutputFile:
+    """A file made from a source file (see edits.py); its size is derived."""
+    base, base_size, edits, _, name, digest = fields(
+        f, "a source-made file", ("base", "base_size", "edits", "kind", "name", "sha256"))
+    name = text(name, "a file name")
+    edits = tuple(tuple(items(e, f"file {name!r}: an edit", 3)) for e in items(edits, f"file {name!r}: edits"))
+    base_size = integer(base_size, f"file {name!r}: base_size")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise PlanError(f"file {name!r}: sha256 is not a hex digest")
+    return OutputFile(name, "source", edited_size(base_size, edits), base=text(base, f"file {name!r}: base"),
+                      base_size=base_size, edits=edits, sha256=digest)
 
 
 def _groups(rows) -> Tuple[Group, ...]:
@@ -123,7 +139,7 @@ def _from_raw(raw) -> Plan:
             raise PlanError("a guard has no node reference")
         check_depth(value, "a guard value")
         guard_list.append(Guard(ref, text(method, "a guard method"), value))
-    source_tensors, used, dropped_raw, n_outputs, strict, loaded = fields(
+    source_tensors, used, dropped_raw, n_outputs, strict, loaded, loads, tokenizer = fields(
         accounting, "accounting", Accounting._fields)
     dropped = []
     for entry in items(dropped_raw, "dropped sources"):
@@ -152,7 +168,8 @@ def _from_raw(raw) -> Plan:
             Memory._fields, fields(memory, "memory", Memory._fields)))),
         accounting=Accounting(
             integer(source_tensors, "accounting"), integer(used, "accounting"), tuple(dropped),
-            integer(n_outputs, "accounting"), text(strict, "accounting"), integer(loaded, "accounting")),
+            integer(n_outputs, "accounting"), text(strict, "accounting"), integer(loaded, "accounting"),
+            text(loads, "accounting"), text(tokenizer, "accounting")),
     )
     plan.__dict__["nodes"] = nodes  # the cached_property, already decoded and checked
     check_plan(plan)

@@ -92,11 +92,15 @@ class Output(NamedTuple):
 
 class OutputFile(NamedTuple):
     name: str  # relative to the output folder
-    kind: str  # "safetensors" or "text"
-    size: int  # shards: header + data; text: len(data)
+    kind: str  # "safetensors", "text" (bytes in the plan) or "source" (a source file, edited)
+    size: int  # shards: header + data; text: len(data); source: derived from base_size and edits
     metadata: Optional[Dict[str, str]] = None  # shards
     header: bytes = b""  # shards: the bytes before the data, derived from the outputs
     data: bytes = b""  # text files
+    base: str = ""  # source: the source file it is made from (relative to the source folder)
+    base_size: int = 0  # source: that file's size
+    edits: Tuple[Tuple[int, int, bytes], ...] = ()  # source: (begin, end, bytes) replacements, ascending
+    sha256: str = ""  # source: of the bytes written
 
 
 class Group(NamedTuple):
@@ -132,6 +136,8 @@ class Accounting(NamedTuple):
     outputs: int
     strict_load: str
     loaded_parameters: int
+    loads: str = ""  # "yes", "no: why" or "unchecked: why" (the library's own loader on the output)
+    tokenizer: str = ""  # "" when the tokenizer/processor files are written, else why they are not
 
 
 class Graph(NamedTuple):

@@ -1,9 +1,11 @@
 """Turn a trace into an executable plan (see docs/plan-format.md)."""
 
+import dataclasses
 from typing import Dict
 
 from .. import __version__
-from ..plan import BASELINE_BYTES, VERSION, Graph, Guard, Memory, OutputFile, Plan, Ref, Source
+from ..plan import BASELINE_BYTES, VERSION, Graph, Guard, Memory, Plan, Ref, Source
+from ..load_check import load_verdict
 from ..plan.format import encode_graph
 from ..tracer import TraceResult
 from ..versions import installed_version
@@ -11,6 +13,7 @@ from .accounting import account
 from .chunking import plan_groups, predicted_peak
 from .graph import canonical_order, source_table
 from .layout import output_files
+from .side_files import side_files
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
@@ -37,11 +40,10 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
     accounting = account(result.nodes, remap, tensor_index, result.loaded_keys, outputs)
     outputs = [o._replace(ref=Ref(remap[o.ref.node], o.ref.out)) for o in outputs]
     guards = [Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"]) for g in result.guards]
-    for name in sorted(result.text_files):
-        data = result.text_files[name]
-        out_files.append(OutputFile(name, "text", len(data), data=data))
+    out_files += side_files(result.text_files, result.side_bases)
+    accounting = accounting._replace(tokenizer=_tokenizer_note(result))
     peak, worst = predicted_peak(groups, memory_budget)
-    return Plan(
+    plan = Plan(
         version=VERSION,
         versions=library_versions(),
         library=result.library,
@@ -56,3 +58,13 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
         memory=Memory(memory_budget, BASELINE_BYTES, peak, worst),
         accounting=accounting,
     )
+    return dataclasses.replace(plan, accounting=accounting._replace(loads=load_verdict(plan)))
+
+
+def _tokenizer_note(result: TraceResult) -> str:
+    """Why no tokenizer/processor files are written ("" when they are)."""
+    if not result.tokenizer_error:
+        return ""
+    loader = "load_tokenizer" if result.library == "mlx_lm" else "load_processor"
+    return (f"{result.library}.utils.{loader} cannot load this source's tokenizer ({result.tokenizer_error}); "
+            f"{result.library}.convert fails the same way before writing anything")

@@ -77,7 +77,9 @@ class TraceResult:
     guards: List[dict]
     headers: Dict[str, Header]
     shards: List[tuple]  # (file name, [(tensor name, Ref)], metadata)
-    text_files: Dict[str, bytes]
+    text_files: Dict[str, bytes]  # every file the library wrote besides the shards
+    side_bases: Dict[str, bytes] = field(default_factory=dict)  # source files named like a written file
+    tokenizer_error: str = ""  # why the tokenizer/processor (and so its files) could not be loaded
     copy_subdirectories: bool = False  # what the library copies besides top-level files
     loaded_keys: List[str] = field(default_factory=list)
     read_files: Dict[str, bytes] = field(default_factory=dict)  # small files the library read
@@ -121,6 +123,29 @@ def _read_files(model_dir: str, names) -> Dict[str, bytes]:
         if len(data) <= MAX_READ_FILE_BYTES:
             result[name] = data
     return result
+
+
+def _written_files(out: str) -> Dict[str, bytes]:
+    """Every file under ``out`` (what the library wrote besides the shards), by relative name."""
+    written = {}
+    for folder, _, names in os.walk(out):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                written[os.path.relpath(path, out).replace(os.sep, "/")] = f.read()
+    return written
+
+
+def _same_named(model_dir: str, names: List[str]) -> Dict[str, bytes]:
+    """The regular files of ``model_dir`` with these relative names (those a written
+    file may be a copy or a re-save of), by name."""
+    found = {}
+    for name in names:
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                found[name] = f.read()
+    return found
 
 
 def _check_folder(model_dir: str) -> None:
@@ -258,7 +283,7 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
             out = os.path.join(tmp, "out")
             try:
                 lib.import_model_module(model_dir, config)
-                with tracing(recorder, sources, lib.stubs()) as capture:
+                with tracing(recorder, sources, lib.loaders()) as capture:
                     with contextlib.redirect_stdout(printed):
                         convert(hf_path=model_dir, mlx_path=out, **options.as_dict())
             except (TraceError, SafetensorsError, MemoryError):
@@ -270,12 +295,8 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
                 raise failure from e
             if hf_repo is not None:
                 lib.create_model_card(out, hf_repo)
-            text_files = {}
-            for name in WRITTEN_FILES:
-                path = os.path.join(out, name)
-                if os.path.exists(path):
-                    with open(path, "rb") as f:
-                        text_files[name] = f.read()
+            text_files = _written_files(out)
+        bases = _same_named(model_dir, [name for name in text_files if name not in WRITTEN_FILES])
         shards = []
         for file_name, items, metadata in capture.shards:
             refs = [(key, recorder.ref(value)) for key, value in items]
@@ -291,6 +312,8 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
         headers=dict(sources.headers),
         shards=shards,
         text_files=text_files,
+        side_bases=bases,
+        tokenizer_error=capture.tokenizer_error,
         copy_subdirectories=lib.copies_subdirectories,
         loaded_keys=sorted(capture.loaded_weights),
         read_files=_read_files(model_dir, capture.read_files),

@@ -1,10 +1,9 @@
 """The two conversion libraries a trace can follow, and how to pick one.
 
 Each entry names the library's own ``convert`` function (traced as it is), the
-loader that would read a tokenizer or processor (replaced by a stand-in: a plan
-never needs one, and the executor copies those files verbatim), how to import
-the model's module before mlx is patched, and what the library copies besides
-the weights.
+loader that reads its tokenizer or processor (run for real, so that the plan
+holds the files its ``save_pretrained`` writes), how to import the model's
+module before mlx is patched, and what the library copies besides the weights.
 """
 
 import importlib
@@ -16,17 +15,6 @@ from typing import Callable, List, Optional
 
 from ..safetensors_format import open_regular
 from .proxy import TraceError
-
-
-class _NoTokenizer:
-    """Stands in for the tokenizer/processor: their files are copied verbatim."""
-
-    def save_pretrained(self, path):
-        pass
-
-
-def _no_tokenizer(*args, **kwargs):
-    return _NoTokenizer()
 
 
 @dataclass(frozen=True)
@@ -41,9 +29,9 @@ class Library:
     def convert(self) -> Callable:
         return importlib.import_module(self.convert_module).convert
 
-    def stubs(self) -> List[tuple]:
-        """(module, attribute, value) patches that skip tokenizer/processor loading."""
-        return [(importlib.import_module(self.loader_module), self.loader_name, _no_tokenizer)]
+    def loaders(self) -> List[tuple]:
+        """(module, attribute) of the tokenizer/processor loader its convert calls."""
+        return [(importlib.import_module(self.loader_module), self.loader_name)]
 
     def create_model_card(self, out: str, hf_repo: str) -> None:
         """The library's README.md for a conversion of Hub repo ``hf_repo`` (it

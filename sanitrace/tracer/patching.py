@@ -5,14 +5,19 @@ mx.linalg), a proxy-returning ``mx.load``, a capturing ``mx.save_safetensors``,
 a no-op ``mx.eval``, an ``mx.array`` that also accepts proxies, a strict
 ``nn.Module.load_weights`` that reports every mismatch at once, and an ``open``
 that notes which files of the model folder the library reads (so a plan can
-hold them for re-tracing). Everything is restored on exit, also when the trace
-fails.
+hold them for re-tracing). The library's tokenizer/processor loaders run for
+real (their files are saved as the library saves them); one that fails is
+noted and stands in as a tokenizer that saves nothing. ``shutil.copytree``
+of a source sub-folder is not run (the executor copies sub-folders).
+Everything is restored on exit, also when the trace fails.
 """
 
 import builtins
 import contextlib
 import io
 import os
+import shutil
+import warnings
 from typing import Callable, List, Tuple
 
 import mlx.core as mx
@@ -95,6 +100,15 @@ class Capture:
         self.shards: List[Tuple[str, list, dict]] = []
         self.loaded_weights: dict = {}
         self.read_files: set = set()  # relative to the model folder, safetensors excluded
+        self.watching = True  # False while a tokenizer loads: its files are not recorded as read
+        self.tokenizer_error = ""  # why the library's tokenizer/processor loader failed
+
+
+class _NoTokenizer:
+    """Stands in for a tokenizer/processor the library could not load: saves nothing."""
+
+    def save_pretrained(self, path):
+        pass
 
 
 def _check_load(recorder: Recorder, model: nn.Module, weights: list):
@@ -130,8 +144,9 @@ def _check_load(recorder: Recorder, model: nn.Module, weights: list):
 
 
 @contextlib.contextmanager
-def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
-    """Patch mlx (plus ``extra`` (object, attribute, value) patches) for one trace."""
+def tracing(recorder: Recorder, sources: SourceSet, loaders: List[tuple] = ()):
+    """Patch mlx for one trace; ``loaders``: the library's (module, name)
+    tokenizer/processor loaders, which run unwatched and never fail the trace."""
     capture = Capture()
     saved = []
 
@@ -144,7 +159,7 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
     original_open = builtins.open
 
     def watched_open(file, mode="r", *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and not any(c in mode for c in "wax+"):
+        if capture.watching and isinstance(file, (str, os.PathLike)) and not any(c in mode for c in "wax+"):
             path = os.path.abspath(os.fspath(file))
             if path.startswith(sources.model_dir + os.sep) and not path.endswith(".safetensors"):
                 capture.read_files.add(os.path.relpath(path, sources.model_dir))
@@ -165,6 +180,30 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
 
     def save_safetensors(file, arrays, metadata=None):
         capture.shards.append((os.path.basename(os.fspath(file)), list(arrays.items()), metadata))
+
+    def side_file_loader(original: Callable) -> Callable:
+        def load(*args, **kwargs):
+            capture.watching = False
+            try:
+                with warnings.catch_warnings():  # transformers' deprecation notes: the trace prints one line
+                    warnings.simplefilter("ignore")
+                    return original(*args, **kwargs)
+            except (TraceError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001  the library's loader, whatever it raises
+                capture.tokenizer_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                return _NoTokenizer()
+            finally:
+                capture.watching = True
+
+        return load
+
+    original_copytree = shutil.copytree
+
+    def copytree(src, dst, *args, **kwargs):
+        if os.path.abspath(os.fspath(src)).startswith(sources.model_dir + os.sep):
+            return dst
+        return original_copytree(src, dst, *args, **kwargs)
 
     def no_eval(*args, **kwargs):
         return None
@@ -187,8 +226,9 @@ def tracing(recorder: Recorder, sources: SourceSet, extra: List[tuple] = ()):
         patch(nn.Module, "load_weights", load_weights)
         patch(builtins, "open", watched_open)
         patch(io, "open", watched_open)
-        for obj, name, value in extra:
-            patch(obj, name, value)
+        patch(shutil, "copytree", copytree)
+        for module, name in loaders:
+            patch(module, name, side_file_loader(getattr(module, name)))
         yield capture
     finally:
         for obj, name, value in reversed(saved):
