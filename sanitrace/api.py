@@ -21,6 +21,7 @@ from .plan import Plan, PlanError
 from .safetensors_format import SafetensorsError
 from .show import human_bytes
 from .tracer import ConvertOptions, TraceError
+from .verify import VerifyFailed
 from .versions import VersionError, installed_version
 
 
@@ -29,7 +30,7 @@ class UploadError(Exception):
 
 
 USER_ERRORS = (TraceError, PlanError, SafetensorsError, SourceMismatch, OutputExists, OutputError, GuardFailed,
-               UploadError, VersionError, HubError, DiskBudgetError)
+               UploadError, VersionError, HubError, DiskBudgetError, VerifyFailed)
 
 
 @dataclass
@@ -118,6 +119,8 @@ def execute(
     digest: Optional[str] = None,
     progress: bool = True,
     disk_budget: Optional[int] = None,
+    verify: bool = False,
+    verify_forward: bool = False,
 ) -> ExecuteSummary:
     """Write the MLX model a plan describes.
 
@@ -133,6 +136,10 @@ def execute(
         progress: progress bars on stderr.
         disk_budget: for a Hub source, the downloaded bytes to hold at once
             (default: its two largest files, or what one output group needs).
+        verify: after writing, check the output against the plan and open it
+            with the library's loader (see ``sanitrace.verify``); VerifyFailed
+            when it does not hold.
+        verify_forward: verify, and run one token through the loaded model.
 
     Returns:
         An ExecuteSummary (tensors, bytes and chunks written, groups resumed).
@@ -142,6 +149,8 @@ def execute(
     summary, predicted, seconds = _execute(plan, resolve_source(source)[0], mlx_path, memory_budget, resume, digest,
                                            progress, disk_budget)
     _print_result(mlx_path, summary, predicted, seconds, plan)
+    if verify or verify_forward:
+        _verify(plan, mlx_path, verify_forward)
     return summary
 
 
@@ -166,6 +175,8 @@ def convert(
     progress: bool = True,
     disk_budget: Optional[int] = None,
     allow_unloadable: bool = False,
+    verify: bool = True,
+    verify_forward: bool = False,
 ) -> ConvertSummary:
     """Convert like ``mlx_lm.convert.convert`` (same arguments, same output
     tensors, config and index), in bounded memory: trace, then execute.
@@ -184,6 +195,7 @@ def convert(
         disk_budget: for a Hub repo, the downloaded bytes to hold at once.
         allow_unloadable: convert even when the library's own loader would
             refuse the output (as its convert does); see ``trace``.
+        verify, verify_forward: as ``execute``; verify is on by default.
 
     Returns:
         A ConvertSummary.
@@ -202,6 +214,8 @@ def convert(
     summary, predicted, _ = _execute(plan, source, mlx_path, memory_budget, resume, None, progress, disk_budget)
     seconds = time.time() - start
     _print_result(mlx_path, summary, predicted, seconds, plan)
+    if verify or verify_forward:
+        _verify(plan, mlx_path, verify_forward)
     if upload_repo is not None:
         _upload(plan.library, mlx_path, upload_repo)
     return ConvertSummary(plan, mlx_path, summary, predicted, peak_rss(), seconds, messages)
@@ -275,24 +289,37 @@ def _trace(hf_path: str, options: ConvertOptions, library: Optional[str], memory
 
 
 def _check_loads(plan: Plan, allow_unloadable: bool) -> None:
-    """TraceError when the library's own loader would refuse the output (unless
-    ``allow_unloadable``: then a warning); a warning when the check cannot run."""
-    from .load_check import LoadCheckFailed, load_error
-
-    try:
-        problem = load_error(plan)
-    except LoadCheckFailed as e:
-        warn(f"could not check that the output loads with {plan.library}.load: {e}")
+    """TraceError when the plan says the library's own loader would refuse its
+    output (unless ``allow_unloadable``: then a warning); a warning when the
+    check could not run or the tokenizer files will not be written."""
+    loads = plan.accounting.loads
+    if plan.accounting.tokenizer:
+        warn(f"no tokenizer files will be written: {plan.accounting.tokenizer}")
+    if loads.startswith("unchecked: "):
+        warn(f"could not check that the output loads with {plan.library}.load: {loads[len('unchecked: '):]}")
         return
-    print(f"  loads            {'yes' if problem is None else 'no'} ({plan.library}.load, strict)", flush=True)
-    if problem is None:
+    print(f"  loads            {'yes' if loads == 'yes' else 'no'} ({plan.library}.load, strict)", flush=True)
+    if loads == "yes":
         return
+    problem = loads[len("no: "):]
     if allow_unloadable:
         warn(f"the output will not load with {plan.library}.load: {problem}; writing it anyway "
              f"(--allow-unloadable), as {plan.library}.convert does")
         return
     raise TraceError(f"the output would not load with {plan.library}.load, and {plan.library}.convert writes it "
                      f"the same way: {problem}; pass --allow-unloadable to write it anyway")
+
+
+def _verify(plan: Plan, mlx_path: str, forward: bool) -> None:
+    """Check the written output (VerifyFailed names the problem) and print what was checked."""
+    from .verify import verify_output
+
+    report = verify_output(plan, mlx_path, forward=forward)
+    loaded = f"{plan.library}.load (lazy, strict)" if report.loaded else "not loaded (the plan says it will not load)"
+    side = "tokenizer" if plan.library == "mlx_lm" else "processor"
+    tokenizer = f" with its {side}" if report.tokenizer == "loaded" else ""
+    print(f"  verified         {report.tensors} tensor headers in {report.files} files; {loaded}{tokenizer}"
+          f"{'; forward ' + report.forward if report.forward else ''} ({report.seconds:.1f}s)", flush=True)
 
 
 def _execute(plan: Plan, source: Union[str, RemoteRepo], mlx_path: str, memory_budget: Optional[int], resume: bool,

@@ -1,5 +1,7 @@
 """`sanitrace check`: convert a model with the library's own convert (in a
-subprocess) and with sanitrace, and compare the results tensor for tensor.
+subprocess) and with sanitrace, and compare the output folders: the same
+files, byte-equal but for the shards' layout, the tensors equal (see
+compare.py); sanitrace's output must also verify (its library loads it).
 
 Users run it to validate a plan on a small model or on the first few layers of
 a big one; the conformance runner runs it on every corpus case.
@@ -85,6 +87,7 @@ def check(
     None or the last line of its error); else it runs now, in a subprocess."""
     from .executor import execute
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
+    from .verify import verify_output
 
     library = library or choose_library(model_dir)
     result = CheckResult(library, False)
@@ -104,6 +107,7 @@ def check(
             plan = build_plan(traced, memory_budget or DEFAULT_MEMORY_BUDGET)
             del traced
             execute(plan, model_dir, ours, memory_budget=memory_budget, progress=False)
+            verify_output(plan, ours)
             result.tensors = len(plan.outputs)
         except Exception as e:  # noqa: BLE001  reported as the verdict
             result.sanitrace_failed = f"{type(e).__name__}: {e}".splitlines()[0][:300]

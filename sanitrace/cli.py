@@ -95,6 +95,12 @@ def _add_execute_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
 
 
+def _add_verify_forward(parser: argparse.ArgumentParser):
+    parser.add_argument("--verify-forward", action="store_true",
+                        help="Verify, then run one token through the loaded model (evaluates the weights "
+                             "it touches).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sanitrace", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digest", default=None, metavar="HEX",
                    help="Refuse to run unless the plan's digest (printed by `show`) is HEX.")
     _add_execute_flags(p)
+    p.add_argument("--verify", action="store_true",
+                   help="After writing, check every shard header against the plan and open the output with "
+                        "the library's loader (lazy, strict, tokenizer/processor included).")
+    _add_verify_forward(p)
 
     p = sub.add_parser("convert", help="trace + execute in one go; takes mlx_lm.convert's flags.",
                        description="Convert like mlx_lm.convert / mlx_vlm.convert (same flags), in bounded "
@@ -130,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-out", default=None, metavar="FILE", help="Keep the executed plan in FILE.")
     p.add_argument("--resume", action="store_true", help="Continue an interrupted run in OUT.partial.")
     _add_execute_flags(p)
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="Skip the check after writing (shard headers against the plan, the library's lazy "
+                        "strict load with tokenizer/processor); it is on by default and reads headers only.")
+    _add_verify_forward(p)
 
     p = sub.add_parser("check", help="Convert with the library's own convert and with sanitrace; compare.")
     _add_model_flags(p)
@@ -267,11 +281,13 @@ def _run(args) -> int:
                   **_convert_kwargs(args))
     elif args.command == "execute":
         api.execute(args.plan, args.source, args.out, memory_budget=args.memory_budget, resume=args.resume,
-                    digest=args.digest, progress=not args.no_progress, disk_budget=args.disk_budget)
+                    digest=args.digest, progress=not args.no_progress, disk_budget=args.disk_budget,
+                    verify=args.verify, verify_forward=args.verify_forward)
     elif args.command == "convert":
         api.convert(_model(args), _mlx_path(args), upload_repo=args.upload_repo, plan_out=args.plan_out,
                     resume=args.resume, progress=not args.no_progress, disk_budget=args.disk_budget,
-                    allow_unloadable=args.allow_unloadable, **_convert_kwargs(args))
+                    allow_unloadable=args.allow_unloadable, verify=args.verify, verify_forward=args.verify_forward,
+                    **_convert_kwargs(args))
     elif args.command == "check":
         return _check(args)
     elif args.command == "show":

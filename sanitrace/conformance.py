@@ -1,5 +1,7 @@
 """Conformance runner: every corpus case the libraries' own conversion accepts,
-converted by sanitrace in bf16 and with -q, compared tensor for tensor.
+converted by sanitrace in bf16 and with -q, compared folder for folder (the
+same files, byte-equal but for the shards' layout, tensors equal) and loaded
+with the library's own loader.
 
     python -m sanitrace.conformance ../shared/corpus [--out docs/coverage.md] [--only REGEX]
 
@@ -54,8 +56,10 @@ def markdown(rows: List[dict]) -> str:
         "",
         "Every case whose eager conversion (`python -m mlx_lm convert` or `python -m mlx_vlm "
         "convert`, as the manifest says) is marked ok, converted by `sanitrace` with the same "
-        "library and the smallest chunks (`--memory-budget 1`), compared tensor for tensor "
-        "(names, dtypes, shapes, bytes) and on config.json's quantization section. "
+        "library and the smallest chunks (`--memory-budget 1`), compared folder for folder "
+        "(the same files; every file byte-equal except the shards, whose tensors' names, dtypes, "
+        "shapes, bytes and metadata are equal) and loaded with the library's own loader (lazy, "
+        "strict, tokenizer or processor included). "
         "Regenerate with `python -m sanitrace.conformance ../shared/corpus --out docs/coverage.md`.",
         "",
         f"**{ok} of {total} conversions identical; {cases_ok} of {len(rows)} cases identical "
