@@ -40,11 +40,12 @@ def _case(root: Path, src: Path, library: str, flags: ConvertOptions) -> dict:
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory) -> dict:
-    """mlx_lm -q of a qwen3_moe checkpoint with 100 small files to copy."""
+    """mlx_lm -q of a qwen3_moe checkpoint with 100 small *.py files to copy (mlx_lm
+    copies *.py; the plan makes each from its source file)."""
     root = tmp_path_factory.mktemp("resume_lm")
     src = make_checkpoint(root / "src", "qwen3_moe")
     for i in range(100):
-        (src / f"vocab{i:03}.txt").write_text("v" * i)
+        (src / f"helper{i:03}.py").write_text("#" * i)
     return _case(root, src, "mlx_lm", ConvertOptions(quantize=True))
 
 
@@ -123,7 +124,7 @@ def _moment(case: dict, out: Path, i: int, rng: random.Random):
     partial = Path(f"{out}.partial")
     journal = partial / JOURNAL
     groups = len(case["plan"].groups)
-    last_copy = "extra/notes150.txt" if case["plan"].copy_subdirectories else "vocab050.txt"
+    last_copy = "extra/notes150.txt" if case["plan"].copy_subdirectories else "helper050.py"
 
     def lines():
         try:

@@ -8,7 +8,8 @@ that notes which files of the model folder the library reads (so a plan can
 hold them for re-tracing). The library's tokenizer/processor loaders run for
 real (their files are saved as the library saves them); one that fails is
 noted and stands in as a tokenizer that saves nothing. ``shutil.copytree``
-of a source sub-folder is not run (the executor copies sub-folders).
+of a source sub-folder is not run (the executor copies sub-folders), and a
+file ``shutil`` copies is not noted as read.
 Everything is restored on exit, also when the trace fails.
 """
 
@@ -198,12 +199,19 @@ def tracing(recorder: Recorder, sources: SourceSet, loaders: List[tuple] = ()):
 
         return load
 
-    original_copytree = shutil.copytree
+    original_copytree, original_copyfile = shutil.copytree, shutil.copyfile
 
     def copytree(src, dst, *args, **kwargs):
         if os.path.abspath(os.fspath(src)).startswith(sources.model_dir + os.sep):
             return dst
         return original_copytree(src, dst, *args, **kwargs)
+
+    def copyfile(*args, **kwargs):  # shutil.copy / copy2: a file the output copies is not one the library reads
+        watching, capture.watching = capture.watching, False
+        try:
+            return original_copyfile(*args, **kwargs)
+        finally:
+            capture.watching = watching
 
     def no_eval(*args, **kwargs):
         return None
@@ -227,6 +235,7 @@ def tracing(recorder: Recorder, sources: SourceSet, loaders: List[tuple] = ()):
         patch(builtins, "open", watched_open)
         patch(io, "open", watched_open)
         patch(shutil, "copytree", copytree)
+        patch(shutil, "copyfile", copyfile)
         for module, name in loaders:
             patch(module, name, side_file_loader(getattr(module, name)))
         yield capture
