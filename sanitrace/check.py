@@ -29,6 +29,7 @@ class CheckResult:
     sanitrace_failed: Optional[str] = None  # sanitrace's error, when it refused the model
     trace_cpu_seconds: float = 0.0
     tensors: int = 0
+    loads: str = ""  # the plan's load-check verdict ("yes", "no: ...", "unchecked: ...")
 
     @property
     def verdict(self) -> str:
@@ -109,6 +110,7 @@ def check(
             execute(plan, model_dir, ours, memory_budget=memory_budget, progress=False)
             verify_output(plan, ours)
             result.tensors = len(plan.outputs)
+            result.loads = plan.accounting.loads
         except Exception as e:  # noqa: BLE001  reported as the verdict
             result.sanitrace_failed = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         if result.eager_failed is None and result.sanitrace_failed is None:

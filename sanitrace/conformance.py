@@ -39,7 +39,7 @@ def run_case(corpus: str, case: dict, memory_budget: int = 1) -> dict:
             continue
         result = check(os.path.join(corpus, "cases", case["case"]), options, case["library"],
                        memory_budget=memory_budget)
-        row[mode] = result.verdict
+        row[mode] = result.verdict if result.loads in ("yes", "") else f"{result.verdict}, load check {result.loads}"
         row["trace_cpu"] = max(row["trace_cpu"], result.trace_cpu_seconds)
         detail = result.sanitrace_failed or result.eager_failed or "; ".join(result.differences[:2])
         if detail:

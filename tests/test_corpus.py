@@ -58,3 +58,4 @@ def test_corpus_case(case, mode, corpus_eager):
     result = check(str(CORPUS / "cases" / case["case"]), MODES[mode], case["library"], memory_budget=1,
                    eager=eager)
     assert result.verdict == "identical", (result.sanitrace_failed, result.eager_failed, result.differences[:5])
+    assert result.loads == "yes"  # eager's output loads (verify loaded ours, byte-equal to it)
