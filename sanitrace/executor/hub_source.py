@@ -16,6 +16,7 @@ used only after its length, its Hub sha256 and its header (against the plan's
 source table) are verified.
 """
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -26,8 +27,13 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from .. import hub
 from ..plan import Plan
+from ..plan.checks import check_name
 from ..show import human_bytes
 from .copies import made_file
+
+# what mlx_vlm's download takes from a repo (utils.get_model_path): its convert then
+# copies every sub-folder of that snapshot, so these are the sub-folder files it copies
+VLM_DOWNLOAD_PATTERNS = ("*.json", "*.jsonl", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja")
 from .progress import progress_bar
 from .schedule import Schedule, held_peak, schedule
 from .sources import SourceMismatch, planned_tables, verify_file
@@ -107,6 +113,7 @@ class HubSource:
         self.downloaded = 0
         self.peak_held = 0
         self._copy_paths: Dict[str, str] = {}
+        self._sub_files: List[Tuple[str, int]] = []
         self._cond = threading.Condition()
         self._present: set = set()
         self._held = 0
@@ -138,7 +145,8 @@ class HubSource:
 
     def _fetch_copies(self) -> None:
         """The repo files the plan makes output files from, fetched into the
-        huggingface_hub cache and checked against the plan."""
+        huggingface_hub cache and checked against the plan; for mlx_vlm, also the
+        sub-folder files its download takes (its convert copies the sub-folders)."""
         for f in self.plan.files:
             if f.kind != "source" or f.base in self._copy_paths:
                 continue
@@ -146,6 +154,12 @@ class HubSource:
                 raise SourceMismatch(f"{self.repo.label}: has no {f.base}, which the output's {f.name} is made from")
             self._copy_paths[f.base] = hub.download_small(self.repo, f.base, self.cache_dir)
             made_file(f, self._copy_paths[f.base])
+        if self.plan.copy_subdirectories:
+            for name in sorted(self.repo.files):
+                if "/" in name and any(fnmatch.fnmatch(name, p) for p in VLM_DOWNLOAD_PATTERNS):
+                    check_name(name, f"{self.repo.label}: file")
+                    self._copy_paths[name] = hub.download_small(self.repo, name, self.cache_dir)
+                    self._sub_files.append((name, self.repo.files[name].size))
 
     def identity(self) -> Dict[str, list]:
         """[size, commit, sha256] of each source file: a moved revision is a change."""
@@ -163,7 +177,8 @@ class HubSource:
         return ""
 
     def copies(self) -> Tuple[List[str], List[Tuple[str, int]]]:
-        return [], []
+        dirs = {"/".join(name.split("/")[:i]) for name, _ in self._sub_files for i in range(1, name.count("/") + 1)}
+        return sorted(dirs), list(self._sub_files)
 
     def copy_path(self, rel: str) -> str:
         return self._copy_paths[rel]
