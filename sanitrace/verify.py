@@ -11,6 +11,7 @@ model, which evaluates the weights that token touches.
 import contextlib
 import glob
 import hashlib
+import inspect
 import os
 import time
 import warnings
@@ -158,8 +159,10 @@ def _load(plan: Plan, out_dir: str, tokenizer_expected: bool):
             if plan.library == "mlx_lm":
                 from mlx_lm.utils import load_model
 
-                model, config = load_model(path, lazy=True, strict=True,
-                                           trust_remote_code=bool(plan.options.get("trust_remote_code")))
+                extra = {}
+                if "trust_remote_code" in inspect.signature(load_model).parameters:  # newer mlx-lm versions take it
+                    extra["trust_remote_code"] = bool(plan.options.get("trust_remote_code"))
+                model, config = load_model(path, lazy=True, strict=True, **extra)
             else:
                 from mlx_vlm.utils import load_model
 
