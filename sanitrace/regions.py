@@ -3,16 +3,32 @@
 ``Rules`` applies the per-op rules of chunk_rules.py to one graph, caching them,
 and derives each value's granularity (the multiple chunk boundaries must be).
 Used by the planner (to choose and cost chunks) and the executor (to replay them).
+
+The identity of a value, ``(node, out, region)``, is defined here once
+(``Rules.value_key``): the planner costs one value per key and the executor
+computes (and memoizes) one per key.
 """
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .chunk_rules import SKIP, NotChunkable, Rule, rule
 from .plan import Node, Ref
 
-__all__ = ["Rules", "Region", "input_avals", "NotChunkable", "SKIP", "Rule"]
+__all__ = ["Rules", "Region", "ValueKey", "ALL_OUTPUTS", "region_shape", "input_avals", "NotChunkable", "SKIP",
+           "Rule"]
 
 Region = Optional[Tuple[int, int, int]]  # (axis, start, stop); None = the whole value
+ValueKey = Tuple[int, int, Region]  # (node, out or ALL_OUTPUTS, region)
+ALL_OUTPUTS = -1  # the ``out`` of a value that is every output of its node, computed at once
+
+
+def region_shape(aval: list, region: Region) -> List[int]:
+    """The shape of the part of a value with ``aval`` that ``region`` covers."""
+    shape = list(aval[1])
+    if region is not None:
+        axis, start, stop = region
+        shape[axis] = stop - start
+    return shape
 
 
 def input_avals(nodes: List[Node], node: Node) -> list:
@@ -64,13 +80,48 @@ class Rules:
             for j, rng in zip(op_rule.in_axes, op_rule.ranges(start, stop, gs))
         ]
 
-    def value_key(self, ref: Ref, region: Region) -> Tuple[tuple, Optional[Rule]]:
-        """The key of the value computing ``ref`` at ``region`` (the outputs of an
-        op whose rule computes them together share one), and that rule."""
-        if region is None or self.nodes[ref.node].op in ("load", "const"):
+    def value_key(self, ref: Ref, region: Region) -> Tuple[ValueKey, Optional[Rule]]:
+        """The identity of the value computing ``ref`` at ``region``, and the chunk
+        rule computing it (None for a source, a constant or a whole value).
+
+        The key is ``(node, out, region)``; ``out`` is ALL_OUTPUTS when that
+        computation yields every output of the node at once: an op computed
+        whole (the executor calls it once for all its outputs) or a chunk rule
+        with ``all_outputs`` (quantize). Such a value is the list of the node's
+        outputs, each cut to ``region``; any other is the one output ``out``
+        cut to ``region``. Sources and constants are keyed per output."""
+        if self.nodes[ref.node].op in ("load", "const"):
             return (ref.node, ref.out, region), None
+        if region is None:
+            return (ref.node, ALL_OUTPUTS, None), None
         op_rule = self(ref, region[0])
-        return (ref.node, -1 if op_rule.all_outputs else ref.out, region), op_rule
+        return (ref.node, ALL_OUTPUTS if op_rule.all_outputs else ref.out, region), op_rule
+
+    def walk(self, roots: List[Tuple[Ref, Region]]) -> Tuple[List[Tuple[ValueKey, Optional[Rule], Ref]],
+                                                              Dict[ValueKey, List[ValueKey]]]:
+        """Every value computing ``roots`` (each a (ref, region)) needs, once per
+        key: ``(key, rule, ref)`` in the depth-first order mlx evaluates them in
+        (inputs first), and each computed value's input keys (sources and
+        constants have none)."""
+        seen: Dict[ValueKey, bool] = {}  # key -> placed
+        order: List[Tuple[ValueKey, Optional[Rule], Ref]] = []
+        inputs: Dict[ValueKey, List[ValueKey]] = {}
+        stack = [self.value_key(r, reg) + (r,) for r, reg in reversed(roots)]
+        while stack:
+            key, rule, ref = stack[-1]
+            if key in seen:
+                stack.pop()
+                if not seen[key]:  # inputs done: place it
+                    seen[key] = True
+                    order.append((key, rule, ref))
+                continue
+            seen[key] = False
+            if self.nodes[ref.node].op in ("load", "const"):
+                continue
+            keys = [self.value_key(r, rng) + (r,) for r, rng in self.inputs(ref, key[2])]
+            inputs[key] = [k for k, _, _ in keys]
+            stack.extend(k for k in reversed(keys) if k[0] not in seen)
+        return order, inputs
 
     def inputs(self, ref: Ref, region: Region) -> List[Tuple[Ref, Region]]:
         """(input, region) pairs computing ``ref`` at ``region`` needs; SKIPped

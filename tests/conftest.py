@@ -12,6 +12,10 @@ import pytest
 from sanitrace.cli import main as sanitrace_main
 from sanitrace.fixtures import write_checkpoint
 
+# the replayer's invariant checks (planner and executor agree on every value), on in
+# every test and every process a test starts
+os.environ.setdefault("SANITRACE_INVARIANTS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SANITRACE_SHARED", REPO.parent / "shared"))
 

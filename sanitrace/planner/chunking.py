@@ -4,13 +4,14 @@ Outputs that share a computed node (the weight, scales and biases of one
 ``mx.quantize``; the two MLA halves of one ``kv_b_proj``) form a group and are
 computed together. A group whose outputs all have the same leading size is cut
 into row ranges along axis 0 when every op between the sources and the outputs
-has a chunk rule (regions.py); the range must be a multiple of the group's
-granularity.
+has a chunk rule (regions.py); chunk boundaries are multiples of the group's
+unit, the least common multiple of its outputs' granularities.
 
 Memory is estimated from the graph alone (see ``Chunker.cost``) and is linear
 in the chunk length: ``fixed + units * per_unit``.
 """
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 from .. import regions
@@ -65,31 +66,19 @@ class Chunker:
         self.rule = regions.Rules(nodes)
         self.granularity = self.rule.granularity
 
-    def _values(self, roots: List[Ref], region) -> Tuple[dict, list, dict]:
-        """What computing ``roots`` at ``region`` creates: value key -> (op, bytes,
-        shares its first input's buffer, workspace bytes), the keys in the
-        depth-first order mlx evaluates them in, and each key's input keys."""
-        values, order, inputs = {}, [], {}
-        stack = [self.rule.value_key(r, region) + (r,) for r in reversed(roots)]
-        while stack:
-            key, rule, ref = stack[-1]
-            node = self.nodes[ref.node]
-            if key in values:
-                stack.pop()
-                if values[key] is None:  # inputs done: place it
-                    values[key] = self._value(node, ref, key[2], rule)
-                    order.append(key)
-                continue
-            values[key] = None
-            if node.op in ("load", "const"):
-                continue
-            keys = [self.rule.value_key(r, rng) + (r,) for r, rng in self.rule.inputs(ref, key[2])]
-            inputs[key] = [k for k, _, _ in keys]
-            stack.extend(k for k in reversed(keys) if k[0] not in values)
-        return values, order, inputs
+    def _values(self, roots: List[Ref], region: regions.Region) -> Tuple[dict, list, dict]:
+        """What computing ``roots`` at ``region`` creates, one per value key
+        (``regions.Rules.value_key``, the executor's identity of a value): key
+        -> (op, bytes, shares its first input's buffer, workspace bytes), the
+        keys in the depth-first order mlx evaluates them in, and each key's
+        input keys."""
+        order, inputs = self.rule.walk([(r, region) for r in roots])
+        values = {key: self._value(self.nodes[ref.node], ref, key) for key, _, ref in order}
+        return values, [key for key, _, _ in order], inputs
 
-    def _value(self, node: Node, ref: Ref, region, rule) -> tuple:
-        if rule is not None and rule.all_outputs:
+    def _value(self, node: Node, ref: Ref, key: regions.ValueKey) -> tuple:
+        region = key[2]
+        if key[1] == regions.ALL_OUTPUTS:  # every output of the node, computed at once
             size = sum(_region_bytes(aval, region) for aval in node.outs)
         else:
             size = _region_bytes(node.outs[ref.out], region)
@@ -163,17 +152,26 @@ def plan_groups(nodes: List[Node], outputs: List[Output]) -> List[Group]:
     for members in groups_of(nodes, outputs):
         roots = [outputs[i].ref for i in members]
         count = group_rows([outputs[i] for i in members])
-        unit = None
-        if count > 1:
-            try:
-                unit = max(chunker.granularity(r, 0) for r in roots)
-            except regions.NotChunkable:
-                unit = None
-        if unit is None or unit >= count:
+        unit = group_unit(chunker, roots, count)
+        if not unit:
             result.append(Group(tuple(members), count, 0, ((chunker.cost(roots, None, None), 0),)))
         else:
             result.append(Group(tuple(members), count, unit, peak_lines(chunker, roots, unit, count)))
     return result
+
+
+def group_unit(chunker: Chunker, roots: List[Ref], rows: int) -> int:
+    """The chunk unit of a group with ``rows`` leading rows: the least common
+    multiple of its roots' granularities (a boundary must suit every output),
+    or 0 (whole only) when some root cannot be chunked or one unit would cover
+    all rows (plan.checks requires ``0 < unit < rows``)."""
+    if rows < 2:
+        return 0
+    try:
+        unit = math.lcm(*(chunker.granularity(r, 0) for r in roots))
+    except regions.NotChunkable:
+        return 0
+    return unit if unit < rows else 0
 
 
 def peak_lines(chunker: Chunker, roots: List[Ref], unit: int, rows: int) -> Tuple[Tuple[int, int], ...]:
