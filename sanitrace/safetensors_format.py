@@ -22,7 +22,9 @@ MAX_DIM = 2**31 - 1
 MAX_NDIM = 64  # numpy's; a bound so a malformed shape cannot make math.prod crawl
 MAX_OFFSET = 2**63 - 1  # a file offset (off_t)
 
-# bytes per element of every safetensors dtype mx.load can return an array for
+# bytes per element of every safetensors dtype a header may name (read_header
+# refuses others). mx.load (mlx 0.32.4) refuses F64 and F8_E5M2 and returns
+# F8_E4M3 and F8_E8M0 as uint8: plan.infer.LOAD_DTYPES is what it gives for each
 DTYPE_SIZES = {
     "BOOL": 1,
     "U8": 1,
@@ -279,13 +281,3 @@ def build_header(
     prefix = struct.pack("<Q", len(raw)) + raw
     return prefix, [len(prefix) + r for r in relative]
 
-
-def write_file(path: str, tensors: List[tuple], metadata: Optional[Dict[str, str]]):
-    """Write a complete safetensors file from [(name, dtype, shape, data_bytes)]."""
-    prefix, _ = build_header(
-        [(n, d, s, len(b)) for n, d, s, b in tensors], metadata
-    )
-    with open(path, "wb") as f:
-        f.write(prefix)
-        for *_, data in tensors:
-            f.write(data)

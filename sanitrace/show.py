@@ -24,12 +24,15 @@ _PLAIN = {int, float, str, bool, type(None)}
 _RECOGNIZED = {"array.astype", "array.flatten", "array.view"}  # ops that may end a named chain
 
 
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    i = 0
+    while abs(n) >= 1024 and i < len(_UNITS) - 1:
         n /= 1024
-    return str(n)
+        i += 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {_UNITS[i]}"
 
 
 def ranges(values: List[int], width: int = 0) -> str:
@@ -283,7 +286,7 @@ def render(plan: Plan, full: bool = False) -> str:
     if plan.guards:
         r = Renderer(plan)
         lines += ["", "## guards"]
-        lines += [f"{r.expr(g.ref)}.{g.method}() == {g.value!r}" for g in plan.guards]
+        lines += [f"{r.expr(g.ref)}.{g.method}({', '.join(map(repr, g.args))}) == {g.value!r}" for g in plan.guards]
     lines += ["", "## dropped sources"]
     lines += dropped_lines(plan, full) or ["none"]
     if full:
@@ -324,6 +327,7 @@ def render_json(plan: Plan) -> dict:
              "file": plan.files[o.file].name, "offset": o.offset, "expr": r.expr(o.ref)}
             for o in plan.outputs
         ],
-        "guards": [{"expr": r.expr(g.ref), "method": g.method, "value": g.value} for g in plan.guards],
+        "guards": [{"expr": r.expr(g.ref), "method": g.method, "args": list(g.args), "value": g.value}
+                   for g in plan.guards],
         "dropped": [{"file": d.file, "name": d.name, "reason": d.reason} for d in plan.accounting.dropped],
     }

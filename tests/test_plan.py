@@ -7,6 +7,7 @@ import pytest
 from conftest import copy_tree, make_checkpoint
 
 from sanitrace import plan as plan_ir
+from sanitrace.plan.format import EXT_REF
 from sanitrace.planner import build_plan
 from sanitrace.safetensors_format import read_header
 from sanitrace.tracer import ConvertOptions, trace
@@ -78,6 +79,31 @@ def test_loading_rejects_bad_plans(change, message, checkpoints):
     data = plan_bytes(checkpoints["llama"])
     with pytest.raises(plan_ir.PlanError, match=message):
         plan_ir.loads(_tamper(data, change))
+
+
+def _guard(method: str, args) -> dict:
+    return {"args": args, "method": method, "ref": msgpack.ExtType(EXT_REF, plan_ir.format.pack([0, 0])),
+            "value": 1.0}
+
+
+def test_guard_arguments_round_trip(checkpoints):
+    data = _tamper(plan_bytes(checkpoints["llama"]), lambda p: p["guards"].append(_guard("__format__", [".3f"])))
+    plan = plan_ir.loads(data)
+    assert [(g.method, g.args) for g in plan.guards] == [("__format__", (".3f",))]
+    assert plan_ir.dumps(plan) == data
+
+
+@pytest.mark.parametrize("method, args", [
+    ("item", [0]),  # item() takes none
+    ("__format__", [".3f", ".2f"]),  # one spec at most
+    ("__format__", [{"a": 1}]),  # literals only
+    ("__format__", ["100000f"]),  # a gigabyte-wide field
+    ("__array__", ["x" * 65]),
+])
+def test_loading_rejects_guard_arguments_the_method_does_not_take(method, args, checkpoints):
+    data = _tamper(plan_bytes(checkpoints["llama"]), lambda p: p["guards"].append(_guard(method, args)))
+    with pytest.raises(plan_ir.PlanError, match="which it does not take"):
+        plan_ir.loads(data)
 
 
 def test_repeated_structure_is_stored_once(tmp_path):

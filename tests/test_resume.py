@@ -206,6 +206,20 @@ def test_interrupt_between_rename_and_journal_removal(lm, tmp_path, monkeypatch)
     assert_identical(lm, out)
 
 
+def test_resumed_run_counts_only_the_bytes_it_writes(lm, tmp_path):
+    out = tmp_path / "out"
+    interrupt(lm, out, 3)
+    plan = lm["plan"]
+    done = journaled_groups(Path(f"{out}.partial") / JOURNAL)
+    assert len(done) == 3
+    summary = resume(lm, out)
+    assert summary.skipped_groups == 3
+    assert summary.bytes_written == sum(
+        plan.outputs[i].nbytes for g, group in enumerate(plan.groups) if g not in done for i in group.outputs)
+    assert summary.bytes_written < plan.output_bytes
+    assert_identical(lm, out)
+
+
 # ---------------------------------------------------------------- containment
 
 

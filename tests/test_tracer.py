@@ -5,6 +5,7 @@ Test model classes are injected the way mlx-lm supports: config.json names a
 ``model_file`` in the checkpoint folder, loaded with trust_remote_code.
 """
 
+import dataclasses
 import json
 import os
 import textwrap
@@ -19,6 +20,8 @@ from sanitrace.cli import main as sanitrace_main
 from sanitrace.compare import compare_folders
 from sanitrace.executor import GuardFailed, execute
 from sanitrace.planner import build_plan
+from sanitrace.safetensors_format import read_header
+from sanitrace.show import render
 from sanitrace.tracer import ConvertOptions, LoadMismatch, TraceError, trace
 from test_plan import strip_data
 
@@ -246,3 +249,84 @@ def test_stand_ins_captured_during_a_trace_stay_correct(tmp_path):
         proxy = second.source("f", "w", mx.zeros((2, 3)))
         captured_stack([proxy, proxy])
     assert [n.op for n in second.nodes] == ["load", "mx.stack"] and first.nodes == []
+
+
+NONZERO_CHECK = """
+    def sanitize(self, weights):
+        if mx.any(weights["model.norm.weight"] != 0).item():  # zeros: an unconverted checkpoint
+            weights = super().sanitize(weights)
+        return weights
+"""
+
+
+def test_value_check_on_a_sparse_header_only_copy_says_headers_only(checkpoints, tmp_path, capsys):
+    """A copy that is the header plus a hole up to the file's size reads as zeros:
+    the trace must say the file has no data, not take the zeros as values."""
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, NONZERO_CHECK)
+    strip_data(folder, sparse=True)
+    shard = folder / "model.safetensors"
+    assert shard.stat().st_size > shard.stat().st_blocks * 512  # really sparse
+    rc = sanitrace_main(["trace", str(folder), "-o", str(tmp_path / "p.msgpack"), "--trust-remote-code"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err and "Traceback" not in err, err
+    assert f"{shard} is headers only" in err and "'model.norm.weight'" in err and "custom_model.py:" in err
+
+
+NAN_CHECK = """
+    def sanitize(self, weights):
+        norm = weights["model.norm.weight"]
+        peak = norm.max().item()
+        if peak != peak:  # NaN: a damaged norm
+            weights["model.norm.weight"] = mx.nan_to_num(norm)
+        return super().sanitize(weights)
+"""
+
+
+def _set_first(folder, name: str, value: bytes) -> None:
+    path = folder / "model.safetensors"
+    t = read_header(str(path)).tensors[name]
+    with open(path, "r+b") as f:
+        f.seek(t.begin)
+        f.write(value)
+
+
+def test_nan_guard_passes_on_the_same_data_and_refuses_a_change(checkpoints, tmp_path, eager):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, NAN_CHECK)
+    _set_first(folder, "model.norm.weight", b"\xc0\x7f")  # bf16 NaN
+    plan = plan_ir.loads(plan_ir.dumps(build_plan(trace(str(folder), TRUST))))
+    [guard] = plan.guards
+    assert guard.method == "item" and guard.value != guard.value
+    execute(plan, str(folder), str(tmp_path / "ok"), progress=False)
+    assert compare_folders(str(eager(folder, ["--trust-remote-code"])), str(tmp_path / "ok")) == []
+    _set_first(folder, "model.norm.weight", b"\x80\x3f")  # 1.0: no NaN any more
+    with pytest.raises(GuardFailed, match="nan"):
+        execute(plan, str(folder), str(tmp_path / "bad"), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+FORMAT_CHECK = """
+    def sanitize(self, weights):
+        norm = weights["model.norm.weight"]
+        if f"{norm.max():.3f}" != "0.000":  # __format__('.3f')
+            weights = super().sanitize(weights)
+        return weights
+"""
+
+
+def test_guard_arguments_are_kept_and_used(checkpoints, tmp_path):
+    folder = custom(checkpoints["qwen3_moe"], tmp_path, FORMAT_CHECK)
+    path = tmp_path / "plan.msgpack"
+    plan_ir.save(build_plan(trace(str(folder), TRUST)), str(path))
+    plan = plan_ir.load(str(path))
+    assert [(g.method, g.args) for g in plan.guards] == [("__format__", (".3f",))]
+    assert "model.norm.weight.max().__format__('.3f') == '0.0" in render(plan)
+    execute(plan, str(folder), str(tmp_path / "ok"), progress=False)
+    # the executor calls the method with the recorded arguments: others give another value
+    coarse = plan_ir.loads(plan_ir.dumps(dataclasses.replace(
+        plan, guards=(plan.guards[0]._replace(args=(".1f",)),))))
+    with pytest.raises(GuardFailed, match=r"__format__\('.1f'\)"):
+        execute(coarse, str(folder), str(tmp_path / "coarse"), progress=False)
+    # a spec mlx's __format__ would crash the process on is refused in one line
+    crash = dataclasses.replace(plan, guards=(plan.guards[0]._replace(args=("d",)),))
+    with pytest.raises(plan_ir.PlanError, match="Unknown format code 'd'"):
+        execute(crash, str(folder), str(tmp_path / "crash"), progress=False)

@@ -26,6 +26,7 @@ import mlx.core as mx
 from .. import plan as plan_ir
 from ..hub import RemoteRepo
 from ..plan import Output, Plan
+from ..plan.checks import call_guard
 from ..regions import NotChunkable
 from .hub_source import DiskBudgetError, HubSource
 from .local_source import LocalSource
@@ -43,7 +44,7 @@ class GuardFailed(ValueError):
 @dataclass
 class ExecuteSummary:
     outputs: int
-    bytes_written: int
+    bytes_written: int  # tensor bytes this run wrote (not those of groups a resumed run skipped)
     groups: int
     chunks: int
     skipped_groups: int
@@ -118,15 +119,30 @@ def _check_guards(plan: Plan, replayer: Replayer, reader: SourceReader, source, 
         pieces = _prepare(replayer.reads([guard.ref], None), reader)
         fill_all(list(pieces.values()))
         replayer.sources = {k: p.array() for k, p in pieces.items()}
-        value = getattr(replayer.value(guard.ref, None), guard.method)()
+        call = f"{guard.method}({', '.join(map(repr, guard.args))})"
+        try:
+            value = call_guard(replayer.value(guard.ref, None), guard.method, guard.args)
+        except (TypeError, ValueError) as e:
+            raise plan_ir.PlanError(f"a guard's {call} fails: {str(e)[:200]}") from None
         replayer.clear()
         if hasattr(value, "tolist"):
             value = value.tolist()
-        if value != guard.value:
+        if not same_value(value, guard.value):
             raise GuardFailed(
-                f"sanitize read a value ({guard.method}) that differs from the one "
-                f"seen at trace time: {value!r} != {guard.value!r}; re-trace on this data"
+                f"sanitize read a value ({call}) that differs from the one "
+                f"seen at trace time: {value!r:.200} != {guard.value!r:.200}; re-trace on this data"
             )
+
+
+def same_value(a, b) -> bool:
+    """Guard values equal, NaN equal to NaN (also inside a ``tolist()``)."""
+    if a == b:
+        return True
+    if isinstance(a, float) and isinstance(b, float):
+        return a != a and b != b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_value, a, b))
+    return False
 
 
 def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[List[Chunk], int, Schedule]:
@@ -195,6 +211,7 @@ def execute(
     writer = OutputWriter(plan, source, out_dir, resume)
     reader = SourceReader(plan, source.paths)
     total = plan.output_bytes
+    written = 0
     finished = False
     bar = None
     previous_cache_limit = mx.set_cache_limit(plan_ir.cache_limit(budget))
@@ -205,7 +222,8 @@ def execute(
         bar = progress_bar(total, "execute", 1 if source.streams else 0, progress)
         _check_guards(plan, replayer, reader, source, order)
         _release(source, reader, order, -1)
-        bar.update(total - sum(o.nbytes for c in chunks if c.last for o in c.outputs))
+        written = sum(o.nbytes for c in chunks if c.last for o in c.outputs)  # resumed groups are not redone
+        bar.update(total - written)
         position = {g: p for p, g in enumerate(order.groups)}
         sink = _Sink(writer, bar, lambda g: _release(source, reader, order, position[g]))
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
@@ -226,7 +244,7 @@ def execute(
         if not finished:
             source.close(finished=False)
         writer.close()
-    return ExecuteSummary(len(plan.outputs), total, len(plan.groups), len(chunks), skipped,
+    return ExecuteSummary(len(plan.outputs), written, len(plan.groups), len(chunks), skipped,
                           source.downloaded, source.source_bytes, source.peak_held)
 
 
@@ -290,7 +308,7 @@ def _check_piece(out: Output, array: mx.array, region) -> None:
     if region is not None:
         shape[0] = region[2] - region[1]
     if list(array.shape) != shape or plan_ir.dtype_name(array.dtype) != out.dtype:
-        raise RuntimeError(
+        raise plan_ir.PlanError(  # nothing of this piece is written; the run stays resumable
             f"replay of {out.name} gave {array.dtype}{list(array.shape)}, "
             f"the plan says {out.dtype}{shape}"
         )

@@ -8,6 +8,7 @@ shape is the one its node computes. ``check_plan`` raises PlanError naming
 the first problem.
 """
 
+import re
 from typing import Any, Sequence, Tuple
 
 from ..safetensors_format import MLX_TO_SAFETENSORS, build_header
@@ -16,9 +17,12 @@ from .types import Output, OutputFile, Plan, Ref
 
 MAX_DEPTH = 32  # nesting of a literal argument (lists, tuples, dicts) in a plan
 MAX_ELEMENTS = 1 << 48  # no dimension product beyond what a 64-bit size can hold
-# the value methods the tracer records as guards; a plan can name no other
-GUARD_METHODS = frozenset(["item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__",
-                           "__bytes__", "__array__"])
+# the value methods the tracer records as guards (a plan can name no other), with
+# how many arguments each takes: __array__(dtype) (numpy's, by name), __format__(spec)
+GUARD_METHODS = {"item": 0, "tolist": 0, "__bool__": 0, "__int__": 0, "__float__": 0, "__index__": 0,
+                 "__complex__": 0, "__bytes__": 0, "__array__": 1, "__format__": 1}
+_GUARD_ARGUMENTS = frozenset([type(None), bool, int, float, str])
+_LONG_NUMBER = re.compile(r"[0-9]{5}")
 
 
 def fields(value: Any, what: str, names: Sequence[str]) -> list:
@@ -66,6 +70,26 @@ def check_depth(value: Any, what: str) -> None:
         if depth >= MAX_DEPTH:
             raise PlanError(f"{what} nest more than {MAX_DEPTH} levels deep")
         stack.extend((c, depth + 1) for c in children)
+
+
+def check_guard_args(method: str, args: list) -> tuple:
+    """A guard's arguments as a tuple: at most as many as ``method`` takes, each
+    None, a bool, a number or a short string (a format spec or dtype name: no
+    number in it over 4 digits, so ``__format__`` cannot be asked for a
+    gigabyte-wide field)."""
+    if (len(args) > GUARD_METHODS.get(method, 0) or not _GUARD_ARGUMENTS.issuperset(map(type, args))
+            or any(isinstance(a, str) and (len(a) > 64 or _LONG_NUMBER.search(a)) for a in args)):
+        raise PlanError(f"a guard calls {method!r:.40} with arguments {args!r:.80}, which it does not take")
+    return tuple(args)
+
+
+def call_guard(array, method: str, args: tuple):
+    """``array.method(*args)``, what a guard records and the executor re-checks.
+    mlx 0.32's ``__format__`` of a 0-d array crashes the process on a spec its
+    Python scalar refuses (``f"{x:d}"`` of a float): that spec raises ValueError here."""
+    if method == "__format__" and array.ndim == 0:
+        format(array.item(), *args)
+    return getattr(array, method)(*args)
 
 
 def group_rows(outputs: Sequence[Output]) -> int:

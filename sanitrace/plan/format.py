@@ -25,7 +25,7 @@ from .ops import PlanError, is_allowed
 from .types import Node, Plan, Ref, Slot, SourceFile, SourceTensor
 
 FORMAT = "sanitrace-plan"
-VERSION = 3
+VERSION = 4
 MAX_PLAN_BYTES = 1 << 30
 
 # ext type codes (application range 0..127)
@@ -95,8 +95,8 @@ def _decode_ext(code: int, data: bytes):
             raise PlanError("a slice bound is not an integer")
         return slice(*bounds)
     if code == EXT_ELLIPSIS:
-        return Ellipsis
-    if code == EXT_ELLIPSIS and not data:
+        if data:
+            raise PlanError("an Ellipsis carries data")
         return Ellipsis
     if code in _NAMED:
         kind, what = _NAMED[code]
@@ -333,7 +333,7 @@ def dumps(plan: Plan) -> bytes:
         "format": FORMAT,
         "groups": [{"outputs": list(g.outputs), "peak_lines": [list(line) for line in g.peak_lines],
                     "rows": g.rows, "unit": g.unit} for g in plan.groups],
-        "guards": [{"method": g.method, "ref": g.ref, "value": g.value} for g in plan.guards],
+        "guards": [{"args": list(g.args), "method": g.method, "ref": g.ref, "value": g.value} for g in plan.guards],
         "library": plan.library,
         "memory": plan.memory._asdict(),
         "options": plan.options,

@@ -12,7 +12,7 @@ import stat
 from typing import Optional, Tuple
 
 from . import gc_paused
-from .checks import check_depth, check_plan, derive_shard, fields, integer, items, text
+from .checks import check_depth, check_guard_args, check_plan, derive_shard, fields, integer, items, text
 from .edits import edited_size
 from .format import FORMAT, MAX_PLAN_BYTES, VERSION, decode_graph, decode_tensors, unpack
 from .infer import check_avals
@@ -134,11 +134,12 @@ def _from_raw(raw) -> Plan:
     outputs = _outputs(outputs)
     guard_list = []
     for g in items(guards, "guards"):
-        method, ref, value = fields(g, "a guard", ("method", "ref", "value"))
+        args, method, ref, value = fields(g, "a guard", ("args", "method", "ref", "value"))
         if not isinstance(ref, Ref):
             raise PlanError("a guard has no node reference")
         check_depth(value, "a guard value")
-        guard_list.append(Guard(ref, text(method, "a guard method"), value))
+        method = text(method, "a guard method")
+        guard_list.append(Guard(ref, method, value, check_guard_args(method, items(args, "a guard's args"))))
     source_tensors, used, dropped_raw, n_outputs, strict, loaded, loads, tokenizer = fields(
         accounting, "accounting", Accounting._fields)
     dropped = []

@@ -112,8 +112,9 @@ class Group(NamedTuple):
 
 class Guard(NamedTuple):
     ref: Ref
-    method: str
-    value: Any
+    method: str  # a value method of mx.array (checks.GUARD_METHODS)
+    value: Any  # what it returned at trace time (arrays as nested lists)
+    args: Tuple[Any, ...] = ()  # the literal arguments it was called with
 
 
 class Memory(NamedTuple):

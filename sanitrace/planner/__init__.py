@@ -39,7 +39,8 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
     signatures, rows = encode_graph(result.nodes, order, remap, tensor_index)
     accounting = account(result.nodes, remap, tensor_index, result.loaded_keys, outputs)
     outputs = [o._replace(ref=Ref(remap[o.ref.node], o.ref.out)) for o in outputs]
-    guards = [Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"]) for g in result.guards]
+    guards = [Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"], tuple(g["args"]))
+              for g in result.guards]
     out_files += side_files(result.text_files, result.side_bases)
     accounting = accounting._replace(tokenizer=_tokenizer_note(result))
     peak, worst = predicted_peak(groups, memory_budget)

@@ -26,7 +26,7 @@ import mlx.core as mx
 from ..plan import Node, Ref, call, const_array
 from ..safetensors_format import Header, SafetensorsError, check_regular, file_kind, open_regular
 from .patching import LoadMismatch, tracing
-from .proxy import Recorder, TraceError
+from .proxy import NoValue, Recorder, TraceError
 from .libraries import LIBRARIES, choose_library, read_config
 from .sources import SourceSet
 from ..versions import VersionError, check_installed
@@ -87,15 +87,16 @@ class TraceResult:
 
 
 def _evaluate(recorder: Recorder, sources: SourceSet, cache: dict, ref: Ref):
-    """A traced value evaluated from the real source data (for guards), or None
-    when the source files hold headers only."""
-    if not sources.has_data():
-        return None
+    """A traced value evaluated from the real source data (for guards). Raises
+    NoValue when a source tensor it needs has no data in its file (headers only)."""
     if ref.node not in cache:
         node = recorder.nodes[ref.node]
         if node.op == "load":
-            path = os.path.join(sources.model_dir, node.args[0])
-            cache[ref.node] = [_REAL_LOAD(path)[node.args[1]]]
+            name, tensor = node.args
+            missing = sources.missing_data(name, tensor)
+            if missing is not None:
+                raise NoValue(tensor, missing)
+            cache[ref.node] = [_REAL_LOAD(os.path.join(sources.model_dir, name))[tensor]]
         elif node.op == "const":
             cache[ref.node] = [const_array(node)]
         else:
@@ -204,6 +205,8 @@ _FORWARDING_LINES = frozenset([
     "return original(*args, **kwargs)",
     "return _REAL_ARRAY(*args, **kwargs)",
     "return original_open(file, mode, *args, **kwargs)",
+    "return getattr(array, method)(*args)",  # plan.checks.call_guard: a value method
+    "format(array.item(), *args)",
 ])
 
 

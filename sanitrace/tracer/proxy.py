@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional
 import mlx.core as mx
 import numpy as np
 
-from ..plan import OPS, Node, Ref, Slot, dtype_name
+from ..plan import OPS, Node, PlanError, Ref, Slot, dtype_name
+from ..plan.checks import call_guard, check_guard_args
 
 _REAL_ARRAY = mx.array
 _BROADCAST_TO, _RESHAPE, _EVAL = mx.broadcast_to, mx.reshape, mx.eval  # before tracing patches them
@@ -29,6 +30,16 @@ POISON_MESSAGE = "Unable to read from file"
 
 class TraceError(Exception):
     """Tracing cannot produce a faithful plan; the message says where and why."""
+
+
+class NoValue(Exception):
+    """A traced value cannot be computed at trace time: source ``tensor`` has no
+    data (``why`` names its file)."""
+
+    def __init__(self, tensor: str, why: str):
+        super().__init__(why)
+        self.tensor = tensor
+        self.why = why
 
 
 def user_site() -> str:
@@ -202,19 +213,38 @@ class Recorder:
         )
 
     def value(self, proxy: "Proxy", method: str, *args):
-        """A Python value of a checkpoint tensor: evaluated from real data and kept as a guard."""
-        real = self.value_source(proxy._st_ref) if self.value_source else None
-        if real is None:
+        """A Python value of a checkpoint tensor: evaluated from real data and kept
+        as a guard, with the arguments of the call."""
+        recorded = [_guard_argument(a, method) for a in args]
+        try:
+            if self.value_source is None:
+                raise NoValue("", "no source data is open")
+            real = self.value_source(proxy._st_ref)
+        except NoValue as e:
+            needs = f"; tracing this model needs the real data of tensor {e.tensor!r}" if e.tensor else ""
             raise TraceError(
                 f"{self.model_name}: sanitize needs the value of a checkpoint tensor "
-                f"(.{method}) at {user_site()}; the source holds headers only, so the "
-                "value is unknown at trace time"
-            )
-        result = getattr(real, method)(*args)
+                f"(.{method}({', '.join(map(repr, recorded))}) at {user_site()}), but {e.why}{needs}"
+            ) from None
+        try:
+            check_guard_args(method, recorded)
+        except PlanError as e:
+            raise TraceError(f"{self.model_name}: at {user_site()}: {e}") from None
+        result = call_guard(real, method, tuple(recorded))
         self.guards.append(
-            {"ref": proxy._st_ref, "method": method, "value": _guard_value(result)}
+            {"ref": proxy._st_ref, "method": method, "args": recorded, "value": _guard_value(result)}
         )
         return result
+
+
+def _guard_argument(value, method: str):
+    """An argument of a value method as a plan keeps it: a literal, a numpy
+    dtype (``np.asarray(x, np.float32)`` calls ``__array__(dtype)``) by name."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, np.dtype):
+        return value.name
+    raise TraceError(f"{user_site()}: .{method}() with a {type(value).__name__} argument cannot be kept in a plan")
 
 
 def _guard_value(value):
@@ -329,7 +359,8 @@ for _name in "__iadd__ __isub__ __imul__ __itruediv__ __ifloordiv__ __imod__ __i
 for _name in ("T", "mT", "real", "imag"):
     if hasattr(_REAL_ARRAY, _name):  # mlx 0.32.2 has no mT
         setattr(Proxy, _name, _property(_name))
-for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "__bytes__", "__dlpack__"):
+for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "__bytes__",
+              "__dlpack__", "__format__"):
     setattr(Proxy, _name, _value_method(_name))
 
 

@@ -7,15 +7,16 @@ then truncate the file. The arrays are lazy and never evaluated; if anything tri
 would fail ("poisoned"), instead of silently producing zeros.
 """
 
+import errno
 import json
 import os
 import struct
 import tempfile
-from typing import Dict
+from typing import Dict, Optional
 
 import mlx.core as mx
 
-from ..safetensors_format import Header, SafetensorsError, read_header
+from ..safetensors_format import Header, SafetensorsError, open_regular, read_header
 
 
 class SourceSet:
@@ -73,9 +74,47 @@ class SourceSet:
         tensors = header.tensors
         return {key: arrays[kinds[(tensors[key].dtype, tensors[key].shape)]] for key in sorted(tensors)}
 
-    def has_data(self) -> bool:
-        """True when every opened file is as long as its header says."""
-        return all(
-            os.path.getsize(os.path.join(self.model_dir, n)) >= h.expected_size
-            for n, h in self.headers.items()
-        )
+    def missing_data(self, name: str, tensor: str) -> Optional[str]:
+        """Why the opened file ``name`` holds no real bytes for ``tensor`` (a
+        header-only copy, truncated or sparse), or None when they are there.
+
+        A copy made by writing the header and truncating the file up to its
+        size is as long as the header says but stores nothing: its data region
+        is one hole. Holes are found with SEEK_DATA / SEEK_HOLE (in the tensor's
+        bytes, or everywhere past the header's block), or, where the file
+        system cannot tell, from ``st_blocks``."""
+        header = self.headers[name]
+        t = header.tensors[tensor]
+        path = os.path.join(self.model_dir, name)
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            if st.st_size < header.expected_size:
+                what = "headers only" if st.st_size <= header.data_start else "incomplete"
+                return (f"{path} is {what} ({st.st_size} of the {header.expected_size} bytes "
+                        "its header implies)")
+            block = max(st.st_blksize, 4096)
+            after_header = -(-header.data_start // block) * block  # the header's block stores a few data bytes
+            holes = _holes(f.fileno(), t.begin, t.end)
+            if not holes and after_header < header.expected_size:
+                holes = _holes(f.fileno(), after_header, header.expected_size, everywhere=True)
+            if holes is None:  # no SEEK_DATA: a file that allocates no more than its header
+                holes = 0 < st.st_blocks * 512 <= after_header < header.expected_size
+        if holes:
+            return f"{path} is headers only (sparse: no data stored for tensor {tensor!r})"
+        return None
+
+
+def _holes(fd: int, begin: int, end: int, everywhere: bool = False) -> Optional[bool]:
+    """Whether bytes ``begin:end`` of the open file ``fd`` have a hole (bytes not
+    stored, read as zeros) or, with ``everywhere``, are all one hole; None when
+    the file system cannot tell."""
+    seek_data = getattr(os, "SEEK_DATA", None)
+    if seek_data is None or begin >= end:
+        return None if seek_data is None else False
+    try:
+        data = os.lseek(fd, begin, seek_data)
+        if everywhere:
+            return data >= end
+        return data > begin or os.lseek(fd, begin, os.SEEK_HOLE) < end
+    except OSError as e:
+        return True if e.errno == errno.ENXIO else None  # ENXIO: no data from ``begin`` on
