@@ -43,6 +43,9 @@ demo: setup
 	$(PY) -c "from mlx_lm import load; load('$(DEMO)/mlx-model'); print('mlx_lm.load: ok')"
 	@echo "done: $(DEMO)/mlx-model; 'source $(VENV)/bin/activate' puts sanitrace on your PATH"
 
+lint: setup
+	$(PY) -m ruff check sanitrace tests bench examples plans
+
 test: setup
 	$(PY) -m pytest -q --durations=10
 

@@ -24,8 +24,7 @@ from typing import Optional
 from . import plan as plan_ir
 from .plan.checks import check_name
 from .planner import build_plan
-from .planner.side_files import GENERATED
-from .tracer import CUSTOM_PREDICATE, ConvertOptions, trace
+from .tracer import CUSTOM_PREDICATE, WRITTEN_FILES, ConvertOptions, trace
 
 
 # what a plan's recorded small files may be: data the library reads, never code
@@ -132,8 +131,8 @@ def keep_side_files(fresh: plan_ir.Plan, plan: plan_ir.Plan) -> plan_ir.Plan:
     """``fresh`` with ``plan``'s files besides the shards and the ones convert
     generates (config.json, the index, README.md), and its tokenizer note."""
     shards = [f for f in fresh.files if f.kind == "safetensors"]
-    generated = [f for f in fresh.files if f.kind != "safetensors" and f.name in GENERATED]
-    recorded = [f for f in plan.files if f.kind != "safetensors" and f.name not in GENERATED]
+    generated = [f for f in fresh.files if f.kind != "safetensors" and f.name in WRITTEN_FILES]
+    recorded = [f for f in plan.files if f.kind != "safetensors" and f.name not in WRITTEN_FILES]
     files = tuple(shards + sorted(generated + recorded, key=lambda f: f.name))
     accounting = fresh.accounting._replace(tokenizer=plan.accounting.tokenizer)
     return dataclasses.replace(fresh, files=files, accounting=accounting)

@@ -343,7 +343,7 @@ def test_retrace_takes_trust_remote_code_from_its_caller_only(llama_plan, monkey
 
     seen = []
     real = sanitrace.retrace.trace
-    monkeypatch.setattr(sanitrace.retrace, "trace", lambda d, o, l: seen.append(o) or real(d, o, l))
+    monkeypatch.setattr(sanitrace.retrace, "trace", lambda d, o, lib: seen.append(o) or real(d, o, lib))
     plan = with_source(llama_plan, options=dict(llama_plan.options, trust_remote_code=True))
     fresh = sanitrace.retrace.retrace(plan)
     assert seen[0].trust_remote_code is False

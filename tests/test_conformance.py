@@ -12,6 +12,8 @@ from sanitrace.executor import execute
 from sanitrace.planner import build_plan
 from sanitrace.tracer import ConvertOptions, trace
 
+pytestmark = pytest.mark.slow  # the libraries' own conversion is the oracle
+
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("fixture", sorted(FIXTURES))

@@ -34,6 +34,8 @@ from conftest import REPO, SHARED, SOURCE_FIXTURES, make_checkpoint
 from sanitrace.cli import main as sanitrace_main
 from sanitrace.compare import compare_folders
 
+pytestmark = pytest.mark.slow  # the libraries' own conversion is the oracle
+
 # (the packages export a `convert` function that hides the module of that name)
 PARSERS = {lib: importlib.import_module(f"{lib}.convert").configure_parser() for lib in ("mlx_lm", "mlx_vlm")}
 EXAMPLE = REPO / "examples" / "tiny-qwen3-moe"

@@ -16,6 +16,8 @@ from conftest import REPO, SHARED
 from sanitrace.check import check, eager_flags
 from sanitrace.conformance import MODES, corpus_cases
 
+pytestmark = pytest.mark.slow  # the libraries' own conversion is the oracle
+
 CORPUS = SHARED / "corpus"
 CASES = corpus_cases(str(CORPUS)) if (CORPUS / "manifest.json").exists() else []
 

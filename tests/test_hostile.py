@@ -609,7 +609,7 @@ def test_show_prints_digest_and_execute_checks_it(base, tmp_path):
     digest = lines[0].split()[-1]
     assert len(digest) >= 16 and all(c in "0123456789abcdef" for c in digest.lower()), lines[0]
     rc, full, err = cli(["show", base["plan"], "--full"])
-    assert rc == 0 and [l for l in full.splitlines() if l.startswith("digest")] == lines
+    assert rc == 0 and [line for line in full.splitlines() if line.startswith("digest")] == lines
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
     rc, _, err = cli(["execute", base["plan"], "--source", base["src"], "--out", tmp_path / "a",
                       "--no-progress", "--digest", wrong])

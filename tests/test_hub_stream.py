@@ -22,6 +22,8 @@ from sanitrace.executor.schedule import schedule
 from sanitrace.fixtures import write_checkpoint
 from sanitrace.hub import open_repo
 
+pytestmark = pytest.mark.slow  # the libraries' own conversion is the oracle
+
 REPO = "org/tiny-moe"
 CARD = "---\nlicense: apache-2.0\ntags:\n- moe\n---\n# tiny-moe\n\nA tiny test model.\n"
 

@@ -98,9 +98,9 @@ def test_diff_reports_quantization_and_dtype_changes(checkpoints):
     q4 = traced(checkpoints["deepseek_v3"], quantize=True)
     lines = diff(bf16, q4)
     assert "options.quantize: False -> True" in lines
-    changed = "\n".join(lines[lines.index(next(l for l in lines if l.startswith("outputs changed"))):])
+    changed = "\n".join(lines[lines.index(next(line for line in lines if line.startswith("outputs changed"))):])
     assert "quantize(" in changed and "uint32" in changed
-    assert any(l.startswith("outputs added") for l in lines)  # the .scales / .biases
+    assert any(line.startswith("outputs added") for line in lines)  # the .scales / .biases
     assert diff(q4, q4) == []
 
 

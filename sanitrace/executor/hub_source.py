@@ -30,13 +30,13 @@ from ..plan import Plan
 from ..plan.checks import check_name
 from ..show import human_bytes
 from .copies import made_file
+from .progress import progress_bar
+from .schedule import Schedule, held_peak, schedule
+from .sources import SourceMismatch, planned_tables, verify_file
 
 # what mlx_vlm's download takes from a repo (utils.get_model_path): its convert then
 # copies every sub-folder of that snapshot, so these are the sub-folder files it copies
 VLM_DOWNLOAD_PATTERNS = ("*.json", "*.jsonl", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja")
-from .progress import progress_bar
-from .schedule import Schedule, held_peak, schedule
-from .sources import SourceMismatch, planned_tables, verify_file
 
 STAGING = ".sanitrace-source"
 

@@ -12,8 +12,8 @@ from typing import Dict, List
 
 from ..plan import OutputFile
 from ..plan.edits import diff_edits, edited_size, sha256
+from ..tracer import WRITTEN_FILES
 
-GENERATED = frozenset(["config.json", "model.safetensors.index.json", "README.md"])
 INLINE_BYTES = 16 << 10  # files up to this size are stored whole, readable in `show`
 
 
@@ -24,7 +24,7 @@ def side_files(written: Dict[str, bytes], bases: Dict[str, bytes]) -> List[Outpu
     for name in sorted(written):
         data, base = written[name], bases.get(name)
         entry = OutputFile(name, "text", len(data), data=data)
-        if base is not None and name not in GENERATED and (data == base or len(data) > INLINE_BYTES):
+        if base is not None and name not in WRITTEN_FILES and (data == base or len(data) > INLINE_BYTES):
             edits = tuple(diff_edits(base, data))
             if sum(len(e[2]) for e in edits) < len(data):
                 entry = OutputFile(name, "source", edited_size(len(base), edits), base=name, base_size=len(base),

@@ -32,7 +32,8 @@ from .sources import SourceSet
 from ..versions import VersionError, check_installed
 
 _REAL_LOAD = mx.load
-# files save() writes itself; everything else in its output is copied from the source
+# the files convert generates itself (the one list); the rest of its output is the
+# source's files, copied or re-saved by the tokenizer/processor (planner/side_files.py)
 WRITTEN_FILES = ("config.json", "model.safetensors.index.json", "README.md")
 
 
@@ -324,4 +325,4 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
     )
 
 
-__all__ = ["trace", "ConvertOptions", "CUSTOM_PREDICATE", "TraceResult", "TraceError", "LoadMismatch", "LIBRARIES", "choose_library"]
+__all__ = ["trace", "ConvertOptions", "WRITTEN_FILES", "CUSTOM_PREDICATE", "TraceResult", "TraceError", "LoadMismatch", "LIBRARIES", "choose_library"]
