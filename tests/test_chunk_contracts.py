@@ -11,7 +11,7 @@ import mlx.core as mx
 import pytest
 from conftest import copy_tree, make_checkpoint
 from test_constructs import CONSTRUCTS
-from tracing_helpers import record, same_bits, through_plan_file
+from tracing_helpers import record, replay_chunk, same_bits, through_plan_file
 
 from sanitrace.compare import compare_folders
 from sanitrace.executor import execute
@@ -40,22 +40,6 @@ def outputs_of(nodes, refs) -> list:
         dtype, shape = nodes[ref.node].outs[ref.out]
         result.append(Output(f"out{i}", dtype, tuple(shape), ref, 0, 0, nbytes([dtype, shape])))
     return result
-
-
-def replay_chunk(replayer, refs, arrays, region) -> list:
-    """Replay ``refs`` at ``region`` as the executor does: the source pieces
-    reads() lists, then value(), then clear() (which checks the invariants)."""
-    replayer.requests = replayer.reads(refs, region)
-    for index, reg in replayer.requests:
-        piece = arrays[index]
-        if reg is not None:
-            axis, a, b = reg
-            piece = piece[(slice(None),) * axis + (slice(a, b),)]
-        replayer.sources[(index, reg)] = piece
-    values = [replayer.value(r, region) for r in refs]
-    mx.eval(values)
-    replayer.clear()
-    return values
 
 
 def run_eagerly(fn, arrays) -> list:

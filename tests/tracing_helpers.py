@@ -34,8 +34,14 @@ def through_plan_file(nodes, num_sources):
 
 
 def replay(nodes, refs, arrays, region):
-    replayer = Replayer(nodes, refs)
-    for index, reg in replayer.reads(refs, region):
+    return replay_chunk(Replayer(nodes, refs), refs, arrays, region)
+
+
+def replay_chunk(replayer, refs, arrays, region) -> list:
+    """Replay ``refs`` at ``region`` as the executor does: the source pieces
+    reads() lists, then value(), then clear() (which checks the invariants)."""
+    replayer.requests = replayer.reads(refs, region)
+    for index, reg in replayer.requests:
         piece = arrays[index]
         if reg is not None:
             axis, a, b = reg
@@ -43,6 +49,7 @@ def replay(nodes, refs, arrays, region):
         replayer.sources[(index, reg)] = piece
     values = [replayer.value(r, region) for r in refs]
     mx.eval(values)
+    replayer.clear()
     return values
 
 
