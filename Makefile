@@ -45,6 +45,8 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check sanitrace tests bench examples plans
+	$(PY) -m ruff format --check sanitrace tests bench examples plans
+	$(PY) -m mypy
 
 test: setup
 	$(PY) -m pytest -q --durations=10

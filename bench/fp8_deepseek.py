@@ -25,10 +25,21 @@ def main():
     if not os.path.exists(src):
         os.makedirs(args.work, exist_ok=True)
         write_checkpoint(
-            src, "deepseek_v3", source_format="fp8_block", layers=args.layers,
-            experts=args.experts, hidden=2048, moe_intermediate=1536, intermediate=4096,
-            heads=16, kv_heads=16, head_dim=128, q_lora_rank=1536, kv_lora_rank=512,
-            vocab=1024, shards=2,
+            src,
+            "deepseek_v3",
+            source_format="fp8_block",
+            layers=args.layers,
+            experts=args.experts,
+            hidden=2048,
+            moe_intermediate=1536,
+            intermediate=4096,
+            heads=16,
+            kv_heads=16,
+            head_dim=128,
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            vocab=1024,
+            shards=2,
         )
     run_modes(src, args, [("-q", ["-q"])])
 

@@ -36,29 +36,38 @@ def main():
     materialize(args.giants, "deepseek-v3", full)
     plan_path = os.path.join(args.work, "dsv3-q4.msgpack")
     start = time.time()
-    run = measure("trace", [sys.executable, "-m", "sanitrace", "trace", full, "-q", "-o", plan_path],
-                  os.path.join(args.work, "trace.log"))
+    run = measure(
+        "trace",
+        [sys.executable, "-m", "sanitrace", "trace", full, "-q", "-o", plan_path],
+        os.path.join(args.work, "trace.log"),
+    )
     plan = plan_ir.load(plan_path)
-    print(f"full trace: {len(plan.source.tensors)} tensors, {len(plan.source.files)} shards, "
-          f"{run.wall:.1f} s wall, peak RSS {run.peak_rss / 2**30:.2f} GiB, "
-          f"plan {os.path.getsize(plan_path) / 1e6:.1f} MB, "
-          f"predicted execute peak {plan.memory.predicted_peak / 2**30:.2f} GiB "
-          f"(took {time.time() - start:.0f} s with loading)")
+    print(
+        f"full trace: {len(plan.source.tensors)} tensors, {len(plan.source.files)} shards, "
+        f"{run.wall:.1f} s wall, peak RSS {run.peak_rss / 2**30:.2f} GiB, "
+        f"plan {os.path.getsize(plan_path) / 1e6:.1f} MB, "
+        f"predicted execute peak {plan.memory.predicted_peak / 2**30:.2f} GiB "
+        f"(took {time.time() - start:.0f} s with loading)"
+    )
 
     four = os.path.join(args.work, "dsv3-4")
     materialize(args.giants, "deepseek-v3", four, "--layers", "4")
     if not args.skip_eager and not os.path.exists(os.path.join(four, "tokenizer.json")):
         write_tokenizer(four, 256)  # eager mlx_lm.convert loads a tokenizer; sanitrace does not
     plan4 = os.path.join(args.work, "dsv3-4-q4.msgpack")
-    subprocess.run([sys.executable, "-m", "sanitrace", "trace", four, "-q", "-o", plan4],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "sanitrace", "trace", four, "-q", "-o", plan4], check=True, stdout=subprocess.DEVNULL
+    )
     predicted = plan_ir.load(plan4).memory.predicted_peak
     print(f"4 layers: predicted execute peak {predicted / 2**30:.2f} GiB")
     if args.skip_eager:
         out = os.path.join(args.work, "dsv3-4-sanitrace")
         shutil.rmtree(out, ignore_errors=True)
-        ours = measure("sanitrace", [sys.executable, "-m", "sanitrace", "execute", plan4, "--source",
-                                     four, "--out", out, "--no-progress"], os.path.join(args.work, "exec.log"))
+        ours = measure(
+            "sanitrace",
+            [sys.executable, "-m", "sanitrace", "execute", plan4, "--source", four, "--out", out, "--no-progress"],
+            os.path.join(args.work, "exec.log"),
+        )
         print(f"sanitrace execute: peak RSS {ours.peak_rss / 2**30:.2f} GiB, {ours.wall:.1f} s")
         return
     eager, ours, identical = compare_pair(four, args.work, "dsv3-4-q", ["-q"], args.budget)

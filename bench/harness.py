@@ -69,10 +69,16 @@ def compare_pair(src: str, work: str, name: str, flags: List[str], budget: Optio
     ours_out = os.path.join(work, f"{name}-sanitrace")
     for d in (eager_out, ours_out, ours_out + ".partial"):
         shutil.rmtree(d, ignore_errors=True)
-    eager = measure(f"mlx_lm.convert {' '.join(flags)}".strip(), eager_argv(src, eager_out, flags),
-                    os.path.join(work, f"{name}-eager.log"))
-    ours = measure(f"sanitrace convert {' '.join(flags)}".strip(), sanitrace_argv(src, ours_out, flags, budget),
-                   os.path.join(work, f"{name}-sanitrace.log"))
+    eager = measure(
+        f"mlx_lm.convert {' '.join(flags)}".strip(),
+        eager_argv(src, eager_out, flags),
+        os.path.join(work, f"{name}-eager.log"),
+    )
+    ours = measure(
+        f"sanitrace convert {' '.join(flags)}".strip(),
+        sanitrace_argv(src, ours_out, flags, budget),
+        os.path.join(work, f"{name}-sanitrace.log"),
+    )
     if eager.returncode or ours.returncode:
         identical = f"failed (eager rc={eager.returncode}, sanitrace rc={ours.returncode})"
     else:
@@ -124,5 +130,8 @@ def materialize(giants: str, name: str, dest: str, *extra: str) -> None:
     """Write the header-accurate sparse checkpoint ``name`` of ../shared/giants
     to ``dest`` (``materialize.py`` flags in ``extra``), unless it exists."""
     if not os.path.exists(dest):
-        subprocess.run([sys.executable, os.path.join(giants, "materialize.py"), os.path.join(giants, name),
-                        dest, *extra], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, os.path.join(giants, "materialize.py"), os.path.join(giants, name), dest, *extra],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )

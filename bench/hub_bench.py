@@ -24,8 +24,9 @@ def sanitrace(*args: str) -> List[str]:
 
 
 def shard_sizes(folder: str) -> Dict[str, int]:
-    return {n: os.path.getsize(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
-            if n.endswith(".safetensors")}
+    return {
+        n: os.path.getsize(os.path.join(folder, n)) for n in sorted(os.listdir(folder)) if n.endswith(".safetensors")
+    }
 
 
 def header_bytes(path: str) -> int:
@@ -76,8 +77,11 @@ def span(request, size: int) -> Tuple[int, int]:
 
 def file_gets(requests: list, sizes: Dict[str, int]) -> List[Tuple[int, str, object]]:
     """(log index, file, request) of every safetensors GET the server answered with data."""
-    return [(i, file_of(r.path), r) for i, r in enumerate(requests)
-            if r.method == "GET" and r.status in (200, 206) and file_of(r.path) in sizes]
+    return [
+        (i, file_of(r.path), r)
+        for i, r in enumerate(requests)
+        if r.method == "GET" and r.status in (200, 206) and file_of(r.path) in sizes
+    ]
 
 
 def covered(requests: list, sizes: Dict[str, int]) -> Dict[str, int]:

@@ -34,13 +34,12 @@ from typing import Dict, List, Optional, Tuple
 import psutil
 from harness import Run, eager_argv, measure
 
-from hub_bench import (HubServer, allocated, covered, environ, file_gets, header_bytes, sanitrace, shard_sizes,
-                       span)
+from hub_bench import HubServer, allocated, covered, environ, file_gets, header_bytes, sanitrace, shard_sizes, span
 
-from sanitrace.cli import parse_size  # noqa: E402
+from sanitrace.cli_flags import parse_size  # noqa: E402
+from sanitrace.collapse import human_bytes  # noqa: E402
 from sanitrace.compare import compare_folders  # noqa: E402
 from sanitrace.fixtures import write_checkpoint  # noqa: E402
-from sanitrace.show import human_bytes  # noqa: E402
 
 REPO_ID = "bench/moe-2g"
 SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\b")
@@ -49,9 +48,20 @@ SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\b")
 def build_source(src: str, args) -> None:
     """The checkpoint, unless it exists; then check its size and expert split."""
     if not os.path.exists(src):
-        write_checkpoint(src, "qwen3_moe", layers=args.layers, experts=args.experts, hidden=args.hidden,
-                         moe_intermediate=args.moe_intermediate, intermediate=4 * args.hidden, heads=16,
-                         kv_heads=4, head_dim=128, vocab=1024, shards=args.shards)
+        write_checkpoint(
+            src,
+            "qwen3_moe",
+            layers=args.layers,
+            experts=args.experts,
+            hidden=args.hidden,
+            moe_intermediate=args.moe_intermediate,
+            intermediate=4 * args.hidden,
+            heads=16,
+            kv_heads=4,
+            head_dim=128,
+            vocab=1024,
+            shards=args.shards,
+        )
     if not os.path.exists(os.path.join(src, "README.md")):  # Hub repos have a model card
         with open(os.path.join(src, "README.md"), "w") as f:
             f.write("---\nlicense: apache-2.0\ntags:\n- moe\n---\n# moe-2g\n\nA synthetic bench checkpoint.\n")
@@ -64,10 +74,13 @@ def build_source(src: str, args) -> None:
         match = re.match(r"model\.layers\.(\d+)\.mlp\.experts\.", name)
         if match:
             split.setdefault(match.group(1), set()).add(shard)
-    straddle = [f"layer {k}: {' + '.join(sorted(v))}" for k, v in sorted(split.items(), key=lambda kv: int(kv[0]))
-                if len(v) > 1]
-    print(f"source: {src}: {len(shards)} shards, {sum(shards.values()) / 1e9:.2f} GB "
-          f"({on_disk / 1e9:.2f} GB allocated on disk); experts straddling shards:\n  " + "\n  ".join(straddle))
+    straddle = [
+        f"layer {k}: {' + '.join(sorted(v))}" for k, v in sorted(split.items(), key=lambda kv: int(kv[0])) if len(v) > 1
+    ]
+    print(
+        f"source: {src}: {len(shards)} shards, {sum(shards.values()) / 1e9:.2f} GB "
+        f"({on_disk / 1e9:.2f} GB allocated on disk); experts straddling shards:\n  " + "\n  ".join(straddle)
+    )
     if len(shards) < 4 or on_disk < 2e9 or not straddle:
         sys.exit("the source must have >= 4 shards, >= 2 GB on disk and a layer's experts in two shards")
 
@@ -77,8 +90,18 @@ class Monitor(threading.Thread):
     peak RSS (VmHWM) of ``pid``; in faults mode it arms connection drops and sends
     the kill -9 (see ``arm`` and ``kill``)."""
 
-    def __init__(self, hub: HubServer, sizes: Dict[str, int], headers: Dict[str, int], source_dir: str,
-                 hf_home: str, rng: random.Random, drops: int = 0, kill: bool = False, stall: float = 120):
+    def __init__(
+        self,
+        hub: HubServer,
+        sizes: Dict[str, int],
+        headers: Dict[str, int],
+        source_dir: str,
+        hf_home: str,
+        rng: random.Random,
+        drops: int = 0,
+        kill: bool = False,
+        stall: float = 120,
+    ):
         super().__init__(daemon=True)
         self.hub, self.sizes, self.headers, self.rng = hub, sizes, headers, rng
         self.source_dir, self.hf_home = source_dir, hf_home
@@ -150,8 +173,9 @@ class Monitor(threading.Thread):
         if self.rules > self.drops or done < self.rules / (self.drops + 1) * 0.6 * total:
             return
         self.armed, self.rules = len(requests), self.rules + 1
-        self.hub.faults.drop_randomly(1, match=".safetensors", seed=self.rng.randrange(1 << 30),
-                                      min_length=max(self.headers.values()) + 1)  # header reads are left alone
+        self.hub.faults.drop_randomly(
+            1, match=".safetensors", seed=self.rng.randrange(1 << 30), min_length=max(self.headers.values()) + 1
+        )  # header reads are left alone
 
     def kill(self, requests: list, done: Dict[str, int]) -> None:
         """kill -9 once a random share of the bytes between the end of the first
@@ -200,13 +224,26 @@ def run_hub(mode: str, hub: HubServer, src: str, args, rng: random.Random) -> di
     sizes = shard_sizes(src)
     headers = {n: header_bytes(os.path.join(src, n)) for n in sizes}
     faults = mode == "faults"
-    monitor = Monitor(hub, sizes, headers, os.path.join(out + ".partial", ".sanitrace-source"), home, rng,
-                      drops=args.drops if faults else 0, kill=faults, stall=args.stall)
+    monitor = Monitor(
+        hub,
+        sizes,
+        headers,
+        os.path.join(out + ".partial", ".sanitrace-source"),
+        home,
+        rng,
+        drops=args.drops if faults else 0,
+        kill=faults,
+        stall=args.stall,
+    )
     hub.faults.clear()
     hub.reset_log()
     argv = sanitrace_argv(out, args.flags, args.disk_budget)
-    env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": home, "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HOME": home,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     logs = [os.path.join(args.work, f"{mode}-sanitrace.log")]
     monitor.start()
     with environ(env):
@@ -223,10 +260,13 @@ def run_hub(mode: str, hub: HubServer, src: str, args, rng: random.Random) -> di
                 time.sleep(0.5)  # let the server see the killed connections close
             logs.append(os.path.join(args.work, f"{mode}-sanitrace-resume.log"))
             resumed = measure("sanitrace faults --resume", argv + ["--resume"], logs[1])
-            run = Run(f"sanitrace {mode}", max(first_rss, resumed.peak_rss), first_wall + resumed.wall,
-                      resumed.returncode)
-            print(f"  faults: first run rc={first_rc} after {first_wall:.1f} s "
-                  f"({'killed' if monitor.killed else 'not killed'}), resume rc={resumed.returncode}")
+            run = Run(
+                f"sanitrace {mode}", max(first_rss, resumed.peak_rss), first_wall + resumed.wall, resumed.returncode
+            )
+            print(
+                f"  faults: first run rc={first_rc} after {first_wall:.1f} s "
+                f"({'killed' if monitor.killed else 'not killed'}), resume rc={resumed.returncode}"
+            )
     monitor.stop()
     requests = hub.requests
     gets = file_gets(requests, sizes)
@@ -238,22 +278,37 @@ def run_hub(mode: str, hub: HubServer, src: str, args, rng: random.Random) -> di
     in_flight = cut & killed.get("requests", set())
     with open(logs[0], errors="replace") as f:
         disk = [line.strip() for line in f if re.search(r"(?i)\bdisk\b(?!_)", line) and "=" not in line]
-    return dict(run=run, out=out, logs=logs, requests=len(requests), sizes=sizes, sent=sent,
-                covered=covered(requests, sizes), drops=len(cut - in_flight),
-                cuts=len(cut), in_flight=len(in_flight), killed=killed, monitor=monitor,
-                server_drops=getattr(hub.faults, "dropped", "?"),
-                budget=disk_budget(args, disk, sizes), disk=disk)
+    return dict(
+        run=run,
+        out=out,
+        logs=logs,
+        requests=len(requests),
+        sizes=sizes,
+        sent=sent,
+        covered=covered(requests, sizes),
+        drops=len(cut - in_flight),
+        cuts=len(cut),
+        in_flight=len(in_flight),
+        killed=killed,
+        monitor=monitor,
+        server_drops=getattr(hub.faults, "dropped", "?"),
+        budget=disk_budget(args, disk, sizes),
+        disk=disk,
+    )
 
 
 def identity(eager_out: Optional[str], out: str, rc: int) -> str:
-    """"yes", "NO: ...", or why it was not compared; side files that differ are named."""
+    """ "yes", "NO: ...", or why it was not compared; side files that differ are named."""
     if rc:
         return f"failed (rc={rc})"
     if eager_out is None or not os.path.isdir(eager_out):
         return "no eager output"
     problems = compare_folders(eager_out, out)
-    pairs = [(n, os.path.join(eager_out, n), os.path.join(out, n)) for n in set(os.listdir(eager_out))
-             | set(os.listdir(out)) if not n.endswith(".safetensors") and n != "config.json"]
+    pairs = [
+        (n, os.path.join(eager_out, n), os.path.join(out, n))
+        for n in set(os.listdir(eager_out)) | set(os.listdir(out))
+        if not n.endswith(".safetensors") and n != "config.json"
+    ]
     side = sorted(n for n, a, b in pairs if not (os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, False)))
     note = f" (side files differ, out of scope: {', '.join(side)})" if side else ""
     return ("yes" if not problems else f"NO: {problems[:3]}") + note
@@ -264,35 +319,46 @@ def report(mode: str, result: dict, identical: str) -> List[str]:
     sizes, sent = result["sizes"], result["sent"]
     total, (budget, origin), mon = sum(sizes.values()), result["budget"], result["monitor"]
     stalled = ["  HUNG: no download and no CPU for --stall seconds; killed by the bench"] if mon.stalled else []
-    lines = [f"{mode}: identical: {identical}", *stalled,
-             f"  safetensors sent {human_bytes(sum(sent.values()))} for {human_bytes(total)} of source "
-             f"({sum(sent.values()) / total:.4f}x; must be <= 1.05), {result['requests']} requests",
-             f"  peak local source {mon.peak_apparent:,} B ({mon.peak_apparent - budget:+,} B vs the budget), "
-             f"{mon.peak_source:,} B allocated ({mon.peak_source - budget:+,} B); budget {budget:,} B ({origin})",
-             f"  HF_HOME peak {human_bytes(mon.peak_home)} allocated",
-             f"  sanitrace printed: {' | '.join(result['disk']) or 'nothing about disk'}"]
+    lines = [
+        f"{mode}: identical: {identical}",
+        *stalled,
+        f"  safetensors sent {human_bytes(sum(sent.values()))} for {human_bytes(total)} of source "
+        f"({sum(sent.values()) / total:.4f}x; must be <= 1.05), {result['requests']} requests",
+        f"  peak local source {mon.peak_apparent:,} B ({mon.peak_apparent - budget:+,} B vs the budget), "
+        f"{mon.peak_source:,} B allocated ({mon.peak_source - budget:+,} B); budget {budget:,} B ({origin})",
+        f"  HF_HOME peak {human_bytes(mon.peak_home)} allocated",
+        f"  sanitrace printed: {' | '.join(result['disk']) or 'nothing about disk'}",
+    ]
     if mode != "faults":
         return lines
     killed = result["killed"]
-    lines.append(f"  drops injected {result['drops']} (server's count {result['server_drops']}; GETs cut short: "
-                 f"{result['cuts']}, of which in flight at the kill: {result['in_flight']}); kill -9 "
-                 + (f"at {human_bytes(killed['at'])} downloaded, shard in flight: "
-                    f"{', '.join(killed['shards']) or 'none'}"
-                    if killed else "NOT sent (the run ended first)"))
+    lines.append(
+        f"  drops injected {result['drops']} (server's count {result['server_drops']}; GETs cut short: "
+        f"{result['cuts']}, of which in flight at the kill: {result['in_flight']}); kill -9 "
+        + (
+            f"at {human_bytes(killed['at'])} downloaded, shard in flight: {', '.join(killed['shards']) or 'none'}"
+            if killed
+            else "NOT sent (the run ended first)"
+        )
+    )
     lines.append("  | shard | size | sent | sent / size | re-sent | |")
     lines.append("  |---|---:|---:|---:|---:|---|")
     for name, size in sizes.items():
         resent = sent[name] - result["covered"][name]
         interrupted = name in killed.get("shards", [])
         flag = "in flight at the kill" if interrupted else ("SENT MORE THAN ONCE" if resent > 1 << 20 else "")
-        lines.append(f"  | {name} | {human_bytes(size)} | {human_bytes(sent[name])} | {sent[name] / size:.4f} | "
-                     f"{human_bytes(resent)} | {flag} |")
+        lines.append(
+            f"  | {name} | {human_bytes(size)} | {human_bytes(sent[name])} | {sent[name] / size:.4f} | "
+            f"{human_bytes(resent)} | {flag} |"
+        )
     return lines
 
 
 def table(rows: List[tuple]) -> str:
-    lines = ["| mode | identical | wall | peak RSS | downloaded / source | peak local source / budget | requests |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| mode | identical | wall | peak RSS | downloaded / source | peak local source / budget | requests |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for mode, run, identical, result in rows:
         if result is None:
             download = local = requests = "-"
@@ -303,8 +369,10 @@ def table(rows: List[tuple]) -> str:
             local = f"{human_bytes(peak)} / {human_bytes(budget)} = {peak / budget:.2f}x"
             requests = str(result["requests"])
         short = identical.split(" (side files")[0]
-        lines.append(f"| {mode} | {short} | {run.wall:.1f} s | {run.peak_rss / 2**30:.2f} GiB | {download} | "
-                     f"{local} | {requests} |")
+        lines.append(
+            f"| {mode} | {short} | {run.wall:.1f} s | {run.peak_rss / 2**30:.2f} GiB | {download} | "
+            f"{local} | {requests} |"
+        )
     return "\n".join(lines)
 
 
@@ -320,8 +388,12 @@ def main():
     parser.add_argument("--disk-budget", default=None, help="sanitrace --disk-budget (default: sanitrace's)")
     parser.add_argument("--drops", type=int, default=6, help="connection drops to inject in faults mode")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--stall", type=float, default=120,
-                        help="kill a sanitrace run idle (no bytes sent, no CPU) this many seconds; 0: never")
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=120,
+        help="kill a sanitrace run idle (no bytes sent, no CPU) this many seconds; 0: never",
+    )
     parser.add_argument("--modes", default="eager,clean,faults")
     parser.add_argument("--keep", action="store_true", help="keep the outputs (the source is always kept)")
     args = parser.parse_args()
@@ -338,8 +410,14 @@ def main():
         eager_out = os.path.join(args.work, "eager")
         shutil.rmtree(eager_out, ignore_errors=True)
         run = measure("eager", eager_argv(src, eager_out, args.flags), os.path.join(args.work, "eager.log"))
-        rows.append(("eager mlx_lm.convert (local folder)", run, "oracle" if not run.returncode
-                     else f"failed (rc={run.returncode})", None))
+        rows.append(
+            (
+                "eager mlx_lm.convert (local folder)",
+                run,
+                "oracle" if not run.returncode else f"failed (rc={run.returncode})",
+                None,
+            )
+        )
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     rng = random.Random(args.seed)
     start = time.time()
@@ -347,8 +425,11 @@ def main():
         print(f"hub server {hub.endpoint} serving {REPO_ID} (ready in {time.time() - start:.1f} s)")
         for mode in [m for m in modes if m in ("clean", "faults")]:
             result = run_hub(mode, hub, src, args, rng)
-            same = "HUNG: killed by --stall" if result["monitor"].stalled else \
-                identity(eager_out, result["out"], result["run"].returncode)
+            same = (
+                "HUNG: killed by --stall"
+                if result["monitor"].stalled
+                else identity(eager_out, result["out"], result["run"].returncode)
+            )
             rows.append((f"sanitrace {mode}", result["run"], same, result))
             details += report(mode, result, same)
             print(table(rows[-1:]).splitlines()[-1], flush=True)

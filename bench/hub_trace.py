@@ -27,7 +27,7 @@ from harness import GIANTS, materialize, measure
 from hub_bench import HubServer, environ, file_of, header_bytes, sanitrace
 
 from sanitrace import plan as plan_ir
-from sanitrace.show import human_bytes
+from sanitrace.collapse import human_bytes
 
 REPO_ID = "deepseek-ai/DeepSeek-V3"
 
@@ -79,8 +79,10 @@ def main():
             f.write("---\nlicense: mit\nlibrary_name: transformers\n---\n# DeepSeek-V3\n\nHeaders only.\n")
     expect = expected_bytes(local)
     need = expect["headers"] + expect["small"]
-    print(f"source: {local} ({time.time() - start:.1f} s): {expect['shards']} shards, headers "
-          f"{human_bytes(expect['headers'])} (with the 8-byte lengths), small files {human_bytes(expect['small'])}")
+    print(
+        f"source: {local} ({time.time() - start:.1f} s): {expect['shards']} shards, headers "
+        f"{human_bytes(expect['headers'])} (with the 8-byte lengths), small files {human_bytes(expect['small'])}"
+    )
 
     start = time.time()
     runs: Dict[str, list] = {"local": [], "remote": [], "cache": []}
@@ -93,32 +95,44 @@ def main():
             log = os.path.join(args.work, f"local-{i + 1}.log")
             run = measure("local", sanitrace("trace", local, "-o", plan, *flags), log)
             runs["local"].append(dict(run=run, plan=plan, log=log))
-            print(f"local  run {i + 1}: {run.wall:.1f} s, peak RSS {run.peak_rss / 2**30:.2f} GiB, rc {run.returncode}",
-                  flush=True)
+            print(
+                f"local  run {i + 1}: {run.wall:.1f} s, peak RSS {run.peak_rss / 2**30:.2f} GiB, rc {run.returncode}",
+                flush=True,
+            )
 
             plan = os.path.join(args.work, f"remote-{i + 1}.msgpack")
             log = os.path.join(args.work, f"remote-{i + 1}.log")
             home = os.path.join(args.work, f"hf-home-{i + 1}")
             shutil.rmtree(home, ignore_errors=True)
             hub.reset_log()
-            env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": home, "HF_HUB_DISABLE_TELEMETRY": "1",
-                   "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            env = {
+                "HF_ENDPOINT": hub.endpoint,
+                "HF_HOME": home,
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            }
             with environ(env):
                 run = measure("remote", sanitrace("trace", REPO_ID, "-o", plan, *flags), log)
             requests = hub.requests
             runs["remote"].append(dict(run=run, plan=plan, log=log, sent=hub.bytes_sent, requests=requests))
             shutil.rmtree(home, ignore_errors=True)
-            print(f"remote run {i + 1}: {run.wall:.1f} s, peak RSS {run.peak_rss / 2**30:.2f} GiB, "
-                  f"rc {run.returncode}, "
-                  f"{human_bytes(hub.bytes_sent)} sent in {len(requests)} requests", flush=True)
+            print(
+                f"remote run {i + 1}: {run.wall:.1f} s, peak RSS {run.peak_rss / 2**30:.2f} GiB, "
+                f"rc {run.returncode}, "
+                f"{human_bytes(hub.bytes_sent)} sent in {len(requests)} requests",
+                flush=True,
+            )
 
             plan = os.path.join(args.work, f"cache-{i + 1}.msgpack")
             log = os.path.join(args.work, f"cache-{i + 1}.log")
             with environ(dict(env, HF_HOME=cache_home, HF_HUB_OFFLINE="1")):
                 run = measure("cache", sanitrace("trace", REPO_ID, "-o", plan, *flags), log)
             runs["cache"].append(dict(run=run, plan=plan, log=log))
-            print(f"cache  run {i + 1}: {run.wall:.1f} s, rc {run.returncode} (offline, the repo's local copy "
-                  "in the Hugging Face cache)", flush=True)
+            print(
+                f"cache  run {i + 1}: {run.wall:.1f} s, rc {run.returncode} (offline, the repo's local copy "
+                "in the Hugging Face cache)",
+                flush=True,
+            )
 
     report(runs, need, expect)
 
@@ -149,8 +163,10 @@ def report(runs: Dict[str, list], need: int, expect: Dict[str, int]) -> None:
     if not ok["local"] or not ok["remote"]:
         return
     remote_plans = {open(r["plan"], "rb").read() for r in ok["remote"] + ok["cache"]}
-    print(f"\nremote plans byte-identical to the offline traces of the cached copy of {REPO_ID} "
-          f"({len(ok['remote'])} + {len(ok['cache'])} runs): {'yes' if len(remote_plans) == 1 and ok['cache'] else 'NO'}")
+    print(
+        f"\nremote plans byte-identical to the offline traces of the cached copy of {REPO_ID} "
+        f"({len(ok['remote'])} + {len(ok['cache'])} runs): {'yes' if len(remote_plans) == 1 and ok['cache'] else 'NO'}"
+    )
     best = {side: min(ok[side], key=lambda r: r["run"].wall) for side in ("local", "remote")}
     remote = best["remote"]
     walls = {side: ", ".join(f"{r['run'].wall:.1f}" for r in runs[side]) for side in runs}
@@ -159,22 +175,31 @@ def report(runs: Dict[str, list], need: int, expect: Dict[str, int]) -> None:
     print()
     print("| trace | best wall | all runs (s) | peak RSS | server sent | sent / (headers + small files) | requests |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| local folder | {best['local']['run'].wall:.1f} s | {walls['local']} | "
-          f"{best['local']['run'].peak_rss / 2**30:.2f} GiB | - | - | - |")
-    print(f"| {REPO_ID} | {remote['run'].wall:.1f} s ({ratio_wall:.2f}x local; target <= 2x) | {walls['remote']} | "
-          f"{remote['run'].peak_rss / 2**30:.2f} GiB | {human_bytes(remote['sent'])} | {ratio_bytes:.4f}x of "
-          f"{human_bytes(need)} (target <= 1.1x) | {len(remote['requests'])} |")
+    print(
+        f"| local folder | {best['local']['run'].wall:.1f} s | {walls['local']} | "
+        f"{best['local']['run'].peak_rss / 2**30:.2f} GiB | - | - | - |"
+    )
+    print(
+        f"| {REPO_ID} | {remote['run'].wall:.1f} s ({ratio_wall:.2f}x local; target <= 2x) | {walls['remote']} | "
+        f"{remote['run'].peak_rss / 2**30:.2f} GiB | {human_bytes(remote['sent'])} | {ratio_bytes:.4f}x of "
+        f"{human_bytes(need)} (target <= 1.1x) | {len(remote['requests'])} |"
+    )
 
     kinds, volume = Counter(), Counter()
     for r in remote["requests"]:
         kinds[kind(r)] += 1
         volume[kind(r)] += r.nbytes
     statuses = Counter(r.status for r in remote["requests"])
-    print("\nrequests of the best remote run: " + ", ".join(
-        f"{k} {kinds[k]} ({human_bytes(volume[k])})" for k in sorted(kinds)) + f"; statuses {dict(statuses)}")
+    print(
+        "\nrequests of the best remote run: "
+        + ", ".join(f"{k} {kinds[k]} ({human_bytes(volume[k])})" for k in sorted(kinds))
+        + f"; statuses {dict(statuses)}"
+    )
     shard_gets = kinds["GET safetensors range"]
-    print(f"  {shard_gets / max(expect['shards'], 1):.2f} range GETs per shard; headers "
-          f"{human_bytes(expect['headers'])} + small files {human_bytes(expect['small'])} = {human_bytes(need)}")
+    print(
+        f"  {shard_gets / max(expect['shards'], 1):.2f} range GETs per shard; headers "
+        f"{human_bytes(expect['headers'])} + small files {human_bytes(expect['small'])} = {human_bytes(need)}"
+    )
     print("\nthe remote trace printed:")
     print("\n".join("  " + line for line in printed(remote["log"]) if line.strip()))
 
@@ -188,16 +213,20 @@ def report(runs: Dict[str, list], need: int, expect: Dict[str, int]) -> None:
         for p in plans:
             groups.setdefault(data[p], []).append(f"{os.path.basename(p)} ({len(data[p])} B)")
         print(f"  {len(groups)} distinct plans: " + "; ".join(" = ".join(names) for names in groups.values()))
-        diff = subprocess.run(sanitrace("diff", best["local"]["plan"], remote["plan"]), capture_output=True,
-                              text=True)
+        diff = subprocess.run(sanitrace("diff", best["local"]["plan"], remote["plan"]), capture_output=True, text=True)
         print(f"sanitrace diff {best['local']['plan']} {remote['plan']} (rc {diff.returncode}):")
         print("\n".join("  " + line for line in (diff.stdout + diff.stderr).splitlines()[:40]))
-        cards = {side: [f.data for f in plan_ir.load(best[side]["plan"]).files if f.name == "README.md"]
-                 for side in ("local", "remote")}
+        cards = {
+            side: [f.data for f in plan_ir.load(best[side]["plan"]).files if f.name == "README.md"]
+            for side in ("local", "remote")
+        }
         if cards["local"] != cards["remote"]:
             for side, card in cards.items():
-                print(f"  README.md of the {side} plan: {card[0].decode(errors='replace')!r}" if card else
-                      f"  no README.md in the {side} plan")
+                print(
+                    f"  README.md of the {side} plan: {card[0].decode(errors='replace')!r}"
+                    if card
+                    else f"  no README.md in the {side} plan"
+                )
 
 
 if __name__ == "__main__":

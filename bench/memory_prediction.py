@@ -33,22 +33,41 @@ def main():
         flags = flags.split() if flags else []
         plan_path = os.path.join(args.work, "plan.msgpack")
         budget = ["--memory-budget", args.budget] if args.budget else []
-        subprocess.run([sys.executable, "-m", "sanitrace", "trace", source, "-o", plan_path] + flags + budget,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "sanitrace", "trace", source, "-o", plan_path] + flags + budget,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         predicted = plan_ir.load(plan_path).memory.predicted_peak
         out = os.path.join(args.work, "out")
         for folder in (out, out + ".partial"):  # an earlier interrupted run leaves .partial
             shutil.rmtree(folder, ignore_errors=True)
         log = os.path.join(args.work, "execute.log")
-        run = measure("execute", [sys.executable, "-m", "sanitrace", "execute", plan_path, "--source", source,
-                                  "--out", out, "--no-progress"], log)
+        run = measure(
+            "execute",
+            [
+                sys.executable,
+                "-m",
+                "sanitrace",
+                "execute",
+                plan_path,
+                "--source",
+                source,
+                "--out",
+                out,
+                "--no-progress",
+            ],
+            log,
+        )
         if run.returncode:
             sys.exit(f"execute of {spec} failed (exit {run.returncode}); see {log}")
         shutil.rmtree(out, ignore_errors=True)
         error = (predicted - run.peak_rss) / run.peak_rss
-        print(f"| {os.path.basename(os.path.dirname(source)) or source} | {' '.join(flags) or 'bf16'} | "
-              f"{predicted / 2**30:.2f} GiB | {run.peak_rss / 2**30:.2f} GiB | {error:+.0%} | {run.wall:.0f} s |",
-              flush=True)
+        print(
+            f"| {os.path.basename(os.path.dirname(source)) or source} | {' '.join(flags) or 'bf16'} | "
+            f"{predicted / 2**30:.2f} GiB | {run.peak_rss / 2**30:.2f} GiB | {error:+.0%} | {run.wall:.0f} s |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

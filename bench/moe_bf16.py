@@ -26,9 +26,18 @@ def main():
     if not os.path.exists(src):
         os.makedirs(args.work, exist_ok=True)
         write_checkpoint(
-            src, "qwen3_moe", layers=args.layers, experts=args.experts, hidden=args.hidden,
-            moe_intermediate=args.moe_intermediate, intermediate=4 * args.hidden, heads=16,
-            kv_heads=4, head_dim=128, vocab=1024, shards=2,
+            src,
+            "qwen3_moe",
+            layers=args.layers,
+            experts=args.experts,
+            hidden=args.hidden,
+            moe_intermediate=args.moe_intermediate,
+            intermediate=4 * args.hidden,
+            heads=16,
+            kv_heads=4,
+            head_dim=128,
+            vocab=1024,
+            shards=2,
         )
     run_modes(src, args, [("bf16", []), ("-q", ["-q"])])
 

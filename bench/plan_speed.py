@@ -62,12 +62,16 @@ def main():
             rows.append((name, variant, trace, os.path.getsize(plan), show, rendered.stdout.count("\n")))
     reference.append(reference_loop())
     print(f"machine reference (10M-iteration Python loop): {reference[0]:.2f} s before, {reference[1]:.2f} s after")
-    print(f"| checkpoint | mode | trace wall (median / worst of {args.repeat}) | trace peak RSS | plan size "
-          f"| show wall (median / worst) | show peak RSS | show lines |")
+    print(
+        f"| checkpoint | mode | trace wall (median / worst of {args.repeat}) | trace peak RSS | plan size "
+        f"| show wall (median / worst) | show peak RSS | show lines |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, variant, trace, size, show, lines in rows:
-        print(f"| {name} | {variant} | {trace[0]:.2f} s / {trace[1]:.2f} s | {trace[2] / 2**30:.2f} GiB "
-              f"| {size / 1e6:.1f} MB | {show[0]:.2f} s / {show[1]:.2f} s | {show[2] / 2**30:.2f} GiB | {lines} |")
+        print(
+            f"| {name} | {variant} | {trace[0]:.2f} s / {trace[1]:.2f} s | {trace[2] / 2**30:.2f} GiB "
+            f"| {size / 1e6:.1f} MB | {show[0]:.2f} s / {show[1]:.2f} s | {show[2] / 2**30:.2f} GiB | {lines} |"
+        )
     print("targets (DeepSeek-V3): trace <= 10 s and <= 2 GiB, plan <= 10 MB, show <= 2 s and <= 400 lines")
 
 

@@ -24,8 +24,8 @@ from typing import List, Optional, Tuple
 from harness import GIANTS, REPO
 
 from sanitrace import plan as plan_ir
-from sanitrace.cli import parse_size
-from sanitrace.show import human_bytes
+from sanitrace.cli_flags import parse_size
+from sanitrace.collapse import human_bytes
 
 
 @dataclass
@@ -97,9 +97,21 @@ def coverage(label: str, plan: plan_ir.Plan, gap: int) -> Coverage:
         gap_runs += len(merged)
         gap_bytes += sum(e - b for b, e in merged)
     names = [t.name for i, t in enumerate(plan.source.tensors) if i not in needed]
-    return Coverage(label, len(plan.source.files), sum(f.size for f in plan.source.files), read, whole, partly,
-                    unread, whole_shard, unread_bytes, nruns, gap_runs, gap_bytes,
-                    unread_summary(names) if names else "-")
+    return Coverage(
+        label,
+        len(plan.source.files),
+        sum(f.size for f in plan.source.files),
+        read,
+        whole,
+        partly,
+        unread,
+        whole_shard,
+        unread_bytes,
+        nruns,
+        gap_runs,
+        gap_bytes,
+        unread_summary(names) if names else "-",
+    )
 
 
 def corpus_plans(corpus: str, limit: Optional[int] = None):
@@ -150,8 +162,19 @@ def table(rows: List[Coverage], gap: int) -> str:
 
 
 def total(label: str, rows: List[Coverage]) -> Coverage:
-    fields = ["files", "source_bytes", "read_bytes", "whole", "partly", "unread", "whole_shard_bytes",
-              "unread_file_bytes", "ranges", "gap_ranges", "gap_bytes"]
+    fields = [
+        "files",
+        "source_bytes",
+        "read_bytes",
+        "whole",
+        "partly",
+        "unread",
+        "whole_shard_bytes",
+        "unread_file_bytes",
+        "ranges",
+        "gap_ranges",
+        "gap_bytes",
+    ]
     return Coverage(label, *[sum(getattr(r, f) for r in rows) for f in fields], "-")
 
 
@@ -179,12 +202,19 @@ def conclusion(rows: List[Coverage], gap: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plans", default=os.path.join(REPO, "plans", "*.msgpack"), help="glob of plan files")
-    parser.add_argument("--corpus", default=os.path.join(os.path.dirname(GIANTS), "corpus"),
-                        help="also trace every case of this corpus (default ../shared/corpus)")
+    parser.add_argument(
+        "--corpus",
+        default=os.path.join(os.path.dirname(GIANTS), "corpus"),
+        help="also trace every case of this corpus (default ../shared/corpus)",
+    )
     parser.add_argument("--no-corpus", dest="corpus", action="store_const", const=None)
     parser.add_argument("--corpus-limit", type=int, default=None, help="only the first N corpus cases")
-    parser.add_argument("--gap", type=parse_size, default=1 << 20,
-                        help="for the gap column: unread bytes a range fetcher may read through (default 1M)")
+    parser.add_argument(
+        "--gap",
+        type=parse_size,
+        default=1 << 20,
+        help="for the gap column: unread bytes a range fetcher may read through (default 1M)",
+    )
     args = parser.parse_args()
 
     rows = []
@@ -202,8 +232,10 @@ def main():
             return
         start = time.time()
         cases = [coverage(case["case"], plan, args.gap) for case, plan in corpus_plans(args.corpus, args.corpus_limit)]
-        print(f"\n## corpus ({len(cases)} cases traced bf16, {time.time() - start:.0f} s); "
-              f"cases with a file not read whole or not at all:\n")
+        print(
+            f"\n## corpus ({len(cases)} cases traced bf16, {time.time() - start:.0f} s); "
+            f"cases with a file not read whole or not at all:\n"
+        )
         shown = [c for c in cases if c.partly or c.unread]
         print(table(shown + [total(f"**all {len(cases)} cases**", cases)], args.gap))
         print()

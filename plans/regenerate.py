@@ -61,9 +61,17 @@ def main() -> None:
             regenerate(name, source)
             continue
         with tempfile.TemporaryDirectory(prefix=f"sanitrace-{name}-") as folder:
-            subprocess.run([sys.executable, os.path.join(args.giants, "materialize.py"),
-                            os.path.join(args.giants, source), folder, "--force"],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    os.path.join(args.giants, "materialize.py"),
+                    os.path.join(args.giants, source),
+                    folder,
+                    "--force",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             regenerate(name, folder)
 
 

@@ -22,6 +22,19 @@ from .tracer import ConvertOptions, choose_library, trace
 
 @dataclass
 class CheckResult:
+    """The outcome of ``check``; ``verdict`` sums it up in a few words.
+
+    Attributes:
+        library: "mlx_lm" or "mlx_vlm", the library both conversions used.
+        identical: both converted and ``compare_folders`` found no difference.
+        differences: what ``compare_folders`` found.
+        eager_failed: the last line of eager's error, when it refused the model.
+        sanitrace_failed: sanitrace's error in one line, when it refused the model.
+        trace_cpu_seconds: CPU time of sanitrace's trace.
+        tensors: output tensors in sanitrace's plan.
+        loads: the plan's load-check verdict ("yes", "no: ...", "unchecked: ...").
+    """
+
     library: str
     identical: bool
     differences: List[str] = field(default_factory=list)
@@ -33,6 +46,7 @@ class CheckResult:
 
     @property
     def verdict(self) -> str:
+        """In a few words: "identical", "DIFFERENT", "eager fails", "sanitrace fails" or "both refuse"."""
         if self.eager_failed and self.sanitrace_failed:
             return "both refuse"
         if self.eager_failed:
@@ -43,7 +57,17 @@ class CheckResult:
 
 
 def eager_convert(model_dir: str, out_dir: str, library: str, flags: List[str]) -> Optional[str]:
-    """Run ``python -m <library> convert``; returns None or the last line of its error."""
+    """Run ``python -m <library> convert`` in a subprocess.
+
+    Args:
+        model_dir: the model folder to convert.
+        out_dir: the output folder.
+        library: "mlx_lm" or "mlx_vlm".
+        flags: further command-line flags (see ``eager_flags``).
+
+    Returns:
+        None when it succeeded, else the last line of its error.
+    """
     proc = subprocess.run(
         [sys.executable, "-m", library, "convert", "--hf-path", model_dir, "--mlx-path", out_dir] + flags,
         capture_output=True,
@@ -56,7 +80,14 @@ def eager_convert(model_dir: str, out_dir: str, library: str, flags: List[str]) 
 
 
 def eager_flags(options: ConvertOptions) -> List[str]:
-    """The convert command-line flags that mean ``options``."""
+    """The convert command-line flags that mean ``options``.
+
+    Args:
+        options: the conversion options.
+
+    Returns:
+        The flags, e.g. ``["-q", "--q-bits", "8"]``.
+    """
     flags = ["-q"] if options.quantize else []
     for flag, value in (
         ("--q-group-size", options.q_group_size),
@@ -84,8 +115,20 @@ def check(
     eager: Optional[Tuple[str, Optional[str]]] = None,
 ) -> CheckResult:
     """Compare eager conversion and sanitrace on ``model_dir`` with ``options``.
-    ``eager``, when given, is that conversion already done: (its output folder,
-    None or the last line of its error); else it runs now, in a subprocess."""
+
+    Args:
+        model_dir: the model folder to convert.
+        options: the conversion options, for both conversions.
+        library: "mlx_lm" or "mlx_vlm"; chosen from config.json when None.
+        work_dir: where both outputs are written and kept (default: a
+            temporary folder, removed at the end).
+        memory_budget: sanitrace's memory budget in bytes (default 1 GiB).
+        eager: the eager conversion already done: (its output folder, None or
+            the last line of its error); when None it runs now, in a subprocess.
+
+    Returns:
+        A CheckResult. A conversion that fails is reported in it, not raised.
+    """
     from .executor import execute
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
     from .verify import verify_output

@@ -56,7 +56,17 @@ def _same_bytes(a: str, b: str) -> bool:
 
 
 def compare_folders(expected: str, actual: str) -> List[str]:
-    """Differences between two MLX model folders; empty when they are equivalent."""
+    """Differences between two MLX model folders, shard layout aside.
+
+    Args:
+        expected: the reference folder (e.g. the library's own convert).
+        actual: the folder to check.
+
+    Returns:
+        One line per difference (a missing or extra tensor or file, a tensor's
+        dtype, shape or bytes, a shard's metadata, another file's bytes);
+        empty when the folders are equivalent.
+    """
     problems = []
     want, got = _tensor_digests(expected), _tensor_digests(actual)
     for key in sorted(want.keys() - got.keys()):

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from typing import List
+from typing import List, Optional
 
 from .check import check
 from .tracer import ConvertOptions
@@ -22,7 +22,7 @@ from .tracer import ConvertOptions
 MODES = {"bf16": ConvertOptions(), "q4": ConvertOptions(quantize=True)}
 
 
-def corpus_cases(corpus: str, only: str = None) -> List[dict]:
+def corpus_cases(corpus: str, only: Optional[str] = None) -> List[dict]:
     with open(os.path.join(corpus, "manifest.json")) as f:
         cases = json.load(f)
     pattern = re.compile(only) if only else None
@@ -37,8 +37,9 @@ def run_case(corpus: str, case: dict, memory_budget: int = 1) -> dict:
         if case.get(f"eager_{mode}") != "ok":
             row[mode] = "eager refuses"
             continue
-        result = check(os.path.join(corpus, "cases", case["case"]), options, case["library"],
-                       memory_budget=memory_budget)
+        result = check(
+            os.path.join(corpus, "cases", case["case"]), options, case["library"], memory_budget=memory_budget
+        )
         row[mode] = result.verdict if result.loads in ("yes", "") else f"{result.verdict}, load check {result.loads}"
         row["trace_cpu"] = max(row["trace_cpu"], result.trace_cpu_seconds)
         detail = result.sanitrace_failed or result.eager_failed or "; ".join(result.differences[:2])
@@ -71,8 +72,11 @@ def markdown(rows: List[dict]) -> str:
         n = sum(1 for r in part for m in MODES if r[m] == "identical")
         t = sum(1 for r in part for m in MODES if r[m] != "eager refuses")
         lines.append(f"- {library}: {n} of {t} identical ({len(part)} cases)")
-    lines += ["", "| case | library | model_type | variant | bf16 | q4 | trace CPU s | reason |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| case | library | model_type | variant | bf16 | q4 | trace CPU s | reason |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         reason = " / ".join(r["reasons"]).replace("|", "\\|")
         lines.append(
@@ -92,8 +96,10 @@ def main(argv=None) -> int:
     for case in corpus_cases(args.corpus, args.only):
         rows.append(run_case(args.corpus, case))
         r = rows[-1]
-        print(f"{r['case']}: bf16 {r['bf16']}, q4 {r['q4']}, trace {r['trace_cpu']:.2f}s "
-              + " / ".join(r["reasons"]), flush=True)
+        print(
+            f"{r['case']}: bf16 {r['bf16']}, q4 {r['q4']}, trace {r['trace_cpu']:.2f}s " + " / ".join(r["reasons"]),
+            flush=True,
+        )
     report = markdown(rows)
     if args.out:
         with open(args.out, "w") as f:

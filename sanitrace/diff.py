@@ -9,8 +9,9 @@ as in ``show``.
 
 from typing import Dict, List
 
+from .collapse import collapse_numbers, human_bytes
 from .plan import Plan
-from .show import Renderer, aval_text, collapse_numbers, human_bytes
+from .show import Renderer, aval_text
 
 
 def _outputs(plan: Plan) -> Dict[str, str]:
@@ -37,7 +38,16 @@ def _fields(label: str, old: dict, new: dict) -> List[str]:
 
 
 def diff(old: Plan, new: Plan) -> List[str]:
-    """Lines describing how ``new`` differs from ``old``; empty when they agree."""
+    """How ``new`` differs from ``old``, for review.
+
+    Args:
+        old: the plan before.
+        new: the plan after.
+
+    Returns:
+        Lines describing the differences (an entry of a changed output spans
+        several lines, joined by newlines); empty when the plans agree.
+    """
     lines: List[str] = []
     if old.library != new.library:
         lines.append(f"library: {old.library} -> {new.library}")
@@ -72,19 +82,21 @@ def diff(old: Plan, new: Plan) -> List[str]:
             lines.append(f"{title} ({len(items)}):")
             lines += [f"  {mark} {line}" for line in collapse_numbers(items)]
 
-    for what, a, b in (("loads", old.accounting.loads, new.accounting.loads),
-                       ("tokenizer", old.accounting.tokenizer or "written", new.accounting.tokenizer or "written")):
+    for what, a, b in (
+        ("loads", old.accounting.loads, new.accounting.loads),
+        ("tokenizer", old.accounting.tokenizer or "written", new.accounting.tokenizer or "written"),
+    ):
         if a != b:
             lines.append(f"{what}: {a} -> {b}")
     old_dropped = {(d.name, d.reason) for d in old.accounting.dropped}
     new_dropped = {(d.name, d.reason) for d in new.accounting.dropped}
-    for title, items, mark in (
+    for title, pairs, mark in (
         ("sources newly dropped", sorted(new_dropped - old_dropped), "+"),
         ("sources no longer dropped", sorted(old_dropped - new_dropped), "-"),
     ):
-        if items:
-            lines.append(f"{title} ({len(items)}):")
-            lines += [f"  {mark} {line}" for line in collapse_numbers([f"{n} ({why})" for n, why in items])]
+        if pairs:
+            lines.append(f"{title} ({len(pairs)}):")
+            lines += [f"  {mark} {line}" for line in collapse_numbers([f"{n} ({why})" for n, why in pairs])]
 
     old_shards, new_shards = _files(old, "safetensors"), _files(new, "safetensors")
     if list(old_shards) != list(new_shards):

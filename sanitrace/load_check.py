@@ -46,7 +46,7 @@ def load_error(plan: Plan) -> Optional[str]:
 
     with tempfile.TemporaryDirectory(prefix="sanitrace-load-") as folder:
         _write_header_only(plan, folder)
-        nn.Module.load_weights = capture
+        nn.Module.load_weights = capture  # type: ignore[method-assign]  # spy on the loader's weights
         try:
             importlib.import_module(f"{plan.library}.utils").load_model(Path(folder), lazy=True)
         except ValueError as e:
@@ -57,7 +57,7 @@ def load_error(plan: Plan) -> Optional[str]:
         except Exception as e:  # noqa: BLE001  the library's loader, whatever it raises
             raise LoadCheckFailed(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}") from None
         finally:
-            nn.Module.load_weights = original
+            nn.Module.load_weights = original  # type: ignore[method-assign]  # undo the spy
     return None
 
 
@@ -104,8 +104,10 @@ def _explain(model, weights: dict, config: dict) -> str:
     parts: List[str] = []
     if wrong:
         name = wrong[0]
-        part = (f"{len(wrong)} parameters of the wrong shape, first {name}: the model expects "
-                f"{tuple(expected[name].shape)}, the output has {tuple(weights[name].shape)}")
+        part = (
+            f"{len(wrong)} parameters of the wrong shape, first {name}: the model expects "
+            f"{tuple(expected[name].shape)}, the output has {tuple(weights[name].shape)}"
+        )
         parts.append(part + _quantization_why(model, weights, expected, name, config))
     if missing:
         parts.append(f"{len(missing)} model parameters not in the output, first {missing[0]}")
@@ -122,8 +124,11 @@ def _quantization_why(model, weights: dict, expected: dict, name: str, config: d
     module = model
     try:
         for part in path.split("."):
-            module = module[int(part)] if isinstance(module, list) else (
-                module[part] if isinstance(module, dict) else getattr(module, part))
+            module = (
+                module[int(part)]
+                if isinstance(module, list)
+                else (module[part] if isinstance(module, dict) else getattr(module, part))
+            )
     except (AttributeError, KeyError, IndexError, ValueError):
         return ""
     bits, group_size = getattr(module, "bits", None), getattr(module, "group_size", None)
@@ -138,6 +143,8 @@ def _quantization_why(model, weights: dict, expected: dict, name: str, config: d
     entry = quantization.get(path) or quantization.get(path.removeprefix("language_model."))
     which = "its own entry" if isinstance(entry, dict) else "the global entry"
     biases = ", with biases" if f"{path}.biases" in weights else ""
-    return (f" (config.json quantization, {which}, builds the module {getattr(module, 'mode', 'affine')} "
-            f"group_size {group_size}, bits {bits}; its tensors imply group_size {implied_group}, "
-            f"bits {implied_bits}{biases})")
+    return (
+        f" (config.json quantization, {which}, builds the module {getattr(module, 'mode', 'affine')} "
+        f"group_size {group_size}, bits {bits}; its tensors imply group_size {implied_group}, "
+        f"bits {implied_bits}{biases})"
+    )

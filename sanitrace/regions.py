@@ -1,7 +1,8 @@
 """Regions: push a row range of an output down a plan graph to the source pieces it needs.
 
-``Rules`` applies the per-op rules of chunk_rules.py to one graph, caching them,
-and derives each value's granularity (the multiple chunk boundaries must be).
+``Rules`` applies the per-op chunk rules of chunk_registry.py (``ChunkRule``) to one
+graph, caching them, and derives each value's granularity (the multiple chunk
+boundaries must be).
 Used by the planner (to choose and cost chunks) and the executor (to replay them).
 
 The identity of a value, ``(node, out, region)``, is defined here once
@@ -11,11 +12,21 @@ computes (and memoizes) one per key.
 
 from typing import Dict, List, Optional, Tuple
 
-from .chunk_rules import SKIP, NotChunkable, Rule, rule
+from .chunk_registry import rule
+from .chunk_rules import SKIP, ChunkRule, NotChunkable
 from .plan import Node, Ref
 
-__all__ = ["Rules", "Region", "ValueKey", "ALL_OUTPUTS", "region_shape", "input_avals", "NotChunkable", "SKIP",
-           "Rule"]
+__all__ = [
+    "Rules",
+    "Region",
+    "ValueKey",
+    "ALL_OUTPUTS",
+    "region_shape",
+    "input_avals",
+    "NotChunkable",
+    "SKIP",
+    "ChunkRule",
+]
 
 Region = Optional[Tuple[int, int, int]]  # (axis, start, stop); None = the whole value
 ValueKey = Tuple[int, int, Region]  # (node, out or ALL_OUTPUTS, region)
@@ -44,7 +55,7 @@ class Rules:
         self._rules: dict = {}
         self._granularity: dict = {}
 
-    def __call__(self, ref: Ref, axis: int) -> Rule:
+    def __call__(self, ref: Ref, axis: int) -> ChunkRule:
         key = (ref.node, ref.out, axis)
         if key not in self._rules:
             node = self.nodes[ref.node]
@@ -65,22 +76,22 @@ class Rules:
             self._granularity[key] = g
         return self._granularity[key]
 
-    def _input_granularities(self, ref: Ref, op_rule: Rule) -> List[int]:
+    def _input_granularities(self, ref: Ref, op_rule: ChunkRule) -> List[int]:
         return [
-            self.granularity(r, j) if j is not None else 1
-            for r, j in zip(self.nodes[ref.node].inputs, op_rule.in_axes)
+            self.granularity(r, j) if j is not None else 1 for r, j in zip(self.nodes[ref.node].inputs, op_rule.in_axes)
         ]
 
-    def input_ranges(self, ref: Ref, axis: int, start: int, stop: int) -> list:
-        """Per array input of ref's node: its (axis, start, stop), None (whole) or SKIP."""
+    def input_regions(self, ref: Ref, axis: int, start: int, stop: int) -> list:
+        """Per array input of ref's node: its Region (axis, start, stop), None
+        (whole) or SKIP, for rows start:stop of ``ref`` along ``axis``."""
         op_rule = self(ref, axis)
         gs = self._input_granularities(ref, op_rule)
         return [
             rng if rng is None or rng == SKIP else (j, rng[0], rng[1])
-            for j, rng in zip(op_rule.in_axes, op_rule.ranges(start, stop, gs))
+            for j, rng in zip(op_rule.in_axes, op_rule.input_regions(start, stop, gs))
         ]
 
-    def value_key(self, ref: Ref, region: Region) -> Tuple[ValueKey, Optional[Rule]]:
+    def value_key(self, ref: Ref, region: Region) -> Tuple[ValueKey, Optional[ChunkRule]]:
         """The identity of the value computing ``ref`` at ``region``, and the chunk
         rule computing it (None for a source, a constant or a whole value).
 
@@ -97,14 +108,15 @@ class Rules:
         op_rule = self(ref, region[0])
         return (ref.node, ALL_OUTPUTS if op_rule.all_outputs else ref.out, region), op_rule
 
-    def walk(self, roots: List[Tuple[Ref, Region]]) -> Tuple[List[Tuple[ValueKey, Optional[Rule], Ref]],
-                                                              Dict[ValueKey, List[ValueKey]]]:
+    def walk(
+        self, roots: List[Tuple[Ref, Region]]
+    ) -> Tuple[List[Tuple[ValueKey, Optional[ChunkRule], Ref]], Dict[ValueKey, List[ValueKey]]]:
         """Every value computing ``roots`` (each a (ref, region)) needs, once per
         key: ``(key, rule, ref)`` in the depth-first order mlx evaluates them in
         (inputs first), and each computed value's input keys (sources and
         constants have none)."""
         seen: Dict[ValueKey, bool] = {}  # key -> placed
-        order: List[Tuple[ValueKey, Optional[Rule], Ref]] = []
+        order: List[Tuple[ValueKey, Optional[ChunkRule], Ref]] = []
         inputs: Dict[ValueKey, List[ValueKey]] = {}
         stack = [self.value_key(r, reg) + (r,) for r, reg in reversed(roots)]
         while stack:
@@ -129,5 +141,5 @@ class Rules:
         refs = self.nodes[ref.node].inputs
         if region is None:
             return [(r, None) for r in refs]
-        ranges = self.input_ranges(ref, region[0], region[1], region[2])
-        return [(r, rng) for r, rng in zip(refs, ranges) if rng != SKIP]
+        needed = self.input_regions(ref, region[0], region[1], region[2])
+        return [(r, rng) for r, rng in zip(refs, needed) if rng != SKIP]

@@ -19,7 +19,7 @@ import json
 import os
 import struct
 import tempfile
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from . import plan as plan_ir
 from .plan.checks import check_name
@@ -63,19 +63,33 @@ def _check_no_model_file(source: plan_ir.Source) -> None:
 
 
 def rebuild_source(plan: plan_ir.Plan, folder: str) -> None:
-    """Header-only safetensors files and the recorded small files, as traced.
-    Writes only plain relative paths inside ``folder``, and no code."""
+    """Write the plan's source as traced: header-only safetensors files and
+    the recorded small files; only plain relative paths inside ``folder``,
+    and no code.
+
+    Args:
+        plan: the plan whose manifest to rebuild.
+        folder: an existing folder to write into.
+
+    Raises:
+        PlanError: a recorded file name is not a plain relative path, not a
+            .safetensors source or recorded data file, or a header does not
+            fit its recorded length.
+    """
     source = plan.source
     _check_names(source)
-    by_file = {i: [] for i in range(len(source.files))}
+    by_file: Dict[int, List[plan_ir.SourceTensor]] = {i: [] for i in range(len(source.files))}
     for t in source.tensors:
         by_file[t.file].append(t)
     for i, f in enumerate(source.files):
         data_start = 8 + f.header_length
-        doc = {} if f.metadata is None else {"__metadata__": f.metadata}
+        doc: Dict[str, Any] = {} if f.metadata is None else {"__metadata__": f.metadata}
         for t in by_file[i]:
-            doc[t.name] = {"dtype": t.dtype, "shape": list(t.shape),
-                           "data_offsets": [t.begin - data_start, t.end - data_start]}
+            doc[t.name] = {
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "data_offsets": [t.begin - data_start, t.end - data_start],
+            }
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         if len(raw) > f.header_length:
             raise plan_ir.PlanError(f"{f.name}: cannot rebuild its header in {f.header_length} bytes")
@@ -93,8 +107,21 @@ def rebuild_source(plan: plan_ir.Plan, folder: str) -> None:
 def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan:
     """The plan the installed libraries produce for the same source and options.
 
-    ``trust_remote_code`` comes from the caller, never from the plan; a plan
-    whose model needs remote code (config.json names a model_file) is refused."""
+    Args:
+        plan: the plan to re-trace, from its manifest alone.
+        trust_remote_code: passed to the trace; it comes from the caller,
+            never from the plan.
+
+    Returns:
+        The fresh Plan: equal to ``plan`` (same digest) when nothing changed.
+
+    Raises:
+        PlanError: the plan cannot be re-traced from itself: its model needs
+            remote code (config.json names a model_file), it was traced with a
+            custom ``quant_predicate``, its options name unknown flags, or its
+            manifest is not rebuildable (see ``rebuild_source``).
+        TraceError: the installed libraries cannot trace it.
+    """
     _check_no_model_file(plan.source)
     names = {f.name for f in dataclasses.fields(ConvertOptions)}
     unknown = sorted(set(plan.options) - names)
@@ -103,7 +130,7 @@ def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan
     predicate = plan.options.get("quant_predicate")
     if isinstance(predicate, str) and predicate.startswith(CUSTOM_PREDICATE):
         raise plan_ir.PlanError(
-            f"the plan was traced with a custom quant_predicate ({predicate[len(CUSTOM_PREDICATE):]:.200}) "
+            f"the plan was traced with a custom quant_predicate ({predicate[len(CUSTOM_PREDICATE) :]:.200}) "
             "given through the Python API; retrace cannot reproduce it: trace again with the same predicate"
         )
     options = ConvertOptions(**dict(plan.options, trust_remote_code=trust_remote_code))
@@ -113,7 +140,8 @@ def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan
             result = trace(folder, options, plan.library)
             # recorded as the plan has it: without a model_file the flag changes nothing
             result.options = dataclasses.replace(
-                options, trust_remote_code=plan.options.get("trust_remote_code", False))
+                options, trust_remote_code=plan.options.get("trust_remote_code", False)
+            )
             fresh = build_plan(result, plan.memory.budget)
     recorded = {f.name: f.header_sha256 for f in plan.source.files}
     files = tuple(f._replace(header_sha256=recorded.get(f.name, f.header_sha256)) for f in fresh.source.files)
@@ -121,15 +149,25 @@ def retrace(plan: plan_ir.Plan, trust_remote_code: bool = False) -> plan_ir.Plan
     fresh = keep_side_files(fresh, plan)
     card = hub_card(plan)
     if card is not None:
-        outputs = tuple(f._replace(data=card, size=len(card)) if f.name == "README.md" and f.kind == "text" else f
-                        for f in fresh.files)
+        outputs = tuple(
+            f._replace(data=card, size=len(card)) if f.name == "README.md" and f.kind == "text" else f
+            for f in fresh.files
+        )
         fresh = dataclasses.replace(fresh, files=outputs)
     return fresh
 
 
 def keep_side_files(fresh: plan_ir.Plan, plan: plan_ir.Plan) -> plan_ir.Plan:
-    """``fresh`` with ``plan``'s files besides the shards and the ones convert
-    generates (config.json, the index, README.md), and its tokenizer note."""
+    """``fresh`` with ``plan``'s recorded side files and tokenizer note.
+
+    Args:
+        fresh: a re-traced plan.
+        plan: the plan it was re-traced from.
+
+    Returns:
+        ``fresh`` with ``plan``'s files besides the shards and the ones convert
+        generates (config.json, the index, README.md), and its tokenizer note.
+    """
     shards = [f for f in fresh.files if f.kind == "safetensors"]
     generated = [f for f in fresh.files if f.kind != "safetensors" and f.name in WRITTEN_FILES]
     recorded = [f for f in plan.files if f.kind != "safetensors" and f.name not in WRITTEN_FILES]
@@ -139,10 +177,19 @@ def keep_side_files(fresh: plan_ir.Plan, plan: plan_ir.Plan) -> plan_ir.Plan:
 
 
 def hub_card(plan: plan_ir.Plan) -> Optional[bytes]:
-    """The plan's README.md when it is the library's model card for a Hub repo id
-    (its front matter names a ``base_model``; a local folder's card never does).
+    """The plan's model card for a Hub repo id, which a retrace keeps as recorded.
+
     The library builds it from the repo's own card on the Hub, which a retrace
-    from the plan alone cannot fetch, so the retrace keeps it as recorded."""
+    from the plan alone cannot fetch.
+
+    Args:
+        plan: a plan.
+
+    Returns:
+        The bytes of its README.md when that is the library's model card for a
+        Hub repo id (its front matter names a ``base_model``; a local folder's
+        card never does), else None.
+    """
     card = next((f.data for f in plan.files if f.name == "README.md" and f.kind == "text"), None)
     if card is None or not card.startswith(b"---\n"):
         return None

@@ -1,4 +1,6 @@
-"""Reading and writing safetensors headers, without any array library.
+"""Reading and writing safetensors headers, without any array library; and the
+dtype table (``DTYPES``): each safetensors dtype's size and the mlx dtypes that
+read and write it.
 
 A safetensors file is: 8 bytes little-endian header length N, N bytes of JSON
 (``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``),
@@ -13,7 +15,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, List, NamedTuple, Optional
+from typing import Any, BinaryIO, Dict, List, NamedTuple, Optional, Tuple
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference limit
 # mlx holds each dimension in an int32 (mx.zeros((2**31,)) raises OverflowError,
@@ -22,54 +24,75 @@ MAX_DIM = 2**31 - 1
 MAX_NDIM = 64  # numpy's; a bound so a malformed shape cannot make math.prod crawl
 MAX_OFFSET = 2**63 - 1  # a file offset (off_t)
 
-# bytes per element of every safetensors dtype a header may name (read_header
-# refuses others). mx.load (mlx 0.32.4) refuses F64 and F8_E5M2 and returns
-# F8_E4M3 and F8_E8M0 as uint8: plan.infer.LOAD_DTYPES is what it gives for each
-DTYPE_SIZES = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "U16": 2,
-    "I16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "U32": 4,
-    "I32": 4,
-    "F32": 4,
-    "U64": 8,
-    "I64": 8,
-    "F64": 8,
-    "C64": 8,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "F8_E8M0": 1,
+
+class Dtype(NamedTuple):
+    """A safetensors dtype and the mlx dtypes (by name) that read and write it."""
+
+    size: int  # bytes per element
+    loads_as: Optional[str]  # what mx.load gives; None: mx.load refuses the dtype
+    raw: Optional[str]  # an mlx dtype of the same size to read its bytes into (None: never read)
+    saved_from: Optional[str]  # the mlx dtype mx.save_safetensors writes as this dtype (None: none)
+
+
+# Every safetensors dtype a header may name (read_header refuses others), as
+# mlx 0.32.4 reads and writes it: mx.load refuses F64 and F8_E5M2 and gives
+# F8_E4M3 and F8_E8M0 as uint8; the executor reads BF16 bytes into a uint16
+# buffer and views it as bfloat16. One exception: mx.save_safetensors refuses
+# float64, which a plan's output still writes as F64. tests/test_tables.py
+# checks each row against the real mx.load and mx.save_safetensors.
+DTYPES = {
+    "BOOL": Dtype(1, "bool", "bool", "bool"),
+    "U8": Dtype(1, "uint8", "uint8", "uint8"),
+    "I8": Dtype(1, "int8", "int8", "int8"),
+    "U16": Dtype(2, "uint16", "uint16", "uint16"),
+    "I16": Dtype(2, "int16", "int16", "int16"),
+    "F16": Dtype(2, "float16", "float16", "float16"),
+    "BF16": Dtype(2, "bfloat16", "uint16", "bfloat16"),
+    "U32": Dtype(4, "uint32", "uint32", "uint32"),
+    "I32": Dtype(4, "int32", "int32", "int32"),
+    "F32": Dtype(4, "float32", "float32", "float32"),
+    "U64": Dtype(8, "uint64", "uint64", "uint64"),
+    "I64": Dtype(8, "int64", "int64", "int64"),
+    "F64": Dtype(8, None, None, "float64"),
+    "C64": Dtype(8, "complex64", "complex64", "complex64"),
+    "F8_E4M3": Dtype(1, "uint8", "uint8", None),
+    "F8_E5M2": Dtype(1, None, None, None),
+    "F8_E8M0": Dtype(1, "uint8", "uint8", None),
 }
+
+DTYPE_SIZES = {st: d.size for st, d in DTYPES.items()}  # bytes per element
+# safetensors dtype -> the mlx dtype name mx.load gives, for those it reads
+LOAD_DTYPES = {st: d.loads_as for st, d in DTYPES.items() if d.loads_as is not None}
+# safetensors dtype -> (mlx dtype name to read its bytes into, the one mx.load gives)
+READ_DTYPE_NAMES = {st: (d.raw, d.loads_as) for st, d in DTYPES.items() if d.raw is not None and d.loads_as is not None}
+# mlx dtype name -> safetensors dtype string, as mx.save_safetensors writes it
+MLX_TO_SAFETENSORS = {d.saved_from: st for st, d in DTYPES.items() if d.saved_from is not None}
+MLX_ITEMSIZE = {name: DTYPE_SIZES[st] for name, st in MLX_TO_SAFETENSORS.items()}  # by mlx dtype name
 
 # the safetensors Dtype enum order; its writer stores tensors by this order,
 # descending, then by name
 WRITER_ORDER = [
-    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
-    "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+    "BOOL",
+    "F4",
+    "F6_E2M3",
+    "F6_E3M2",
+    "U8",
+    "I8",
+    "F8_E5M2",
+    "F8_E4M3",
+    "F8_E8M0",
+    "I16",
+    "U16",
+    "F16",
+    "BF16",
+    "I32",
+    "U32",
+    "F32",
+    "C64",
+    "F64",
+    "I64",
+    "U64",
 ]
-
-# mlx dtype name -> safetensors dtype string, as mx.save_safetensors writes it
-MLX_TO_SAFETENSORS = {
-    "bool": "BOOL",
-    "uint8": "U8",
-    "uint16": "U16",
-    "uint32": "U32",
-    "uint64": "U64",
-    "int8": "I8",
-    "int16": "I16",
-    "int32": "I32",
-    "int64": "I64",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float32": "F32",
-    "float64": "F64",
-    "complex64": "C64",
-}
-MLX_ITEMSIZE = {name: DTYPE_SIZES[st] for name, st in MLX_TO_SAFETENSORS.items()}  # by mlx dtype name
 
 
 def mlx_nbytes(dtype: str, shape) -> int:
@@ -122,9 +145,13 @@ class Header:
 
 def file_kind(mode: int) -> str:
     """What a non-regular ``st_mode`` is, for messages."""
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return kind
     return "a special file"
@@ -186,9 +213,7 @@ def read_header(path: str) -> Header:
                 raise SafetensorsError(f"{name}: too short to be a safetensors file")
             (n,) = struct.unpack("<Q", prefix)
             if n > MAX_HEADER_BYTES:
-                raise SafetensorsError(
-                    f"{name}: header of {n} bytes exceeds the {MAX_HEADER_BYTES} byte limit"
-                )
+                raise SafetensorsError(f"{name}: header of {n} bytes exceeds the {MAX_HEADER_BYTES} byte limit")
             raw = f.read(n)
         except OSError as e:
             raise SafetensorsError(f"{name}: cannot read: {e.strerror}") from None
@@ -207,9 +232,7 @@ def read_header(path: str) -> Header:
     if not isinstance(doc, dict):
         raise SafetensorsError(f"{name}: header is not a JSON object")
     metadata = doc.pop("__metadata__", None)
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())
-    ):
+    if metadata is not None and not (isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())):
         raise SafetensorsError(f"{name}: __metadata__ is not an object of strings")
     data_start = 8 + n
     tensors = {}
@@ -219,15 +242,20 @@ def read_header(path: str) -> Header:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if type(dtype) is not str or dtype not in DTYPE_SIZES:
             raise SafetensorsError(f"{name}: tensor {_short(key)}: unknown dtype {_short(dtype)}")
-        if type(shape) is not list or len(shape) > MAX_NDIM or not _ints(map(type, shape)) or (
-            shape and not 0 <= min(shape) <= max(shape) <= MAX_DIM
+        if (
+            type(shape) is not list
+            or len(shape) > MAX_NDIM
+            or not _ints(map(type, shape))
+            or (shape and not 0 <= min(shape) <= max(shape) <= MAX_DIM)
         ):
             raise SafetensorsError(
                 f"{name}: tensor {_short(key)}: shape {_short(shape)} is not a list of at "
                 f"most {MAX_NDIM} sizes 0..{MAX_DIM}"
             )
         if (
-            type(offsets) is not list or len(offsets) != 2 or not _ints(map(type, offsets))
+            type(offsets) is not list
+            or len(offsets) != 2
+            or not _ints(map(type, offsets))
             or not 0 <= offsets[0] <= offsets[1] <= MAX_OFFSET
         ):
             raise SafetensorsError(
@@ -251,9 +279,7 @@ def read_header(path: str) -> Header:
     return Header(name, raw, tensors, metadata)
 
 
-def build_header(
-    tensors: List[tuple], metadata: Optional[Dict[str, str]]
-) -> (bytes, List[int]):
+def build_header(tensors: List[tuple], metadata: Optional[Dict[str, str]]) -> Tuple[bytes, List[int]]:
     """Header bytes for ``tensors`` ([(name, dtype, shape, nbytes)]) in that data order.
 
     Keys are sorted and separators compact, as nlohmann::json (used by
@@ -262,11 +288,11 @@ def build_header(
     Returns the bytes to write before the data (length prefix included) and the
     absolute file offset of each tensor.
     """
-    doc = {}
+    doc: Dict[str, Any] = {}
     if metadata is not None:
         doc["__metadata__"] = metadata
     offset = 0
-    relative = []
+    relative: List[int] = []
     for name, dtype, shape, nbytes in tensors:
         doc[name] = {
             "data_offsets": [offset, offset + nbytes],
@@ -275,9 +301,7 @@ def build_header(
         }
         relative.append(offset)
         offset += nbytes
-    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    raw = raw.encode("utf-8")
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-(8 + len(raw)) % 8)
     prefix = struct.pack("<Q", len(raw)) + raw
     return prefix, [len(prefix) + r for r in relative]
-

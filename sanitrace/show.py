@@ -1,87 +1,55 @@
 """Text rendering of a plan for review: stable, compact, one line per output group.
 
-Each output is shown as an expression over source tensor names. Lists that
-differ only in a running number collapse to a range (``experts.{0..255}``), and
+Each output is shown as an expression over source tensor names. Lines and lists
+that differ only in numbers collapse to the sets they cover (``experts.{0..255}``,
+``layers.{3..59..4}``, ``layers.{1..60}.experts.{0..383}``; see ``collapse``), and
 well-known source-format chains are named instead of spelled out op by op
 (``fp8_block_dequant(W, W_scale_inv, 128x128)``); the plan itself keeps every op.
 """
 
 import collections
 import hashlib
-import re
 from typing import Dict, List, Optional
 
-from .plan import Group, Node, Output, OutputFile, Plan, Ref, Slot, chunk_rows, dtype_name
+from .collapse import collapse, collapse_numbers, human_bytes
+from .plan import Group, Node, Output, OutputFile, Plan, Ref, Slot, dtype_name
+from .planner.memory import chunk_rows
 
-_NUMBER = re.compile(r"\d+")
-_INFIX = {"__add__": "+", "__sub__": "-", "__mul__": "*", "__truediv__": "/", "__matmul__": "@",
-          "__lshift__": "<<", "__rshift__": ">>", "__and__": "&", "__or__": "|", "__xor__": "^",
-          "__eq__": "==", "__ne__": "!=", "__lt__": "<", "__le__": "<=", "__gt__": ">", "__ge__": ">=",
-          "__floordiv__": "//", "__mod__": "%", "__pow__": "**"}
+_INFIX = {
+    "__add__": "+",
+    "__sub__": "-",
+    "__mul__": "*",
+    "__truediv__": "/",
+    "__matmul__": "@",
+    "__lshift__": "<<",
+    "__rshift__": ">>",
+    "__and__": "&",
+    "__or__": "|",
+    "__xor__": "^",
+    "__eq__": "==",
+    "__ne__": "!=",
+    "__lt__": "<",
+    "__le__": "<=",
+    "__gt__": ">",
+    "__ge__": ">=",
+    "__floordiv__": "//",
+    "__mod__": "%",
+    "__pow__": "**",
+}
 _REFLECTED = {f"__r{k[2:]}": v for k, v in _INFIX.items()}
 
 _PLAIN = {int, float, str, bool, type(None)}
 _RECOGNIZED = {"array.astype", "array.flatten", "array.view"}  # ops that may end a named chain
 
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def human_bytes(n: float) -> str:
-    i = 0
-    while abs(n) >= 1024 and i < len(_UNITS) - 1:
-        n /= 1024
-        i += 1
-    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {_UNITS[i]}"
-
-
-def ranges(values: List[int], width: int = 0) -> str:
-    """[0, 1, 2, 5, 7, 8] -> "0..2,5,7..8" (numbers zero-padded to ``width``)."""
-    values = sorted(set(values))
-    text = lambda v: str(v).zfill(width)  # noqa: E731
-    parts, start = [], values[0]
-    for prev, cur in zip(values, values[1:] + [None]):
-        if cur != prev + 1:
-            parts.append(text(start) if start == prev else f"{text(start)}..{text(prev)}")
-            start = cur
-    return ",".join(parts)
-
-
-def collapse_numbers(lines: List[str]) -> List[str]:
-    """Lines that differ only in one number (which may appear several times in a
-    line, like a layer index) become one line with ``{a..b}`` in its place.
-    Lines keep the order of their first appearance."""
-    buckets: Dict[tuple, List[str]] = {}
-    for line in lines:
-        buckets.setdefault(tuple(_NUMBER.split(line)), []).append(line)
-    result = []
-    for skeleton, group in buckets.items():
-        tokens = [_NUMBER.findall(line) for line in group]
-        varying = [i for i in range(len(tokens[0])) if len({t[i] for t in tokens}) > 1]
-        columns = {tuple(t[i] for t in tokens) for i in varying}
-        values = [int(t[varying[0]]) for t in tokens] if varying else []
-        if len(group) == 1 or len(columns) != 1 or len(set(values)) != len(values):
-            result.extend(group)
-            continue
-        column = [t[varying[0]] for t in tokens]
-        padded = all(len(x) == len(column[0]) for x in column) and column[0][0] == "0" and len(column[0]) > 1
-        nums = list(tokens[0])
-        for i in varying:
-            nums[i] = "{" + ranges(values, len(column[0]) if padded else 0) + "}"
-        result.append("".join(p + (nums[i] if i < len(nums) else "") for i, p in enumerate(skeleton)))
-    return result
-
-
-def collapse(items: List[str]) -> str:
-    """A list of expressions: one pattern when they differ in one running number."""
-    lines = collapse_numbers(items) if len(items) > 2 else items
-    return ", ".join(lines)
-
-
 class Renderer:
-    """Expressions over source names; lists of arguments that differ in one
-    running number (the experts of a stack) collapse unless ``collapse_lists``
-    is false."""
+    """Expressions over source names; lists of arguments that differ only in
+    numbers (the experts of a stack) collapse unless ``collapse_lists`` is false.
+
+    Args:
+        plan: the plan whose nodes to render.
+        collapse_lists: collapse such lists (and abbreviate constants).
+    """
 
     def __init__(self, plan: Plan, collapse_lists: bool = True):
         self.nodes: List[Node] = plan.nodes
@@ -112,14 +80,16 @@ class Renderer:
             pad = blocks and self._input(blocks, 0, "mx.pad")
             decode = pad and self._input(pad, 0, "mx.from_fp8")
             scale = mul and self._input(mul, 1, "array.__getitem__")
-            if decode and scale:
+            if blocks and decode and scale:
                 _, rows, _, cols = blocks.outs[0][1]
-                return (f"fp8_block_dequant({self.expr(decode.inputs[0])}, {self.expr(scale.inputs[0])}, "
-                        f"{rows}x{cols}, {self.literal(node.args[1], [])})")
+                return (
+                    f"fp8_block_dequant({self.expr(decode.inputs[0])}, {self.expr(scale.inputs[0])}, "
+                    f"{rows}x{cols}, {self.literal(node.args[1], [])})"
+                )
         elif node.op == "array.flatten":
             view = self._input(node, 0, "array.view")
             blocks = view and self._input(view, 0, "load")
-            if blocks:
+            if view and blocks:
                 return f"mxfp4_blocks({self.expr(view.inputs[0])})"
         elif node.op == "array.view" and self._input(node, 0, "load"):
             return f"{self.expr(node.inputs[0])}.view({self.literal(node.args[1], [])})"
@@ -200,13 +170,29 @@ def _chunking(group: Group, budget: int) -> str:
 
 
 def aval_text(dtype: str, shape) -> str:
-    """'bfloat16[4, 8]'."""
+    """A tensor's type as shown.
+
+    Args:
+        dtype: the dtype's name.
+        shape: the shape.
+
+    Returns:
+        e.g. 'bfloat16[4, 8]'.
+    """
     return f"{dtype}{list(shape)}"
 
 
 def output_lines(plan: Plan, full: bool = False) -> List[str]:
-    """One line per output node (weight/scales/biases of one quantize share a line),
-    or per output tensor with its file, offset and every input when ``full``."""
+    """The outputs section of ``render``, before collapsing across layers.
+
+    Args:
+        plan: the plan.
+        full: one line per output tensor with its file, offset and every input.
+
+    Returns:
+        One line per output node (weight/scales/biases of one quantize share a
+        line), or per output tensor when ``full``, in the plan's group order.
+    """
     r = Renderer(plan, collapse_lists=not full)
     outputs, budget = plan.outputs, plan.memory.budget
     lines = []
@@ -234,6 +220,17 @@ def output_lines(plan: Plan, full: bool = False) -> List[str]:
 
 
 def dropped_lines(plan: Plan, full: bool = False) -> List[str]:
+    """The dropped sources section of ``render``.
+
+    Args:
+        plan: the plan.
+        full: one line per dropped tensor, with its file.
+
+    Returns:
+        "name (reason)" lines, unless ``full`` one per family of names that
+        differ only in numbers (layers, experts, MTP layers), with its reason
+        once; empty when nothing is dropped.
+    """
     dropped = plan.accounting.dropped
     if full:
         return [f"{d.name} ({d.reason}) in {d.file}" for d in dropped]
@@ -241,6 +238,15 @@ def dropped_lines(plan: Plan, full: bool = False) -> List[str]:
 
 
 def header_lines(plan: Plan) -> List[str]:
+    """The header of ``render``: versions, digest, options, source, output,
+    memory, accounting, load check and side files.
+
+    Args:
+        plan: the plan.
+
+    Returns:
+        One line each.
+    """
     v, opts, mem, acc = plan.versions, plan.options, plan.memory, plan.accounting
     set_opts = " ".join(f"{k}={opts[k]}" for k in sorted(opts) if opts[k] not in (None, False))
     shards = [f.name for f in plan.shards]
@@ -250,8 +256,7 @@ def header_lines(plan: Plan) -> List[str]:
         f"(sanitrace {v.get('sanitrace')}, mlx {v.get('mlx')}, mlx-lm {v.get('mlx-lm')}, mlx-vlm {v.get('mlx-vlm')})",
         f"digest: {plan.digest}",
         f"options: {set_opts or 'defaults'}",
-        f"source: {len(plan.source.files)} files, {len(plan.source.tensors)} tensors, "
-        f"{human_bytes(source_bytes)}",
+        f"source: {len(plan.source.files)} files, {len(plan.source.tensors)} tensors, {human_bytes(source_bytes)}",
         f"output: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
         f"in {len(shards)} shards ({', '.join(collapse_numbers(shards))})",
         f"memory: predicted peak {human_bytes(mem.predicted_peak)} at budget {human_bytes(mem.budget)}",
@@ -264,12 +269,28 @@ def header_lines(plan: Plan) -> List[str]:
 
 
 def loads_text(loads: str, library: str) -> str:
-    """``yes`` / ``no (why)`` / ``unchecked (why)``: the plan's load-check verdict."""
+    """The plan's load-check verdict as shown.
+
+    Args:
+        loads: ``plan.accounting.loads``: "yes", "no: why" or "unchecked: why".
+        library: the plan's library.
+
+    Returns:
+        ``yes (<library>.load, strict)``, ``no (why)`` or ``unchecked (why)``.
+    """
     verdict, _, why = loads.partition(": ")
     return f"{verdict} ({library}.load, strict)" if not why else f"{verdict} ({why})"
 
 
 def side_file_text(f: OutputFile) -> str:
+    """How the header's side-files line names a non-shard output file.
+
+    Args:
+        f: an output file of the plan.
+
+    Returns:
+        Its name, with "(copied)" or "(base + N edits)" for one made from a source file.
+    """
     if f.kind == "text":
         return f.name
     if not f.edits:
@@ -278,8 +299,17 @@ def side_file_text(f: OutputFile) -> str:
 
 
 def render(plan: Plan, full: bool = False) -> str:
-    """The review rendering of ``plan``: outputs collapsed across layers and
-    experts (every tensor, with file and offset, when ``full``)."""
+    """The review rendering of ``plan`` (``sanitrace show``).
+
+    Args:
+        plan: the plan.
+        full: list every tensor with its file and offset, and every file,
+            instead of collapsing across layers and experts.
+
+    Returns:
+        The text: header, outputs, guards, dropped sources (and files when
+        ``full``), ending with a newline.
+    """
     lines = header_lines(plan) + ["", "## outputs"]
     outputs = output_lines(plan, full)
     lines += outputs if full else collapse_numbers(outputs)
@@ -295,16 +325,24 @@ def render(plan: Plan, full: bool = False) -> str:
 
 
 def file_lines(plan: Plan) -> List[str]:
-    """Every output file (shards with their metadata, text files by content hash)
-    and what is copied from the source folder."""
+    """The files section of ``render(plan, full=True)``.
+
+    Args:
+        plan: the plan.
+
+    Returns:
+        One line per output file (shards with their metadata, text files by
+        content hash), then what is copied from the source folder.
+    """
     lines = []
     for f in plan.files:
         if f.kind == "safetensors":
             lines.append(f"{f.name}: shard, {f.size} bytes, metadata {f.metadata!r}")
         elif f.kind == "source":
             edited = f" with {len(f.edits)} edits ({sum(len(e[2]) for e in f.edits)} bytes)" if f.edits else ""
-            lines.append(f"{f.name}: the source's {f.base} ({f.base_size} bytes){edited}, {f.size} bytes, "
-                         f"sha256:{f.sha256}")
+            lines.append(
+                f"{f.name}: the source's {f.base} ({f.base_size} bytes){edited}, {f.size} bytes, sha256:{f.sha256}"
+            )
         else:
             lines.append(f"{f.name}: text, {f.size} bytes, sha256:{hashlib.sha256(f.data).hexdigest()}")
     if plan.copy_subdirectories:
@@ -313,7 +351,15 @@ def file_lines(plan: Plan) -> List[str]:
 
 
 def render_json(plan: Plan) -> dict:
-    """Every output and dropped source, uncollapsed, for tools."""
+    """The plan for tools (``sanitrace show --format json``).
+
+    Args:
+        plan: the plan.
+
+    Returns:
+        A JSON-serializable dict: the header lines, digest, library, options,
+        versions, memory, and every output, guard and dropped source, uncollapsed.
+    """
     r = Renderer(plan, collapse_lists=False)
     return {
         "header": header_lines(plan),
@@ -323,11 +369,18 @@ def render_json(plan: Plan) -> dict:
         "versions": plan.versions,
         "memory": plan.memory._asdict(),
         "outputs": [
-            {"name": o.name, "dtype": o.dtype, "shape": list(o.shape),
-             "file": plan.files[o.file].name, "offset": o.offset, "expr": r.expr(o.ref)}
+            {
+                "name": o.name,
+                "dtype": o.dtype,
+                "shape": list(o.shape),
+                "file": plan.files[o.file].name,
+                "offset": o.offset,
+                "expr": r.expr(o.ref),
+            }
             for o in plan.outputs
         ],
-        "guards": [{"expr": r.expr(g.ref), "method": g.method, "args": list(g.args), "value": g.value}
-                   for g in plan.guards],
+        "guards": [
+            {"expr": r.expr(g.ref), "method": g.method, "args": list(g.args), "value": g.value} for g in plan.guards
+        ],
         "dropped": [{"file": d.file, "name": d.name, "reason": d.reason} for d in plan.accounting.dropped],
     }

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from .plan import OutputFile, Plan
 from .safetensors_format import MLX_TO_SAFETENSORS, SafetensorsError, check_regular, read_header
@@ -33,6 +33,17 @@ class VerifyFailed(Exception):
 
 @dataclass
 class VerifyReport:
+    """What ``verify_output`` checked.
+
+    Attributes:
+        files: plan files checked (shards and text files).
+        tensors: tensor headers checked.
+        tokenizer: "loaded", or "skipped" when not expected or the model is not loaded.
+        loaded: False when the plan says the library will not load the output.
+        forward: the one-token forward's summary, or None when not run.
+        seconds: time the checks took.
+    """
+
     files: int  # plan files checked (shards and text files)
     tensors: int  # tensor headers checked
     tokenizer: str  # "loaded", or "skipped" when the plan writes no tokenizer or the model is not loaded
@@ -41,20 +52,33 @@ class VerifyReport:
     seconds: float
 
 
-def verify_output(plan: Plan, out_dir: str, forward: bool = False,
-                  tokenizer_expected: Optional[bool] = None) -> VerifyReport:
+def verify_output(
+    plan: Plan, out_dir: str, forward: bool = False, tokenizer_expected: Optional[bool] = None
+) -> VerifyReport:
     """Check the output ``out_dir`` that ``plan`` was executed into.
 
-    Raises VerifyFailed, naming the first problem: a shard missing, of the wrong
-    size, or whose header's tensors (set, dtypes, shapes, byte ranges, metadata,
-    bytes) differ from the plan; a ``*.safetensors`` file the plan does not
-    write; another plan file missing or not the plan's bytes (its sha256 for
-    one made from a source file); the model not loading with ``plan.library``
-    (lazy, strict; skipped when the plan's load check says it will not load);
-    the tokenizer / processor not loading, unless
-    ``tokenizer_expected`` is False (default: whether the plan writes the
-    tokenizer files, i.e. ``plan.accounting.tokenizer`` is ""); with
-    ``forward``, one token's logits not (1, 1, vocab) or not all finite."""
+    Args:
+        plan: the plan that was executed.
+        out_dir: the folder it was executed into.
+        forward: also run one token through the loaded language model.
+        tokenizer_expected: whether the tokenizer / processor must load
+            (default: whether the plan writes the tokenizer files, i.e.
+            ``plan.accounting.tokenizer`` is "").
+
+    Returns:
+        A VerifyReport of what was checked.
+
+    Raises:
+        VerifyFailed: naming the first problem: a shard missing, of the wrong
+            size, or whose header's tensors (set, dtypes, shapes, byte ranges,
+            metadata, bytes) differ from the plan; a ``*.safetensors`` file the
+            plan does not write; another plan file missing or not the plan's
+            bytes (its sha256 for one made from a source file); the model not
+            loading with ``plan.library`` (lazy, strict; skipped when the plan's
+            load check says it will not load); the tokenizer / processor not
+            loading when expected; with ``forward``, one token's logits not
+            (1, 1, vocab) or not all finite.
+    """
     start = time.perf_counter()
     if tokenizer_expected is None:
         tokenizer_expected = not plan.accounting.tokenizer
@@ -73,8 +97,14 @@ def verify_output(plan: Plan, out_dir: str, forward: bool = False,
         return VerifyReport(len(plan.files), tensors, "skipped", False, None, time.perf_counter() - start)
     model, tokenizer, config = _load(plan, out_dir, tokenizer_expected)
     summary = _forward(plan, model, tokenizer, config, out_dir) if forward else None
-    return VerifyReport(len(plan.files), tensors, "loaded" if tokenizer_expected else "skipped", True,
-                        summary, time.perf_counter() - start)
+    return VerifyReport(
+        len(plan.files),
+        tensors,
+        "loaded" if tokenizer_expected else "skipped",
+        True,
+        summary,
+        time.perf_counter() - start,
+    )
 
 
 def _check_file(path: str, f: OutputFile) -> None:
@@ -105,28 +135,28 @@ def _check_shard(plan: Plan, index: int, path: str, f: OutputFile) -> int:
     outputs = {o.name: o for o in plan.outputs if o.file == index}
     extra = sorted(header.tensors.keys() - outputs.keys())
     if extra:
-        raise VerifyFailed(f"{path}: tensor {extra[0]} is in the header but not in the plan "
-                           f"({len(extra)} such)")
+        raise VerifyFailed(f"{path}: tensor {extra[0]} is in the header but not in the plan ({len(extra)} such)")
     missing = sorted(outputs.keys() - header.tensors.keys())
     if missing:
-        raise VerifyFailed(f"{path}: tensor {missing[0]} of the plan is not in the header "
-                           f"({len(missing)} such)")
+        raise VerifyFailed(f"{path}: tensor {missing[0]} of the plan is not in the header ({len(missing)} such)")
     for name, o in outputs.items():
         t = header.tensors[name]
         dtype = MLX_TO_SAFETENSORS[o.dtype]
         if t.dtype != dtype:
             raise VerifyFailed(f"{path}: tensor {name}: dtype {t.dtype} in the header, the plan has {dtype}")
         if t.shape != tuple(o.shape):
-            raise VerifyFailed(f"{path}: tensor {name}: shape {t.shape} in the header, "
-                               f"the plan has {tuple(o.shape)}")
+            raise VerifyFailed(f"{path}: tensor {name}: shape {t.shape} in the header, the plan has {tuple(o.shape)}")
         if (t.begin, t.end) != (o.offset, o.offset + o.nbytes):
-            raise VerifyFailed(f"{path}: tensor {name}: bytes {t.begin}..{t.end} in the header, "
-                               f"the plan has {o.offset}..{o.offset + o.nbytes}")
+            raise VerifyFailed(
+                f"{path}: tensor {name}: bytes {t.begin}..{t.end} in the header, "
+                f"the plan has {o.offset}..{o.offset + o.nbytes}"
+            )
     if header.metadata != f.metadata:
         raise VerifyFailed(f"{path}: header metadata {header.metadata} differs from the plan's {f.metadata}")
     if header.header_bytes != f.header[8:]:
-        raise VerifyFailed(f"{path}: header bytes differ from the plan's (same tensors; "
-                           "not bit-identical to the library's output)")
+        raise VerifyFailed(
+            f"{path}: header bytes differ from the plan's (same tensors; not bit-identical to the library's output)"
+        )
     return len(outputs)
 
 
@@ -157,16 +187,16 @@ def _load(plan: Plan, out_dir: str, tokenizer_expected: bool):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if plan.library == "mlx_lm":
-                from mlx_lm.utils import load_model
+                from mlx_lm.utils import load_model as lm_load_model
 
-                extra = {}
-                if "trust_remote_code" in inspect.signature(load_model).parameters:  # newer mlx-lm versions take it
+                extra: Dict[str, Any] = {}
+                if "trust_remote_code" in inspect.signature(lm_load_model).parameters:  # newer mlx-lm versions take it
                     extra["trust_remote_code"] = bool(plan.options.get("trust_remote_code"))
-                model, config = load_model(path, lazy=True, strict=True, **extra)
+                model, config = lm_load_model(path, lazy=True, strict=True, **extra)
             else:
-                from mlx_vlm.utils import load_model
+                from mlx_vlm.utils import load_model as vlm_load_model
 
-                model = load_model(path, lazy=True)  # strict by default; kwargs go to load_config too
+                model = vlm_load_model(path, lazy=True)  # strict by default; kwargs go to load_config too
                 config = model.config
     except Exception as e:  # noqa: BLE001  the library's loader, whatever it raises
         raise VerifyFailed(f"{out_dir}: the model does not load with {loader}: {_explain(plan, e)}") from None
@@ -238,8 +268,10 @@ def _forward(plan: Plan, model, tokenizer, config, out_dir: str) -> str:
         expected = (1, 1, vocab) if vocab else "(1, 1, vocab)"
         raise VerifyFailed(f"{out_dir}: one-token forward: logits of shape {shape}, expected {expected}")
     if bad.item():
-        raise VerifyFailed(f"{out_dir}: one-token forward: non-finite logits for token {token} "
-                           f"({bad.item()} of {shape[2]} are NaN or inf)")
+        raise VerifyFailed(
+            f"{out_dir}: one-token forward: non-finite logits for token {token} "
+            f"({bad.item()} of {shape[2]} are NaN or inf)"
+        )
     return f"token {token}: logits {shape}, all finite"
 
 

@@ -23,8 +23,21 @@ NEWEST_TESTED: Dict[str, str] = {"mlx": "0.32.4", "mlx-lm": "0.32.2", "mlx-vlm":
 _LIBRARY_DISTS = {"mlx_lm": ("mlx", "mlx-lm"), "mlx_vlm": ("mlx", "mlx-lm", "mlx-vlm")}
 _HOW_TO_INSTALL = {"mlx-vlm": "pip install 'sanitrace[vlm]'"}
 # PEP 440 order within one release: X.devN < X.aN < X.bN < X.rcN < X < X.postN
-_PHASES = {"dev": -4, "a": -3, "alpha": -3, "b": -2, "beta": -2, "c": -1, "rc": -1, "pre": -1,
-           "preview": -1, "": 0, "post": 1, "rev": 1, "r": 1}
+_PHASES = {
+    "dev": -4,
+    "a": -3,
+    "alpha": -3,
+    "b": -2,
+    "beta": -2,
+    "c": -1,
+    "rc": -1,
+    "pre": -1,
+    "preview": -1,
+    "": 0,
+    "post": 1,
+    "rev": 1,
+    "r": 1,
+}
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)*)(?:[-_.]?([a-z]+)[-_.]?(\d*))?")
 
 
@@ -74,9 +87,7 @@ def check_installed(library: Optional[str] = None) -> List[str]:
             warnings.append(f"{dist} {version}: not a version sanitrace can compare with {dist}>={minimum}")
             continue
         if key < parse_version(minimum):
-            raise VersionError(
-                f"{dist} {version} is older than sanitrace supports ({dist}>={minimum}): {install}"
-            )
+            raise VersionError(f"{dist} {version} is older than sanitrace supports ({dist}>={minimum}): {install}")
         if key > parse_version(NEWEST_TESTED[dist]):
             warnings.append(
                 f"{dist} {version} is newer than sanitrace was tested with ({NEWEST_TESTED[dist]}); "

@@ -29,21 +29,40 @@ FIXTURES = {
 
 # Quantized source formats (issue: FP8 block, MXFP4, compressed-tensors int4),
 # with dims that are not multiples of 128 and matrices spanning several blocks.
-_RAGGED = dict(hidden=320, intermediate=448, moe_intermediate=192, heads=4, kv_heads=4,
-               head_dim=32, q_lora_rank=192, kv_lora_rank=64)
+_RAGGED = dict(
+    hidden=320,
+    intermediate=448,
+    moe_intermediate=192,
+    heads=4,
+    kv_heads=4,
+    head_dim=32,
+    q_lora_rank=192,
+    kv_lora_rank=64,
+)
 SOURCE_FIXTURES = {
     "deepseek_v3_fp8": dict(
-        arch="deepseek_v3", source_format="fp8_block", layers=3, shards=2,
-        split_before=r"model\.layers\.1\.self_attn\.o_proj\.weight_scale_inv", **_RAGGED,
+        arch="deepseek_v3",
+        source_format="fp8_block",
+        layers=3,
+        shards=2,
+        split_before=r"model\.layers\.1\.self_attn\.o_proj\.weight_scale_inv",
+        **_RAGGED,
     ),
     "gpt_oss_mxfp4": dict(arch="gpt_oss", intermediate=64),
     "kimi_k2_int4": dict(
-        arch="deepseek_v3", source_format="int4_packed", layers=3,
+        arch="deepseek_v3",
+        source_format="int4_packed",
+        layers=3,
         config_overrides={"model_type": "kimi_k2"},
     ),
     "minimax_fp8": dict(
-        arch="minimax", source_format="fp8_block", hidden=320, moe_intermediate=192,
-        heads=4, kv_heads=2, head_dim=32,
+        arch="minimax",
+        source_format="fp8_block",
+        hidden=320,
+        moe_intermediate=192,
+        heads=4,
+        kv_heads=2,
+        head_dim=32,
     ),
 }
 
@@ -74,8 +93,7 @@ def checkpoints(tmp_path_factory) -> dict:
 def eager_convert(src: Path, out: Path, flags: list) -> Path:
     """The oracle: `python -m mlx_lm convert` in a fresh process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out)]
-        + flags,
+        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out)] + flags,
         capture_output=True,
         text=True,
     )

@@ -81,8 +81,13 @@ def prepare(workdir: Path) -> dict:
     rc, show, err = H.run_cli(["show", plan, "--full"])
     assert rc == 0, err
     (workdir / "orig-show.txt").write_text(show)
-    return {"workdir": str(workdir), "src": str(src), "plan": str(plan), "out": str(out),
-            "show": str(workdir / "orig-show.txt")}
+    return {
+        "workdir": str(workdir),
+        "src": str(src),
+        "plan": str(plan),
+        "out": str(out),
+        "show": str(workdir / "orig-show.txt"),
+    }
 
 
 # ---------------------------------------------------------------- mutators
@@ -101,17 +106,18 @@ def mutate_bytes(data: bytes, rng: random.Random, lo: int = 0, hi: Optional[int]
             buf[pos] ^= 1 << rng.randrange(8)
         elif kind == "overwrite":
             n = rng.randint(1, 8)
-            buf[pos:pos + n] = bytes(rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)])
-                                     for _ in range(min(n, end - pos)))
+            buf[pos : pos + n] = bytes(
+                rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)]) for _ in range(min(n, end - pos))
+            )
         elif kind == "insert":
             buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         elif kind == "delete":
-            del buf[pos:pos + rng.randint(1, 8)]
+            del buf[pos : pos + rng.randint(1, 8)]
         elif kind == "truncate" and hi is None:
             del buf[pos:]
         else:
             n = rng.randint(1, 64)
-            piece = bytes(buf[pos:pos + n])
+            piece = bytes(buf[pos : pos + n])
             at = rng.randrange(lo, end)
             buf[at:at] = piece
     return bytes(buf)
@@ -131,7 +137,7 @@ def _slots(obj, path=()) -> List[tuple]:
     return found
 
 
-LARGE = [2**31, 2**31 - 1, 2**32 + 1, 2**40, 2**63 - 1, -2**63, 10**12, -1, -(2**31)]
+LARGE = [2**31, 2**31 - 1, 2**32 + 1, 2**40, 2**63 - 1, -(2**63), 10**12, -1, -(2**31)]
 OTHER_TYPES = [None, 0, -1, "", "x", [], {}, True, 1.5, b"", b"\x00" * 3]
 
 
@@ -141,13 +147,23 @@ def mutate_value(value, rng: random.Random, allow_ext: bool = True):
         choices = OTHER_TYPES if allow_ext else [v for v in OTHER_TYPES if not isinstance(v, bytes)]
         return copy.deepcopy(rng.choice(choices))
     if isinstance(value, int):
-        return rng.choice([value + 1, value - 1, value * 2, -value, rng.choice(LARGE),
-                           rng.randrange(-1000, 1000)])
+        return rng.choice([value + 1, value - 1, value * 2, -value, rng.choice(LARGE), rng.randrange(-1000, 1000)])
     if isinstance(value, float):
         return rng.choice([value * 2, -value, float("nan"), float("inf"), 0.0, 1e308])
     if isinstance(value, str):
-        return rng.choice([value + "x", value[:-1], "", "../" + value, "/" + value, value * 50,
-                           value.replace(".", "/"), value + "\x00", "é" + value])
+        return rng.choice(
+            [
+                value + "x",
+                value[:-1],
+                "",
+                "../" + value,
+                "/" + value,
+                value * 50,
+                value.replace(".", "/"),
+                value + "\x00",
+                "é" + value,
+            ]
+        )
     if isinstance(value, bytes):
         return mutate_bytes(value, rng) if value else b"\x00"
     if isinstance(value, msgpack.ExtType):
@@ -156,8 +172,10 @@ def mutate_value(value, rng: random.Random, allow_ext: bool = True):
             return msgpack.ExtType(rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 127]), value.data)
         if kind == "payload":
             return msgpack.ExtType(value.code, mutate_bytes(value.data, rng) if value.data else b"\xc0")
-        return msgpack.ExtType(value.code, msgpack.packb(rng.choice(
-            [[0, 0], [10**6, 0], [-1, 5], 3, -1, "bfloat16", "floaty", [1, 2, 3], [], None])))
+        return msgpack.ExtType(
+            value.code,
+            msgpack.packb(rng.choice([[0, 0], [10**6, 0], [-1, 5], 3, -1, "bfloat16", "floaty", [1, 2, 3], [], None])),
+        )
     if isinstance(value, list):
         kind = rng.choice(["swap", "delete", "duplicate", "wrap", "clear", "append"])
         if kind == "swap" and len(value) > 1:
@@ -242,8 +260,7 @@ def iteration(campaign: str, seed: int, ctx: dict, keep: Optional[str] = None) -
             plan.write_bytes(mutated)
             rc_show, show, _ = _run(["show", plan, "--full"], crashes)
             _run(["diff", ctx["plan"], plan], crashes)
-            rc, _, _ = _run(["execute", plan, "--source", ctx["src"], "--out", out, "--no-progress"],
-                            crashes)
+            rc, _, _ = _run(["execute", plan, "--source", ctx["src"], "--out", out, "--no-progress"], crashes)
         else:
             src = tmp / "src"
             shutil.copytree(ctx["src"], src)
@@ -251,21 +268,27 @@ def iteration(campaign: str, seed: int, ctx: dict, keep: Optional[str] = None) -
             data = st.read_bytes()
             (n,) = struct.unpack("<Q", data[:8])
             if campaign == "header_bytes":
-                st.write_bytes(mutate_bytes(data, rng, 0, 8 + n) if rng.random() < 0.8
-                               else mutate_bytes(data[:8 + n], rng, 0, 8 + n) + data[8 + n:])
+                st.write_bytes(
+                    mutate_bytes(data, rng, 0, 8 + n)
+                    if rng.random() < 0.8
+                    else mutate_bytes(data[: 8 + n], rng, 0, 8 + n) + data[8 + n :]
+                )
             else:
-                header = mutate_structure(json.loads(data[8:8 + n]), rng, allow_ext=False)
+                header = mutate_structure(json.loads(data[8 : 8 + n]), rng, allow_ext=False)
                 raw = json.dumps(header, separators=(",", ":")).encode()
-                st.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+                st.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
             rc_trace, _, _ = _run(["trace", src, "-o", tmp / "plan.msgpack"] + TRACE_FLAGS, crashes)
-            rc, _, _ = _run(["execute", ctx["plan"], "--source", src, "--out", out, "--no-progress"],
-                            crashes)
+            rc, _, _ = _run(["execute", ctx["plan"], "--source", src, "--out", out, "--no-progress"], crashes)
             rc_show, show = 0, Path(ctx["show"]).read_text()
             if not crashes and rc != 0 and rc_trace == 0:
                 # the mutated header traced: "identical" if to the same plan
                 same = (tmp / "plan.msgpack").read_bytes() == Path(ctx["plan"]).read_bytes()
-                return {"seed": seed, "outcome": "identical" if same else "different", "detail": "",
-                        "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+                return {
+                    "seed": seed,
+                    "outcome": "identical" if same else "different",
+                    "detail": "",
+                    "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                }
         if crashes:
             outcome, detail = "crash", "; ".join(crashes)
         elif rc != 0:
@@ -326,7 +349,9 @@ class Worker:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", ctx_path, "--timeout", str(timeout)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
         )
 
     def ask(self, campaign: str, seed: int, timeout: float) -> Optional[dict]:
@@ -355,8 +380,7 @@ class Worker:
         self.log.close()
 
 
-def run_campaign(campaign: str, iterations: int, ctx_path: str, seed_start: int = 0,
-                 timeout: int = 30) -> dict:
+def run_campaign(campaign: str, iterations: int, ctx_path: str, seed_start: int = 0, timeout: int = 30) -> dict:
     """Run seeds seed_start.. of a campaign; returns counts, failing seeds and wall time."""
     start = time.time()
     counts = {k: 0 for k in OUTCOMES}
@@ -371,32 +395,64 @@ def run_campaign(campaign: str, iterations: int, ctx_path: str, seed_start: int 
         if result is None:
             code = w.proc.returncode
             hung = time.time() - t0 >= timeout * 2 + 30
-            result = {"seed": seed, "outcome": "hang" if hung else "crash",
-                      "detail": "worker timed out" if hung else f"worker died (exit {code}); see {log}"}
+            result = {
+                "seed": seed,
+                "outcome": "hang" if hung else "crash",
+                "detail": "worker timed out" if hung else f"worker died (exit {code}); see {log}",
+            }
             w = None
         counts[result["outcome"]] += 1
         if result["outcome"] in ("crash", "hang", "silent"):
             failures.append(result)
     if w is not None:
         w.close()
-    return {"campaign": campaign, "iterations": iterations, "counts": counts, "failures": failures,
-            "wall": time.time() - start}
+    return {
+        "campaign": campaign,
+        "iterations": iterations,
+        "counts": counts,
+        "failures": failures,
+        "wall": time.time() - start,
+    }
 
 
 def reproduce_command(campaign: str, seed: int) -> str:
-    return (f"python tests/fuzz_campaign.py --campaign {campaign} --seed-start {seed} "
-            f"--iterations 1 --keep /tmp/fuzz-{campaign}-{seed}")
+    return (
+        f"python tests/fuzz_campaign.py --campaign {campaign} --seed-start {seed} "
+        f"--iterations 1 --keep /tmp/fuzz-{campaign}-{seed}"
+    )
 
 
 def table(results: List[dict]) -> str:
-    head = ["campaign", "iterations", "ok", "refused", "accepted-identical", "accepted-different",
-            "crashes", "hangs", "silent", "wall"]
+    head = [
+        "campaign",
+        "iterations",
+        "ok",
+        "refused",
+        "accepted-identical",
+        "accepted-different",
+        "crashes",
+        "hangs",
+        "silent",
+        "wall",
+    ]
     rows = [head]
     for r in results:
         c = r["counts"]
         ok = c["refused"] + c["identical"] + c["different"]
-        rows.append([r["campaign"], r["iterations"], ok, c["refused"], c["identical"], c["different"],
-                     c["crash"], c["hang"], c["silent"], f"{r['wall']:.0f}s"])
+        rows.append(
+            [
+                r["campaign"],
+                r["iterations"],
+                ok,
+                c["refused"],
+                c["identical"],
+                c["different"],
+                c["crash"],
+                c["hang"],
+                c["silent"],
+                f"{r['wall']:.0f}s",
+            ]
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in rows]
     for r in results:
@@ -431,8 +487,7 @@ def main(argv=None) -> int:
             return 0
         ctx_path = workdir / "context.json"
         ctx_path.write_text(json.dumps(ctx))
-        results = [run_campaign(c, args.iterations, str(ctx_path), args.seed_start, args.timeout)
-                   for c in campaigns]
+        results = [run_campaign(c, args.iterations, str(ctx_path), args.seed_start, args.timeout) for c in campaigns]
         print(table(results))
         bad = sum(r["counts"][k] for r in results for k in ("crash", "hang", "silent"))
         return 1 if bad else 0

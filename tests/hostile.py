@@ -22,12 +22,38 @@ JOURNAL = ".sanitrace-journal.jsonl"
 
 EXT_REF, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_DEVICE, EXT_CATEGORY, EXT_SLOT = range(1, 9)
 
-ITEMSIZE = {"bool": 1, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "int8": 1, "int16": 2,
-            "int32": 4, "int64": 8, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8,
-            "complex64": 8}
-SAFETENSORS_DTYPE = {"bool": "BOOL", "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
-                     "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64", "float16": "F16",
-                     "bfloat16": "BF16", "float32": "F32", "float64": "F64", "complex64": "C64"}
+ITEMSIZE = {
+    "bool": 1,
+    "uint8": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex64": 8,
+}
+SAFETENSORS_DTYPE = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+    "complex64": "C64",
+}
 
 
 # ---------------------------------------------------------------- raw plans
@@ -35,8 +61,9 @@ SAFETENSORS_DTYPE = {"bool": "BOOL", "uint8": "U8", "uint16": "U16", "uint32": "
 
 def unpack(data: bytes):
     """msgpack -> Python, ext types kept opaque (msgpack.ExtType)."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False,
-                           ext_hook=lambda code, payload: msgpack.ExtType(code, payload))
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=False, ext_hook=lambda code, payload: msgpack.ExtType(code, payload)
+    )
 
 
 def canonical(obj):
@@ -187,13 +214,11 @@ def splice_take(plan: dict, output_name: str, indices: List[int], op: str = "mx.
     rows = absolute_rows(plan["nodes"], sigs)
     load = rows[node][1][1]  # the astype's input
     assert sigs[rows[load][0]][0] == "load"
-    const = add_signature(plan, ["const", [struct.pack(f"<{len(indices)}i", *indices)], {},
-                                 [["int32", list(shape)]]])
+    const = add_signature(plan, ["const", [struct.pack(f"<{len(indices)}i", *indices)], {}, [["int32", list(shape)]]])
     if op == "mx.take":
         take = add_signature(plan, ["mx.take", [slot(0), slot(1)], {"axis": 0}, [[dtype, list(shape)]]])
     elif op == "mx.take_along_axis":
-        take = add_signature(plan, ["mx.take_along_axis", [slot(0), slot(1)], {"axis": 0},
-                                    [[dtype, list(shape)]]])
+        take = add_signature(plan, ["mx.take_along_axis", [slot(0), slot(1)], {"axis": 0}, [[dtype, list(shape)]]])
     else:
         take = add_signature(plan, ["array.__getitem__", [slot(0), slot(1)], {}, [[dtype, list(shape)]]])
     # node -> [const, take]: the const goes where the astype was, the take after it
@@ -219,8 +244,7 @@ def relayout_shard(plan: dict, file_index: int) -> None:
         nbytes = ITEMSIZE[o[1]]
         for d in o[2]:
             nbytes *= d
-        doc[o[0]] = {"data_offsets": [offset, offset + nbytes], "dtype": SAFETENSORS_DTYPE[o[1]],
-                     "shape": list(o[2])}
+        doc[o[0]] = {"data_offsets": [offset, offset + nbytes], "dtype": SAFETENSORS_DTYPE[o[1]], "shape": list(o[2])}
         relative.append(offset)
         offset += nbytes
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -253,8 +277,7 @@ def sanitrace_cmd(*argv) -> List[str]:
 
 def run_sub(argv: List[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """``python -m sanitrace argv`` in a fresh process (killed after ``timeout``)."""
-    return subprocess.run(sanitrace_cmd(*argv), capture_output=True, text=True, timeout=timeout,
-                          **kwargs)
+    return subprocess.run(sanitrace_cmd(*argv), capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def error_lines(stderr: str) -> List[str]:
@@ -328,12 +351,15 @@ def journal_groups(out_dir) -> int:
 def start_execute(plan, source, out, *extra) -> subprocess.Popen:
     return subprocess.Popen(
         sanitrace_cmd("execute", plan, "--source", source, "--out", out, "--no-progress", *extra),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 
-def wait_for(condition: Callable[[], bool], proc: Optional[subprocess.Popen], timeout: float = 60,
-             interval: float = 0.002) -> bool:
+def wait_for(
+    condition: Callable[[], bool], proc: Optional[subprocess.Popen], timeout: float = 60, interval: float = 0.002
+) -> bool:
     """Poll ``condition`` until true (True), ``proc`` exits or timeout (False)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -379,7 +405,7 @@ def interrupt_after_groups(plan, source, out, groups: int = 1, *extra) -> subpro
 def read_st_header(path) -> Tuple[int, dict]:
     data = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    return n, json.loads(data[8:8 + n])
+    return n, json.loads(data[8 : 8 + n])
 
 
 def rewrite_st_header(path, header: dict, pad_to: Optional[int] = None) -> None:
@@ -389,4 +415,4 @@ def rewrite_st_header(path, header: dict, pad_to: Optional[int] = None) -> None:
     raw = json.dumps(header, separators=(",", ":")).encode()
     if pad_to is not None and len(raw) < pad_to:
         raw += b" " * (pad_to - len(raw))
-    Path(path).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    Path(path).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])

@@ -25,8 +25,14 @@ class Faults:
             self._corrupt: Dict[str, Optional[int]] = {}
             self.dropped = 0  # connections dropped so far
 
-    def fail_next(self, k: int = 1, status: int = 503, retry_after: Optional[int] = None,
-                  method: Optional[str] = None, match: Optional[str] = None) -> None:
+    def fail_next(
+        self,
+        k: int = 1,
+        status: int = 503,
+        retry_after: Optional[int] = None,
+        method: Optional[str] = None,
+        match: Optional[str] = None,
+    ) -> None:
         """Answer the next ``k`` requests (optionally only those with ``method`` / whose path
         matches ``match``) with ``status``, plus ``Retry-After: retry_after`` if given."""
         with self._lock:
@@ -44,8 +50,7 @@ class Faults:
         next ``k`` file GET responses with a body of at least ``min_length`` bytes (so header
         reads can be left alone); the same points for the same seed and requests."""
         with self._lock:
-            self._drops.append(dict(left=k, nbytes=None, rng=random.Random(seed), match=match,
-                                    min_length=min_length))
+            self._drops.append(dict(left=k, nbytes=None, rng=random.Random(seed), match=match, min_length=min_length))
 
     def ignore_range(self, k: int = 1, match: Optional[str] = None) -> None:
         """Answer the next ``k`` file GETs that carry a Range with 200 and the whole file,
@@ -53,8 +58,14 @@ class Faults:
         with self._lock:
             self._ignore_range.append(dict(left=k, match=match))
 
-    def delay(self, seconds: float, k: int = 1, match: Optional[str] = None, method: Optional[str] = None,
-              ranged: Optional[bool] = None) -> None:
+    def delay(
+        self,
+        seconds: float,
+        k: int = 1,
+        match: Optional[str] = None,
+        method: Optional[str] = None,
+        ranged: Optional[bool] = None,
+    ) -> None:
         """Wait ``seconds`` before answering each of the next ``k`` requests (optionally only
         those with ``method`` / whose path matches ``match`` / with (True) or without (False)
         a Range header): a round trip's latency, or a slow download."""

@@ -49,8 +49,7 @@ class FileEntry:
         if not self.lfs:
             return sha1.hexdigest(), None, None
         pointer = (
-            "version https://git-lfs.github.com/spec/v1\n"
-            f"oid sha256:{sha256.hexdigest()}\nsize {self.size}\n"
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256.hexdigest()}\nsize {self.size}\n"
         ).encode()
         return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest(), sha256.hexdigest(), len(pointer)
 

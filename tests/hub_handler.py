@@ -93,9 +93,9 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
 
         if path.startswith("/__cdn__/") and hub.redirect_lfs:
-            return self._cdn(path[len("/__cdn__/"):])
+            return self._cdn(path[len("/__cdn__/") :])
         if path.startswith("/api/models/"):
-            rest = path[len("/api/models/"):]
+            rest = path[len("/api/models/") :]
             repo, tail = hub._match_repo(rest)
             if repo is None:
                 return self._error(401, "RepoNotFound", "Repository not found")
@@ -106,16 +106,16 @@ class Handler(BaseHTTPRequestHandler):
             if tail == "":
                 return self._model_info(repo, "main", query)
             if tail.startswith("/revision/"):
-                return self._model_info(repo, tail[len("/revision/"):], query)
+                return self._model_info(repo, tail[len("/revision/") :], query)
             if tail.startswith("/tree/"):
-                rev, _, sub = tail[len("/tree/"):].partition("/")
+                rev, _, sub = tail[len("/tree/") :].partition("/")
                 return self._tree(repo, rev, sub.strip("/"), query)
             return self._error(404, None, "Not found")
         repo, tail = hub._match_repo(path.lstrip("/"))
         if repo is not None and tail.startswith("/resolve/"):
             if not self._authorized(repo):
                 return self._gated()
-            rev, _, filename = tail[len("/resolve/"):].partition("/")
+            rev, _, filename = tail[len("/resolve/") :].partition("/")
             return self._resolve(repo, rev, filename)
         if tail.startswith("/resolve/") or path.count("/resolve/"):
             return self._error(401, "RepoNotFound", "Repository not found")
@@ -129,7 +129,9 @@ class Handler(BaseHTTPRequestHandler):
         return token is not None and self.headers.get("Authorization") == f"Bearer {token}"
 
     def _gated(self) -> None:
-        self._error(401, "GatedRepo", "Access to this repository is restricted. You must be authenticated to access it.")
+        self._error(
+            401, "GatedRepo", "Access to this repository is restricted. You must be authenticated to access it."
+        )
 
     def _snapshot(self, repo: Repo, revision: str) -> Optional[Snapshot]:
         snap = repo.resolve(revision)
@@ -152,18 +154,20 @@ class Handler(BaseHTTPRequestHandler):
                     sib["lfs"] = {"sha256": e.sha256, "size": e.size, "pointerSize": e.pointer_size}
             siblings.append(sib)
         hub: "HubServer" = self.server.hub
-        self._json({
-            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
-            "id": repo.repo_id,
-            "modelId": repo.repo_id,
-            "author": repo.repo_id.split("/")[0] if "/" in repo.repo_id else None,
-            "sha": snap.sha,
-            "private": False,
-            "gated": "auto" if repo.repo_id in hub.gated else False,
-            "disabled": False,
-            "tags": [],
-            "siblings": siblings,
-        })
+        self._json(
+            {
+                "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "modelId": repo.repo_id,
+                "author": repo.repo_id.split("/")[0] if "/" in repo.repo_id else None,
+                "sha": snap.sha,
+                "private": False,
+                "gated": "auto" if repo.repo_id in hub.gated else False,
+                "disabled": False,
+                "tags": [],
+                "siblings": siblings,
+            }
+        )
 
     def _tree(self, repo: Repo, revision: str, sub: str, query: dict) -> None:
         snap = self._snapshot(repo, revision)
@@ -172,17 +176,21 @@ class Handler(BaseHTTPRequestHandler):
         recursive = query.get("recursive", "").lower() == "true"
         dirs = snap.dirs()
         if sub and sub not in dirs:
-            return self._error(404, "EntryNotFound", f"{sub} does not exist on \"{revision}\"",
-                               {"X-Repo-Commit": snap.sha})
+            return self._error(
+                404, "EntryNotFound", f'{sub} does not exist on "{revision}"', {"X-Repo-Commit": snap.sha}
+            )
         prefix = sub + "/" if sub else ""
 
         def wanted(p: str) -> bool:
             if not p.startswith(prefix):
                 return False
-            return recursive or "/" not in p[len(prefix):]
+            return recursive or "/" not in p[len(prefix) :]
 
-        items = [{"type": "directory", "oid": hashlib.sha1(d.encode() + snap.sha.encode()).hexdigest(),
-                  "size": 0, "path": d} for d in dirs if wanted(d)]
+        items = [
+            {"type": "directory", "oid": hashlib.sha1(d.encode() + snap.sha.encode()).hexdigest(), "size": 0, "path": d}
+            for d in dirs
+            if wanted(d)
+        ]
         for rel, e in snap.files.items():
             if wanted(rel):
                 item = {"type": "file", "oid": e.blob_id, "size": e.size, "path": rel}
@@ -198,8 +206,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         entry = snap.files.get(filename)
         if entry is None:
-            return self._error(404, "EntryNotFound", f"{filename} does not exist on \"{revision}\"",
-                               {"X-Repo-Commit": snap.sha})
+            return self._error(
+                404, "EntryNotFound", f'{filename} does not exist on "{revision}"', {"X-Repo-Commit": snap.sha}
+            )
         headers = {"X-Repo-Commit": snap.sha, "ETag": f'"{entry.etag}"'}
         if entry.sha256:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
@@ -232,8 +241,9 @@ class Handler(BaseHTTPRequestHandler):
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = max(0, end - start + 1)
-        headers.update({"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
-                        "Content-Length": str(length)})
+        headers.update(
+            {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "Content-Length": str(length)}
+        )
         if self.command == "HEAD":
             return self._send(status, headers)
         drop = hub.faults.take_drop(self.path, length)

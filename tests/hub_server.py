@@ -58,9 +58,15 @@ class HubServer:
     as the real Hub does.
     """
 
-    def __init__(self, repos: Dict[str, str], revisions: Optional[Dict[str, Dict[str, str]]] = None,
-                 gated=(), token: Optional[str] = None, redirect_lfs: bool = False,
-                 lfs_patterns=LFS_PATTERNS):
+    def __init__(
+        self,
+        repos: Dict[str, str],
+        revisions: Optional[Dict[str, Dict[str, str]]] = None,
+        gated=(),
+        token: Optional[str] = None,
+        redirect_lfs: bool = False,
+        lfs_patterns=LFS_PATTERNS,
+    ):
         self.lfs_patterns = tuple(lfs_patterns)
         self.gated = set(gated)
         self.token = token
@@ -97,7 +103,7 @@ class HubServer:
         """Longest known repo id that ``rest`` starts with, and the remaining path."""
         for repo_id in sorted(self._repos, key=len, reverse=True):
             if rest == repo_id or rest.startswith(repo_id + "/"):
-                return self._repos[repo_id], rest[len(repo_id):]
+                return self._repos[repo_id], rest[len(repo_id) :]
         return None, rest
 
     def _blob(self, sha256: str) -> Optional[FileEntry]:
@@ -159,8 +165,9 @@ class HubServer:
         server.hub = self
         self._server = server
         self._port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"HubServer:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"HubServer:{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -40,8 +40,9 @@ def test_trace_then_execute_through_the_api(tmp_path, eager, capsys):
 
 
 def test_convert_returns_its_summary_and_keeps_the_plan(tmp_path):
-    result = sanitrace.convert(str(EXAMPLE), str(tmp_path / "out"), dtype="float16",
-                               plan_out=str(tmp_path / "plan.msgpack"), progress=False)
+    result = sanitrace.convert(
+        str(EXAMPLE), str(tmp_path / "out"), dtype="float16", plan_out=str(tmp_path / "plan.msgpack"), progress=False
+    )
     assert result.plan.options["dtype"] == "float16"
     assert sanitrace.load_plan(str(tmp_path / "plan.msgpack")).digest == result.plan.digest
     assert result.execute.outputs == len(result.plan.outputs) and result.measured_peak > 0
@@ -52,11 +53,14 @@ def test_a_callable_quant_predicate_is_recorded_and_retrace_refuses_it(tmp_path,
     def attention_only(path, module):
         return "self_attn" in path
 
-    result = sanitrace.convert(str(EXAMPLE), str(tmp_path / "out"), quantize=True,
-                               quant_predicate=attention_only, progress=False)
+    result = sanitrace.convert(
+        str(EXAMPLE), str(tmp_path / "out"), quantize=True, quant_predicate=attention_only, progress=False
+    )
     recorded = result.plan.options["quant_predicate"]
-    assert recorded == f"callable:{__name__}.test_a_callable_quant_predicate_is_recorded_and_retrace_" \
-                       "refuses_it.<locals>.attention_only"
+    assert (
+        recorded == f"callable:{__name__}.test_a_callable_quant_predicate_is_recorded_and_retrace_"
+        "refuses_it.<locals>.attention_only"
+    )
     names = {o.name for o in result.plan.outputs}
     assert any(n.endswith("self_attn.q_proj.scales") for n in names)
     assert not any(n.endswith("mlp.gate.scales") or "experts" in n and n.endswith(".scales") for n in names)
@@ -65,8 +69,9 @@ def test_a_callable_quant_predicate_is_recorded_and_retrace_refuses_it(tmp_path,
 
 
 def test_quantizing_nothing_and_an_unmeetable_budget_are_said(tmp_path, capsys):
-    sanitrace.convert(str(EXAMPLE), str(tmp_path / "out"), quantize=True, q_group_size=100,
-                      memory_budget=1 << 20, progress=False)
+    sanitrace.convert(
+        str(EXAMPLE), str(tmp_path / "out"), quantize=True, q_group_size=100, memory_budget=1 << 20, progress=False
+    )
     captured = capsys.readouterr()
     assert "Quantized model with 16.000 bits per weight." in captured.out
     warnings = [line for line in captured.err.splitlines() if line.startswith("sanitrace: warning:")]
@@ -83,12 +88,30 @@ def test_a_failed_upload_is_one_line_and_the_output_is_complete(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": "hf_x",
-           "PATH": "/usr/bin:/bin"}
+    env = {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_TOKEN": "hf_x",
+        "PATH": "/usr/bin:/bin",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "sanitrace", "convert", "--hf-path", str(EXAMPLE), "--mlx-path", "out",
-         "--upload-repo", "me/tiny", "--no-progress"],
-        cwd=tmp_path, capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "sanitrace",
+            "convert",
+            "--hf-path",
+            str(EXAMPLE),
+            "--mlx-path",
+            "out",
+            "--upload-repo",
+            "me/tiny",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("sanitrace")]

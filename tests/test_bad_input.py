@@ -31,6 +31,7 @@ def model(llama, tmp_path):
 @pytest.fixture(autouse=True)
 def no_hang():
     """A FIFO opened for reading blocks forever: fail instead."""
+
     def fail(*args):
         raise TimeoutError("blocked")
 
@@ -163,8 +164,11 @@ def test_tensor_too_large_for_a_placeholder_file(model, capsys, monkeypatch):
 
 def test_duplicate_names_take_the_last_entry_like_mx_load(tmp_path):
     path = tmp_path / "dup.safetensors"
-    write_header(path, b'{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},'
-                       b' "w": {"dtype": "U8", "shape": [2], "data_offsets": [1, 3]}}')
+    write_header(
+        path,
+        b'{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},'
+        b' "w": {"dtype": "U8", "shape": [2], "data_offsets": [1, 3]}}',
+    )
     assert read_header(str(path)).tensors["w"].shape == (2,)
 
 
@@ -207,13 +211,16 @@ def edit_config(model, change):
     (model / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "not a JSON object"),
-    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
-    ('{"hidden_size": 64}', "no model_type"),
-    ('{"model_type": 7}', "no model_type"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+        ('{"hidden_size": 64}', "no model_type"),
+        ('{"model_type": 7}', "no model_type"),
+    ],
+)
 def test_bad_config_json(text, message, model, capsys):
     (model / "config.json").write_text(text)
     err = fails(model, capsys)
@@ -234,8 +241,9 @@ def test_config_missing_a_required_field(model, capsys):
 
 
 def test_failure_inside_the_library_names_its_line(model, capsys):
-    edit_config(model, lambda c: c.update(
-        quantization_config={"quant_method": "compressed-tensors", "format": "bogus"}))
+    edit_config(
+        model, lambda c: c.update(quantization_config={"quant_method": "compressed-tensors", "format": "bogus"})
+    )
     err = fails(model, capsys)
     assert "mlx_lm/utils.py:" in err and "unsupported compressed-tensors format 'bogus'" in err
     assert "eager conversion (mlx_lm.convert) fails the same way" in err
@@ -243,8 +251,7 @@ def test_failure_inside_the_library_names_its_line(model, capsys):
 
 def add_model_file(model, body: str):
     (model / "custom_model.py").write_text(
-        "import mlx.core as mx\nfrom mlx_lm.models.llama import Model as Base, ModelArgs\n\n"
-        "class Model(Base):\n" + body
+        "import mlx.core as mx\nfrom mlx_lm.models.llama import Model as Base, ModelArgs\n\nclass Model(Base):\n" + body
     )
     edit_config(model, lambda c: c.update(model_file="custom_model.py"))
 
@@ -258,11 +265,14 @@ def test_model_file_needs_trust_remote_code(model, capsys, tmp_path):
 
 
 def test_failing_mx_op_in_sanitize_names_the_model_code(model, capsys):
-    add_model_file(model, "    def sanitize(self, weights):\n"
-                          "        return {k: mx.reshape(v, (3, 7)) for k, v in weights.items()}\n")
+    add_model_file(
+        model,
+        "    def sanitize(self, weights):\n        return {k: mx.reshape(v, (3, 7)) for k, v in weights.items()}\n",
+    )
     err = fails(model, capsys, "--trust-remote-code")
+    assert "the model folder's own code in mlx_lm" in err
     assert "custom_model.py:6 (<dictcomp>): ValueError: [reshape]" in err
-    assert "eager conversion (mlx_lm.convert) fails the same way" in err
+    assert "eager conversion (mlx_lm.convert --trust-remote-code) fails the same way" in err
 
 
 def test_a_sanitrace_bug_keeps_its_traceback(model, monkeypatch, capsys):

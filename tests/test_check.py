@@ -25,7 +25,17 @@ def test_check_reports_a_model_both_refuse(checkpoints, tmp_path):
 
 def test_eager_flags_round_trip():
     options = ConvertOptions(quantize=True, q_bits=3, q_group_size=32, q_mode="mxfp4", dtype="float16")
-    assert eager_flags(options) == ["-q", "--q-group-size", "32", "--q-bits", "3", "--dtype", "float16", "--q-mode", "mxfp4"]
+    assert eager_flags(options) == [
+        "-q",
+        "--q-group-size",
+        "32",
+        "--q-bits",
+        "3",
+        "--dtype",
+        "float16",
+        "--q-mode",
+        "mxfp4",
+    ]
     assert eager_flags(ConvertOptions()) == []
 
 

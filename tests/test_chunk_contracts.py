@@ -72,6 +72,7 @@ def check_group_chunks(nodes, refs, arrays, expected, units: int) -> int:
 
 # Bug 1: a group's unit is the lcm of its roots' granularities, not the largest.
 
+
 def two_granularities(a, b):
     """Two outputs sharing ``mixed``: every third row three times (granularity
     3) and every other row twice (granularity 2)."""
@@ -148,6 +149,7 @@ def test_conversion_of_a_group_with_granularities_2_and_3(tmp_path, eager):
 
 # Bug 4: one identity of a value, shared by the planner's costing and the replayer.
 
+
 def test_whole_quantize_is_one_value_for_planner_and_replayer(tmp_path):
     arrays = [rand(4, 8), rand(8, 64, seed=1)]
 
@@ -190,6 +192,7 @@ def test_chunked_quantize_is_one_value_per_chunk(tmp_path):
 
 # Multi-unit chunks for every construct.
 
+
 @pytest.mark.parametrize("units", [2, 3])
 @pytest.mark.parametrize("construct", sorted(CONSTRUCTS))
 def test_construct_in_chunks_of_several_units(construct, units, tmp_path):
@@ -213,4 +216,3 @@ def test_invariant_mode_catches_disagreeing_reads(tmp_path):
     replayer.requests = {(0, None): 2}  # reads() would say 1
     with pytest.raises(AssertionError, match="not used as often"):
         replayer.clear()
-

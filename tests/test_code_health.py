@@ -77,3 +77,52 @@ def test_plan_format_doc_states_the_version_and_the_fit():
     assert f"# Plan format (version {VERSION})" in doc and f"| `version` | `{VERSION}` |" in doc
     # chunking.peak_lines: the second line is fitted at m and 2m units, m at most LARGE_CHUNK_UNITS
     assert f"at most {LARGE_CHUNK_UNITS}" in doc and "`m` and `2m` units" in doc
+
+
+def test_public_api_docstrings_state_args_and_returns():
+    """The public API (``sanitrace.__all__``, the executor's ``execute``, the public
+    functions of the modules users call) documents its contract in Google style:
+    "Args:" when a function takes parameters, "Returns:" when it returns a value
+    (annotated other than None, or a ``return`` with a value); each public result
+    class names every field under "Attributes:"."""
+    import dataclasses
+    import inspect
+    import textwrap
+
+    import sanitrace
+    from sanitrace import api, check, collapse, compare, diff, executor, hub, hub_download, retrace, show, verify
+
+    functions = [getattr(api, name) for name in sanitrace.__all__] + [executor.execute]
+    for module in (verify, check, compare, hub, hub_download, retrace, diff, show, collapse):
+        functions += [
+            obj
+            for name, obj in vars(module).items()
+            if not name.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__
+        ]
+    problems = []
+    for func in functions:
+        doc, code = inspect.getdoc(func) or "", inspect.unwrap(func)
+        label = f"{func.__module__}.{func.__qualname__}"
+        if inspect.signature(code).parameters and "\nArgs:\n" not in doc:
+            problems.append(f"{label}: no Args:")
+        stack, returns = [ast.parse(textwrap.dedent(inspect.getsource(code))).body[0]], False
+        while stack:  # the function's own statements, not those of functions defined in it
+            node = stack.pop()
+            returns |= isinstance(node, ast.Return) and node.value is not None
+            stack += [
+                n
+                for n in ast.iter_child_nodes(node)
+                if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
+            ]
+        annotated = inspect.signature(code).return_annotation not in (None, "None", inspect.Signature.empty)
+        if (annotated or returns) and "\nReturns:\n" not in doc:
+            problems.append(f"{label}: no Returns:")
+    for cls in (api.ConvertSummary, verify.VerifyReport, check.CheckResult):
+        doc = inspect.getdoc(cls) or ""
+        attributes = doc.split("\nAttributes:\n", 1)[1] if "\nAttributes:\n" in doc else ""
+        problems += [
+            f"{cls.__qualname__}.{f.name}: not under Attributes:"
+            for f in dataclasses.fields(cls)
+            if not re.search(rf"^\s+{f.name}:", attributes, re.M)
+        ]
+    assert len(functions) > 30 and problems == []

@@ -67,8 +67,10 @@ CONSTRUCTS = {
     "mx.contiguous": (lambda v: mx.contiguous(v.T), [w(4, 6)]),
     "mx.quantize affine": (lambda v: mx.quantize(v, group_size=32, bits=4), [w(4, 64)]),
     "mx.quantize mxfp4": (lambda v: mx.quantize(v, group_size=32, bits=4, mode="mxfp4"), [w(4, 64)]),
-    "mx.dequantize": (lambda q, s, b: mx.dequantize(q, s, b, group_size=32, bits=4),
-                      list(mx.quantize(w(4, 64), group_size=32, bits=4))),
+    "mx.dequantize": (
+        lambda q, s, b: mx.dequantize(q, s, b, group_size=32, bits=4),
+        list(mx.quantize(w(4, 64), group_size=32, bits=4)),
+    ),
     "mx.broadcast_to expert scales": (lambda s: mx.broadcast_to(s[:, None, None], (3, 4, 5)), [w(3)]),
     "mx.pad fp8 blocks": (lambda v: mx.pad(v, ((0, 3), (0, 1))), [w(5, 7)]),
     "mx.from_fp8": (lambda v: mx.from_fp8(v, dtype=mx.bfloat16), [fp8(4, 8)]),
@@ -76,8 +78,10 @@ CONSTRUCTS = {
     "mx.repeat scale rows": (lambda s: mx.repeat(s, 4, axis=-2), [w(3, 2, 5)]),
     "mx.reshape": (lambda v: mx.reshape(v, (2, -1)), [w(4, 6)]),
     "mx.swapaxes": (lambda v: mx.swapaxes(v, 1, 2), [w(2, 3, 4)]),
-    "mx.sqrt / mx.sum weight norm": (lambda v, g: v * g / mx.maximum(mx.sqrt(mx.sum(v * v, axis=1, keepdims=True)), 1e-12),
-                                     [w(4, 6, dtype=mx.float32), w(4, 1, dtype=mx.float32)]),
+    "mx.sqrt / mx.sum weight norm": (
+        lambda v, g: v * g / mx.maximum(mx.sqrt(mx.sum(v * v, axis=1, keepdims=True)), 1e-12),
+        [w(4, 6, dtype=mx.float32), w(4, 1, dtype=mx.float32)],
+    ),
     "mx.array wrap": (lambda v: mx.array(v), [w(3, 4)]),
     "mx.flatten start/end": (lambda v: mx.flatten(v, 0, 1), [w(2, 3, 4)]),
     "mx.clip / mx.sigmoid gate reparam": (lambda v: mx.clip(mx.sigmoid(v), 0.1, 0.9), [w(4, 4)]),
@@ -94,8 +98,10 @@ CONSTRUCTS = {
     "array.reshape tuple": (lambda v: v.reshape((6, 4)), [w(3, 8)]),
     "array.astype": (lambda v: v.astype(mx.float16), [w(3, 4)]),
     "array.astype to uint32": (lambda v: v.astype(mx.uint32), [u8(3, 4)]),
-    "array.astype to bool, bool constant": (lambda v: v.astype(mx.bool_) & mx.array([True, False, True])[:, None],
-                                            [u8(3, 4)]),
+    "array.astype to bool, bool constant": (
+        lambda v: v.astype(mx.bool_) & mx.array([True, False, True])[:, None],
+        [u8(3, 4)],
+    ),
     "array.moveaxis mamba conv1d": (lambda v: v.moveaxis(2, 1), [w(4, 1, 3)]),
     "array.swapaxes": (lambda v: v.swapaxes(-1, -2), [w(2, 3, 4)]),
     "array.view uint8->uint32": (lambda v: v.view(mx.uint32), [u8(3, 8)]),
@@ -109,7 +115,10 @@ CONSTRUCTS = {
     "operator + scalar (norm offset)": (lambda a: a + 1.0, [w(4)]),
     "operator reflected scalar": (lambda a: -8 * a, [w(3, 4)]),
     "operator unary -": (lambda a: -a, [w(3, 4)]),
-    "operator @ (LoRA merge)": (lambda base, b, a: base + 0.5 * (b @ a), [w(4, 4, dtype=mx.float32), w(4, 2, dtype=mx.float32), w(2, 4, dtype=mx.float32)]),
+    "operator @ (LoRA merge)": (
+        lambda base, b, a: base + 0.5 * (b @ a),
+        [w(4, 4, dtype=mx.float32), w(4, 2, dtype=mx.float32), w(2, 4, dtype=mx.float32)],
+    ),
     "operator << bit packing": (lambda v: mx.sum(v.reshape(-1, 4).astype(mx.uint32) << SHIFTS, axis=-1), [u8(3, 8)]),
     "operator & |": (lambda a, b: (a & b) | a, [u8(3, 4), u8(3, 4, seed=1)]),
     "operator == !=": (lambda s: mx.logical_and(s != 1, s == s), [w(3, 4)]),
@@ -118,7 +127,10 @@ CONSTRUCTS = {
     "real array operand (module buffer)": (lambda p: p * MUP.astype(p.dtype)[:, None], [w(6, 3)]),
     # indexing
     "getitem slice": (lambda v: v[:2, 1:], [w(4, 5)]),
-    "getitem strided de-interleave": (lambda v: (mx.contiguous(v[..., ::2, :]), mx.contiguous(v[..., 1::2, :])), [w(2, 6, 4)]),
+    "getitem strided de-interleave": (
+        lambda v: (mx.contiguous(v[..., ::2, :]), mx.contiguous(v[..., 1::2, :])),
+        [w(2, 6, 4)],
+    ),
     "getitem strided falcon": (lambda v: mx.concatenate([v[0::2], v[1::2]]), [w(6, 4)]),
     "getitem int": (lambda v: v[1], [w(3, 4)]),
     "getitem None newaxis": (lambda s: s[:, None, :, None], [w(2, 3)]),
@@ -154,7 +166,7 @@ def test_construct(construct, tmp_path):
             continue  # computed whole, which the check above covers
         for start in range(0, e.shape[0], g):
             (piece,) = replay(nodes, [ref], arrays, (0, start, min(start + g, e.shape[0])))
-            assert same_bits(piece, e[start:start + g]), (construct, start)
+            assert same_bits(piece, e[start : start + g]), (construct, start)
 
 
 def test_value_of_a_tensor_is_refused_without_data(tmp_path):

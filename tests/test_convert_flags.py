@@ -44,8 +44,20 @@ VISION = SHARED / "corpus" / "cases" / "vlm-qwen2_vl"
 OK, ERROR, USAGE = "ok", "error", "usage"  # the library converts / raises (exit 1) / argparse error (exit 2)
 
 # Every option of the libraries' parsers, by dest.
-EXERCISED = {"hf_path", "mlx_path", "quantize", "q_group_size", "q_bits", "q_mode", "quant_predicate", "dtype",
-             "dequantize", "trust_remote_code", "revision", "quant_method"}
+EXERCISED = {
+    "hf_path",
+    "mlx_path",
+    "quantize",
+    "q_group_size",
+    "q_bits",
+    "q_mode",
+    "quant_predicate",
+    "dtype",
+    "dequantize",
+    "trust_remote_code",
+    "revision",
+    "quant_method",
+}
 NOT_EXERCISED = {
     "help": "argparse's own -h",
     "upload_repo": "needs the Hugging Face Hub (sanitrace runs the library's upload after converting)",
@@ -56,8 +68,10 @@ SUPPORTED_CHOICES = {"quant_method": {"rtn"}}  # a choices-flag partly supported
 WIDE = dict(hidden=128, intermediate=256, moe_intermediate=128)  # every group size divides some input width
 VALID_BITS = (1, 2, 3, 4, 5, 6, 8)  # mx.quantize's affine bits
 VALID_GROUP_SIZES = (32, 64, 128)
-ALL_RECIPES = sorted(set(PARSERS["mlx_lm"]._option_string_actions["--quant-predicate"].choices)
-                     | set(PARSERS["mlx_vlm"]._option_string_actions["--quant-predicate"].choices))
+ALL_RECIPES = sorted(
+    set(PARSERS["mlx_lm"]._option_string_actions["--quant-predicate"].choices)
+    | set(PARSERS["mlx_vlm"]._option_string_actions["--quant-predicate"].choices)
+)
 
 
 def _action(library: str, dest: str):
@@ -107,13 +121,21 @@ def combos_for(library: str) -> list:
     # mlx_lm's fixture has hidden 64 and experts' width 64: nothing in it takes groups of 128
     wide = "wide" if library == "mlx_lm" else "model"
     combos = [
-        c(), c(form="model_alias"), c(form="positional"), c(form="default_out"),
-        c("-q"), c("--quantize"), c("-q", form="positional"), c("-q", form="default_out"),
+        c(),
+        c(form="model_alias"),
+        c(form="positional"),
+        c(form="default_out"),
+        c("-q"),
+        c("--quantize"),
+        c("-q", form="positional"),
+        c("-q", form="default_out"),
         *[c("-q", "--q-bits", str(b)) for b in VALID_BITS],
         *[c("-q", "--q-group-size", str(g), source=wide) for g in VALID_GROUP_SIZES],
         *[c("-q", "--q-mode", m) for m in _choices(library, "q_mode")],
-        *[c("-q", "--quant-predicate", r, expect=OK if r in _choices(library, "quant_predicate") else USAGE)
-          for r in ALL_RECIPES],
+        *[
+            c("-q", "--quant-predicate", r, expect=OK if r in _choices(library, "quant_predicate") else USAGE)
+            for r in ALL_RECIPES
+        ],
         *[c("--dtype", d) for d in _choices(library, "dtype")],
         c("-q", "--dtype", "float32"),
         c("-q", "--q-bits", "8", "--q-group-size", "32"),
@@ -123,7 +145,9 @@ def combos_for(library: str) -> list:
         c("--q-bits", "8"),  # without -q: no effect
         c("--quant-predicate", "mixed_3_6"),  # without -q: no effect
         c("-d"),  # a bf16 source: nothing to dequantize
-        c("-d", source="q4"), c("--dequantize", source="q4"), c("-d", "--dtype", "float16", source="q4"),
+        c("-d", source="q4"),
+        c("--dequantize", source="q4"),
+        c("-d", "--dtype", "float16", source="q4"),
         c("--trust-remote-code"),
         # mlx_lm refuses a recipe with a non-affine mode; mlx_vlm converts it
         c("-q", "--q-mode", "mxfp4", "--quant-predicate", "mixed_3_6", expect=ERROR if library == "mlx_lm" else OK),
@@ -171,14 +195,19 @@ REFUSED_COMBOS = {library: refused_for(library) for library in PARSERS}
 ALL = [c for library in PARSERS for c in COMBOS[library]]
 # refusals also run as `python -m sanitrace convert` subprocesses
 USER_VIEW = [
-    "mlx_lm: -q -d", "mlx_lm: -q --q-bits 7", "mlx_lm: -q --q-mode mxfp4 --quant-predicate mixed_3_6",
-    "mlx_lm: -q --q-mode foo", "mlx_lm: -q --quant-predicate mixed_3_5", "mlx_vlm: -q -d",
+    "mlx_lm: -q -d",
+    "mlx_lm: -q --q-bits 7",
+    "mlx_lm: -q --q-mode mxfp4 --quant-predicate mixed_3_6",
+    "mlx_lm: -q --q-mode foo",
+    "mlx_lm: -q --quant-predicate mixed_3_5",
+    "mlx_vlm: -q -d",
 ]
 BY_ID = {c.id: c for c in ALL}
 assert len(BY_ID) == len(ALL), "combination ids must be unique"
 
 
 # -- every option of the libraries is classified and covered ------------------
+
 
 def _used(combos) -> set:
     """(option string, value-or-None) pairs the combinations spell."""
@@ -199,8 +228,11 @@ def test_every_library_option_is_classified_and_exercised(library):
     refused = _used(REFUSED_COMBOS[library])
     for action in PARSERS[library]._actions:
         dest, strings = action.dest, action.option_strings
-        classes = [name for name, group in (("exercised", EXERCISED), ("not exercised", NOT_EXERCISED),
-                                            ("refused", REFUSED)) if dest in group]
+        classes = [
+            name
+            for name, group in (("exercised", EXERCISED), ("not exercised", NOT_EXERCISED), ("refused", REFUSED))
+            if dest in group
+        ]
         assert len(classes) == 1, (
             f"{library}.convert option {strings} ({dest}) is not classified: add it to EXERCISED (with "
             f"combinations), REFUSED or NOT_EXERCISED in {Path(__file__).name}"
@@ -236,6 +268,7 @@ def test_sanitrace_convert_help_lists_the_supported_flags(capsys):
 
 # -- the library's own conversion, all combinations of a library in one process
 
+
 def _model_source(library: str) -> Path:
     if library == "mlx_lm":
         return EXAMPLE
@@ -259,18 +292,31 @@ def library_runs(tmp_path_factory):
             spec = dict(SOURCE_FIXTURES["deepseek_v3_fp8"])
             sources["fp8"] = str(make_checkpoint(base / "source-fp8", spec.pop("arch"), **spec))
             sources["wide"] = str(make_checkpoint(base / "source-wide", "qwen3_moe", **WIDE))
-        jobs = [{"id": "source-q4", "argv": ["--hf-path", str(model), "--mlx-path", sources["q4"], "-q"],
-                 "cwd": str(base)}]
+        jobs = [
+            {"id": "source-q4", "argv": ["--hf-path", str(model), "--mlx-path", sources["q4"], "-q"], "cwd": str(base)}
+        ]
         for i, combo in enumerate(COMBOS[library]):
             cwd = base / f"c{i:03d}"
             cwd.mkdir()
-            jobs.append({"id": combo.id, "argv": combo.library_argv(sources[combo.source], str(cwd / "mlx_model")),
-                         "cwd": str(cwd)})
+            jobs.append(
+                {
+                    "id": combo.id,
+                    "argv": combo.library_argv(sources[combo.source], str(cwd / "mlx_model")),
+                    "cwd": str(cwd),
+                }
+            )
         (base / "jobs.json").write_text(json.dumps(jobs))
         proc = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "eager_batch.py"), library, str(base / "jobs.json"),
-             str(base / "results.json")],
-            capture_output=True, text=True, cwd=base,
+            [
+                sys.executable,
+                str(REPO / "tests" / "eager_batch.py"),
+                library,
+                str(base / "jobs.json"),
+                str(base / "results.json"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=base,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = {r["id"]: r for r in json.loads((base / "results.json").read_text())}
@@ -352,6 +398,7 @@ def test_flag_combination(combo, library_runs, tmp_path, monkeypatch, capfd):
 
 
 # -- what users see: real processes ------------------------------------------
+
 
 def _run_cli(argv: list, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sanitrace", *argv], capture_output=True, text=True, cwd=cwd)

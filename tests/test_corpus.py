@@ -38,13 +38,17 @@ def corpus_eager(request, tmp_path_factory) -> dict:
         out = base / f"{case['case']}-{mode}"
         argv = ["--hf-path", str(CORPUS / "cases" / case["case"]), "--mlx-path", str(out)]
         jobs.setdefault(case["library"], []).append(
-            {"id": f"{case['case']}-{mode}", "argv": argv + eager_flags(MODES[mode]), "cwd": str(base)})
+            {"id": f"{case['case']}-{mode}", "argv": argv + eager_flags(MODES[mode]), "cwd": str(base)}
+        )
     results = {}
     for library, library_jobs in jobs.items():
         jobs_file, results_file = base / f"{library}-jobs.json", base / f"{library}-results.json"
         jobs_file.write_text(json.dumps(library_jobs))
-        subprocess.run([sys.executable, str(REPO / "tests" / "eager_batch.py"), library, str(jobs_file),
-                        str(results_file)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(REPO / "tests" / "eager_batch.py"), library, str(jobs_file), str(results_file)],
+            check=True,
+            capture_output=True,
+        )
         for r in json.loads(results_file.read_text()):
             results[r["id"]] = (str(base / r["id"]), None if r["status"] == "ok" else r["message"] or r["status"])
     return results
@@ -57,7 +61,6 @@ def test_corpus_case(case, mode, corpus_eager):
     if case[f"eager_{mode}"] != "ok":
         pytest.skip("the manifest says eager conversion refuses this case")
     eager = corpus_eager[f"{case['case']}-{mode}"]
-    result = check(str(CORPUS / "cases" / case["case"]), MODES[mode], case["library"], memory_budget=1,
-                   eager=eager)
+    result = check(str(CORPUS / "cases" / case["case"]), MODES[mode], case["library"], memory_budget=1, eager=eager)
     assert result.verdict == "identical", (result.sanitrace_failed, result.eager_failed, result.differences[:5])
     assert result.loads == "yes"  # eager's output loads (verify loaded ours, byte-equal to it)

@@ -38,7 +38,7 @@ def test_source_mismatch_names_the_file_and_writes_nothing(damage, qplan, checkp
     else:
         raw = bytearray(shard.read_bytes())
         i = raw.index(b'"format":"pt"')
-        raw[i: i + 13] = b'"format":"PT"'
+        raw[i : i + 13] = b'"format":"PT"'
         shard.write_bytes(bytes(raw))
     with pytest.raises(SourceMismatch, match="model-00002-of-00002.safetensors"):
         execute(qplan, str(src), str(tmp_path / "out"), progress=False)

@@ -62,7 +62,7 @@ def other_source(base) -> Path:
     a = (base["src"] / "model.safetensors").read_bytes()
     b = (src / "model.safetensors").read_bytes()
     n = struct.unpack("<Q", a[:8])[0]
-    assert a[:8 + n] == b[:8 + n] and a != b
+    assert a[: 8 + n] == b[: 8 + n] and a != b
     return src
 
 
@@ -112,15 +112,18 @@ def test_unsafe_names_are_refused(field, bad, base, tmp_path):
     source_before = H.tree_listing(base["src"])
     out = work / "out"
     problems = []
-    for argv in (["show", path], ["show", path, "--full"], ["diff", base["plan"], path],
-                 ["execute", path, "--source", base["src"], "--out", out, "--no-progress"]):
+    for argv in (
+        ["show", path],
+        ["show", path, "--full"],
+        ["diff", base["plan"], path],
+        ["execute", path, "--source", base["src"], "--out", out, "--no-progress"],
+    ):
         rc, _, err = cli(argv)
         try:
             H.assert_refused(rc, err, f"{argv[0]} with {field} name {name!r}")
         except AssertionError as e:
             problems.append(str(e).splitlines()[0])
-    after = [p for p in H.tree_listing(tmp_path)
-             if p != "work/out.partial" and not p.startswith("work/out.partial/")]
+    after = [p for p in H.tree_listing(tmp_path) if p != "work/out.partial" and not p.startswith("work/out.partial/")]
     if after != before:
         problems.append(f"created outside OUT.partial: {sorted(set(after) ^ set(before))}")
     if (tmp_path / "absolute-target").exists() or out.exists():
@@ -142,8 +145,7 @@ def test_symlink_in_partial_does_not_redirect_writes(base, tmp_path):
         if (partial / name).exists():
             (partial / name).unlink()
         (partial / name).symlink_to(victim)
-    proc = H.run_sub(["execute", base["plan"], "--source", base["src"], "--out", out,
-                      "--no-progress", "--resume"])
+    proc = H.run_sub(["execute", base["plan"], "--source", base["src"], "--out", out, "--no-progress", "--resume"])
     for victim, data in victims.items():
         assert victim.read_bytes() == data, f"write through a symlink reached {victim}"
     if proc.returncode == 1:
@@ -194,8 +196,9 @@ EDITS = {
 }
 
 
-def _check_edited(original_plan: Path, original_out: Path, original_show: str, edited: Path,
-                  src: Path, tmp_path: Path, what: str) -> None:
+def _check_edited(
+    original_plan: Path, original_out: Path, original_show: str, edited: Path, src: Path, tmp_path: Path, what: str
+) -> None:
     out = tmp_path / "edited-out"
     proc = H.run_sub(["execute", edited, "--source", src, "--out", out, "--no-progress"])
     if proc.returncode == 1:
@@ -210,7 +213,8 @@ def _check_edited(original_plan: Path, original_out: Path, original_show: str, e
     print(f"{what}: accepted, output differs; show --full texts differ: {full_differs}")
     assert H.without_digest(show) != H.without_digest(original_show), (
         f"{what}: accepted, wrote a different output, and show --full (digest lines removed) "
-        f"is identical to the original's (full texts differ: {full_differs})")
+        f"is identical to the original's (full texts differ: {full_differs})"
+    )
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))
@@ -237,13 +241,14 @@ def test_edited_const_bytes_are_refused_or_shown(base, tmp_path):
 # ---------------------------------------------------------------- out-of-range indices
 
 
-@pytest.mark.parametrize("op, value", [("mx.take", 10**6), ("mx.take", -10**6),
-                                       ("mx.take_along_axis", 10**6), ("array.__getitem__", 10**6)])
+@pytest.mark.parametrize(
+    "op, value",
+    [("mx.take", 10**6), ("mx.take", -(10**6)), ("mx.take_along_axis", 10**6), ("array.__getitem__", 10**6)],
+)
 def test_out_of_range_constant_indices_are_refused(op, value, base, tmp_path):
     indices = list(range(64))
     indices[5] = value
-    plan = H.write_plan(H.splice_take(H.read_plan(base["plan"]), NORM, indices, op),
-                        tmp_path / "take.msgpack")
+    plan = H.write_plan(H.splice_take(H.read_plan(base["plan"]), NORM, indices, op), tmp_path / "take.msgpack")
     out = tmp_path / "out"
     proc = H.run_sub(["execute", plan, "--source", base["src"], "--out", out, "--no-progress"])
     assert proc.returncode >= 0, f"killed by signal {-proc.returncode}"
@@ -288,11 +293,13 @@ def test_huge_declared_output_is_refused_before_writing(base, tmp_path):
     out = tmp_path / "out"
     partial = Path(str(out) + ".partial")
     try:
-        proc = H.run_sub(["execute", path, "--source", base["src"], "--out", out, "--no-progress"],
-                         timeout=300)
+        proc = H.run_sub(["execute", path, "--source", base["src"], "--out", out, "--no-progress"], timeout=300)
         source_size = (base["src"] / "model.safetensors").stat().st_size
-        big = [p for p in (partial.rglob("*") if partial.exists() else []) if p.is_file()
-               and p.stat().st_size > source_size]
+        big = [
+            p
+            for p in (partial.rglob("*") if partial.exists() else [])
+            if p.is_file() and p.stat().st_size > source_size
+        ]
         assert big == [], f"left {[(str(p), p.stat().st_size) for p in big]}"
         H.assert_refused(proc.returncode, proc.stderr, "2^40-element output")
         assert not out.exists()
@@ -317,12 +324,15 @@ def _bomb(kind: str) -> bytes:
 
 def _peak_rss_mb(argv) -> tuple:
     """(exit code, stderr, peak RSS in MB) of ``python -m sanitrace argv``."""
-    code = ("import resource, subprocess, sys; "
-            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "sys.stderr.write(p.stderr); "
-            "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    proc = subprocess.run([sys.executable, "-c", code] + H.sanitrace_cmd(*argv),
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stderr.write(p.stderr); "
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code] + H.sanitrace_cmd(*argv), capture_output=True, text=True, timeout=300
+    )
     rc, kb = proc.stdout.split()
     return int(rc), proc.stderr, int(kb) / 1024
 
@@ -350,15 +360,13 @@ def test_many_small_objects_stay_in_memory_bounds(kind, base, tmp_path):
 def test_resume_against_other_source_with_same_headers(base, other_source, tmp_path):
     out = tmp_path / "out"
     H.interrupt_after_groups(base["plan"], base["src"], out, 3)
-    proc = H.run_sub(["execute", base["plan"], "--source", other_source, "--out", out,
-                      "--no-progress", "--resume"])
+    proc = H.run_sub(["execute", base["plan"], "--source", other_source, "--out", out, "--no-progress", "--resume"])
     if proc.returncode == 1:
         H.assert_refused(proc.returncode, proc.stderr, "resume with another source")
         return
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = tmp_path / "expected"
-    rc, _, err = cli(["execute", base["plan"], "--source", other_source, "--out", expected,
-                      "--no-progress"])
+    rc, _, err = cli(["execute", base["plan"], "--source", other_source, "--out", expected, "--no-progress"])
     assert rc == 0, err
     assert H.folder_difference(expected, out) == [], "resumed output mixes both sources"
 
@@ -385,15 +393,23 @@ def _damage(journal: Path, how: str) -> None:
     journal.write_bytes(b"".join(lines))
 
 
-@pytest.mark.parametrize("how", ["append_text", "append_binary", "append_json_list",
-                                 "append_wrong_types", "middle_garbage", "middle_cut",
-                                 "middle_wrong_sum"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "append_text",
+        "append_binary",
+        "append_json_list",
+        "append_wrong_types",
+        "middle_garbage",
+        "middle_cut",
+        "middle_wrong_sum",
+    ],
+)
 def test_damaged_journal_is_redone(how, base, tmp_path):
     out = tmp_path / "out"
     H.interrupt_after_groups(base["plan"], base["src"], out, 3)
     _damage(Path(str(out) + ".partial") / H.JOURNAL, how)
-    rc, _, err = cli(["execute", base["plan"], "--source", base["src"], "--out", out,
-                      "--no-progress", "--resume"])
+    rc, _, err = cli(["execute", base["plan"], "--source", base["src"], "--out", out, "--no-progress", "--resume"])
     assert rc == 0, err[-3000:]
     assert H.folder_difference(base["clean"], out) == []
 
@@ -459,8 +475,7 @@ def test_kill_at_random_points_then_resume(which, seed, base, vlm, tmp_path):
             break  # killed after the final rename
     # killed between the rename and removing the journal: --resume completes it
     if partial.exists() or not out.exists() or (out / ".sanitrace-journal.jsonl").exists():
-        proc = H.run_sub(["execute", case["plan"], "--source", case["src"], "--out", out,
-                          "--no-progress", "--resume"])
+        proc = H.run_sub(["execute", case["plan"], "--source", case["src"], "--out", out, "--no-progress", "--resume"])
         assert proc.returncode == 0, f"resume after kill ({kind}): {proc.stderr[-3000:]}"
     assert not partial.exists()
     assert H.folder_difference(case["clean"], out) == [], f"after kill ({kind})"
@@ -474,9 +489,21 @@ def test_second_resume_refuses_while_first_runs(base, tmp_path):
         assert H.wait_for(lambda: H.journal_groups(out) >= 1, first)
         os.kill(first.pid, signal.SIGSTOP)
         second = subprocess.run(
-            H.sanitrace_cmd("execute", base["plan"], "--source", base["src"], "--out", out,
-                            "--no-progress", "--resume", "--memory-budget", "1"),
-            capture_output=True, text=True, timeout=120,
+            H.sanitrace_cmd(
+                "execute",
+                base["plan"],
+                "--source",
+                base["src"],
+                "--out",
+                out,
+                "--no-progress",
+                "--resume",
+                "--memory-budget",
+                "1",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         os.kill(first.pid, signal.SIGCONT)
         _, first_err = first.communicate(timeout=120)
@@ -491,8 +518,7 @@ def test_second_resume_refuses_while_first_runs(base, tmp_path):
 
 
 def _execute(base, out, *extra) -> subprocess.CompletedProcess:
-    return H.run_sub(["execute", base["plan"], "--source", base["src"], "--out", out,
-                      "--no-progress", *extra])
+    return H.run_sub(["execute", base["plan"], "--source", base["src"], "--out", out, "--no-progress", *extra])
 
 
 def test_existing_output_is_refused(base, tmp_path):
@@ -536,8 +562,7 @@ def test_output_parent_not_writable(base, tmp_path):
 def test_not_enough_disk_is_reported_before_work(base, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt],
-                      capture_output=True).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
         out = mnt / "out"
@@ -572,7 +597,9 @@ def test_ctrl_c_exits_130_with_one_line(base, tmp_path):
 def test_show_into_closed_pipe(base):
     proc = subprocess.run(
         ["sh", "-c", " ".join(H.sanitrace_cmd("show", base["plan"], "--full")) + " | head -1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.stdout.startswith("#")
     assert proc.stderr.strip() == "", proc.stderr[-2000:]
@@ -611,11 +638,13 @@ def test_show_prints_digest_and_execute_checks_it(base, tmp_path):
     rc, full, err = cli(["show", base["plan"], "--full"])
     assert rc == 0 and [line for line in full.splitlines() if line.startswith("digest")] == lines
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
-    rc, _, err = cli(["execute", base["plan"], "--source", base["src"], "--out", tmp_path / "a",
-                      "--no-progress", "--digest", wrong])
+    rc, _, err = cli(
+        ["execute", base["plan"], "--source", base["src"], "--out", tmp_path / "a", "--no-progress", "--digest", wrong]
+    )
     H.assert_refused(rc, err, "wrong --digest")
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()
-    rc, _, err = cli(["execute", base["plan"], "--source", base["src"], "--out", tmp_path / "b",
-                      "--no-progress", "--digest", digest])
+    rc, _, err = cli(
+        ["execute", base["plan"], "--source", base["src"], "--out", tmp_path / "b", "--no-progress", "--digest", digest]
+    )
     assert rc == 0, err
     assert H.folder_difference(base["clean"], tmp_path / "b") == []

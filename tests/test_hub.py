@@ -17,16 +17,8 @@ from safetensors.numpy import save_file
 
 from sanitrace import plan as plan_ir
 from sanitrace.fixtures import write_checkpoint
-from sanitrace.hub import (
-    DOWNLOAD_WRITE_BYTES,
-    HubError,
-    RemoteFile,
-    cached_file,
-    download_file,
-    fetch_headers,
-    open_repo,
-    parse_repo_spec,
-)
+from sanitrace.hub import HubError, RemoteFile, fetch_headers, open_repo, parse_repo_spec
+from sanitrace.hub_download import DOWNLOAD_WRITE_BYTES, cached_file, download_file
 from sanitrace.planner import build_plan
 from sanitrace.tracer import ConvertOptions, trace
 
@@ -37,8 +29,9 @@ WEIGHTS = "model.safetensors"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return Path(write_checkpoint(str(tmp_path_factory.mktemp("hub") / "tiny-moe"), "qwen3_moe", shards=3,
-                                 split_experts=True))
+    return Path(
+        write_checkpoint(str(tmp_path_factory.mktemp("hub") / "tiny-moe"), "qwen3_moe", shards=3, split_experts=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def cache(tmp_path, monkeypatch):
 
 def _header_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    return data[:8 + struct.unpack("<Q", data[:8])[0]]
+    return data[: 8 + struct.unpack("<Q", data[:8])[0]]
 
 
 def test_headers_only_and_the_trace_equals_the_local_one(checkpoint, cache, tmp_path):
@@ -109,10 +102,16 @@ def test_transient_errors_are_retried(checkpoint, cache, tmp_path):
         assert _header_bytes(tmp_path / "remote" / p.name) == _header_bytes(p)
 
 
-@pytest.mark.parametrize("spec, parsed", [
-    ("org/name", ("org/name", None)), ("org/name@main", ("org/name", "main")),
-    ("org/na.me-2@refs/pr/1", ("org/na.me-2", "refs/pr/1")), ("./local", None), ("name", None),
-])
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("org/name", ("org/name", None)),
+        ("org/name@main", ("org/name", "main")),
+        ("org/na.me-2@refs/pr/1", ("org/na.me-2", "refs/pr/1")),
+        ("./local", None),
+        ("name", None),
+    ],
+)
 def test_parse_repo_spec(spec, parsed):
     assert parse_repo_spec(spec) == parsed
 
@@ -181,14 +180,15 @@ def test_dropped_connections_resume_where_the_file_ends(big, cache, tmp_path, re
         repo = open_repo(BIG, endpoint=hub.endpoint)
         hub.reset_log()
         hub.faults.drop_randomly(5, match="*.safetensors", seed=3)
-        download_file(repo, WEIGHTS, str(dest),
-                      on_bytes=lambda n: on_disk.append(os.path.getsize(f"{dest}.incomplete")))
+        download_file(
+            repo, WEIGHTS, str(dest), on_bytes=lambda n: on_disk.append(os.path.getsize(f"{dest}.incomplete"))
+        )
         gets = [r for r in hub.requests if r.status != 302]
         sent = hub.bytes_sent
     assert dest.read_bytes() == data
     assert len(gets) == 6 and gets[0].range is None and [r.status for r in gets] == [200] + [206] * 5
     assert len(data) <= sent <= 1.05 * len(data)
-    starts = [0] + [int(r.range[len("bytes="):-1]) for r in gets[1:]]
+    starts = [0] + [int(r.range[len("bytes=") : -1]) for r in gets[1:]]
     assert all(r.range == f"bytes={start}-" for r, start in zip(gets[1:], starts[1:]))
     for before, start, after in zip(gets, starts, starts[1:]):
         assert after in on_disk and start <= after <= start + before.nbytes
@@ -263,8 +263,11 @@ def test_download_permanent_errors_are_one_line(big, cache, tmp_path, monkeypatc
         nope = RemoteFile("nope.safetensors", 10, None)
         cases = [
             (gated, WEIGHTS, f"org/gated: {WEIGHTS}: gated: accept its conditions on the Hub and set HF_TOKEN"),
-            (replace(repo, repo_id="org/nope"), WEIGHTS,
-             f"org/nope: {WEIGHTS}: no such repo (or private: set HF_TOKEN)"),
+            (
+                replace(repo, repo_id="org/nope"),
+                WEIGHTS,
+                f"org/nope: {WEIGHTS}: no such repo (or private: set HF_TOKEN)",
+            ),
             (replace(repo, revision="v9", commit="0" * 40), WEIGHTS, f"{BIG}@v9: {WEIGHTS}: no such revision"),
             (replace(repo, files={**repo.files, nope.name: nope}), nope.name, f"{BIG}: {nope.name}: no such file"),
             (repo, "absent.json", f"{BIG}: absent.json: no such file"),

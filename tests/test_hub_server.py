@@ -85,10 +85,10 @@ def test_snapshot_download_reproduces_folder(hub, cache, checkpoint):
     assert _files(Path(path)) == _files(checkpoint)
     kinds = {(r.method, r.path.split("?")[0].replace(hub.sha(REPO), "SHA").rsplit("/", 1)[0]) for r in hub.requests}
     assert kinds == {
-        ("GET", f"/api/models/{REPO}/revision"),           # repo_info -> commit sha
-        ("GET", f"/api/models/{REPO}/tree"),               # list_repo_tree(recursive=True)
-        ("HEAD", f"/{REPO}/resolve/SHA"),                  # get_hf_file_metadata per file
-        ("GET", f"/{REPO}/resolve/SHA"),                   # http_get per file
+        ("GET", f"/api/models/{REPO}/revision"),  # repo_info -> commit sha
+        ("GET", f"/api/models/{REPO}/tree"),  # list_repo_tree(recursive=True)
+        ("HEAD", f"/{REPO}/resolve/SHA"),  # get_hf_file_metadata per file
+        ("GET", f"/{REPO}/resolve/SHA"),  # http_get per file
     }
     assert all(r.status == 200 for r in hub.requests)
     assert hub.bytes_sent >= sum(len(b) for b in _files(checkpoint).values())
@@ -169,20 +169,23 @@ def test_range_read_of_safetensors_header(hub, cache, checkpoint):
     assert r.headers["Content-Range"] == f"bytes 0-7/{len(data)}"
     (n,) = struct.unpack("<Q", r.content)
     r = session.get(url, headers={**build_hf_headers(), "Range": f"bytes=8-{8 + n - 1}"})
-    assert r.status_code == 206 and r.content == data[8:8 + n]
+    assert r.status_code == 206 and r.content == data[8 : 8 + n]
     header = json.loads(r.content)
     assert all("dtype" in v and "data_offsets" in v for k, v in header.items() if k != "__metadata__")
     assert hub.bytes_sent == 8 + n
     assert [(q.range, q.status, q.nbytes) for q in hub.requests] == [
-        ("bytes=0-7", 206, 8), (f"bytes=8-{8 + n - 1}", 206, n)]
+        ("bytes=0-7", 206, 8),
+        (f"bytes=8-{8 + n - 1}", 206, n),
+    ]
     r = session.get(url, headers={**build_hf_headers(), "Range": f"bytes={len(data)}-"})
     assert r.status_code == 416
 
 
 # 4 ------------------------------------------------------------------ errors
 def test_errors_map_to_client_exceptions(checkpoint, cache):
-    with HubServer({REPO: str(checkpoint), "org/gated": str(checkpoint)}, gated={"org/gated"},
-                   token="hf_secret") as hub:
+    with HubServer(
+        {REPO: str(checkpoint), "org/gated": str(checkpoint)}, gated={"org/gated"}, token="hf_secret"
+    ) as hub:
         api = HfApi(endpoint=hub.endpoint)
         with pytest.raises(GatedRepoError):
             api.model_info("org/gated")
@@ -306,8 +309,9 @@ def test_sparse_giant_files_start_fast_and_are_not_lfs(tmp_path, cache):
         info = HfApi(endpoint=hub.endpoint).model_info("org/giant", files_metadata=True)
         name = "model-00020-of-00020.safetensors"
         head = get_session().head(hf_hub_url("org/giant", name, endpoint=hub.endpoint))
-        first = get_session().get(hf_hub_url("org/giant", name, endpoint=hub.endpoint),
-                                 headers={"Range": f"bytes=0-{len(header) - 1}"})
+        first = get_session().get(
+            hf_hub_url("org/giant", name, endpoint=hub.endpoint), headers={"Range": f"bytes=0-{len(header) - 1}"}
+        )
     assert info.sha == hub.sha("org/giant") and len(info.siblings) == 21
     weights = [s for s in info.siblings if s.rfilename.endswith(".safetensors")]
     assert all(s.size == 4 << 30 and s.lfs is None for s in weights)

@@ -31,8 +31,11 @@ CARD = "---\nlicense: apache-2.0\ntags:\n- moe\n---\n# tiny-moe\n\nA tiny test m
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """Four shards; the last layer's experts are split across two of them."""
-    folder = Path(write_checkpoint(str(tmp_path_factory.mktemp("hubstream") / "tiny-moe"), "qwen3_moe",
-                                   shards=4, split_experts=True))
+    folder = Path(
+        write_checkpoint(
+            str(tmp_path_factory.mktemp("hubstream") / "tiny-moe"), "qwen3_moe", shards=4, split_experts=True
+        )
+    )
     (folder / "README.md").write_text(CARD)
     return folder
 
@@ -44,16 +47,20 @@ def hub(checkpoint):
 
 
 def env_for(hub: HubServer, cache: Path) -> dict:
-    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(cache), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(cache),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     env.pop("HF_TOKEN", None)
     env.pop("HF_HUB_OFFLINE", None)
     return env
 
 
 def sanitrace(*argv, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sanitrace", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run([sys.executable, "-m", "sanitrace", *argv], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 def errors(proc: subprocess.CompletedProcess) -> list:
@@ -79,17 +86,31 @@ def eager_from_hub(checkpoint, tmp_path_factory):
     """mlx_lm.convert --hf-path REPO -q through the same server: the oracle."""
     work = tmp_path_factory.mktemp("eager-hub")
     with HubServer({REPO: str(checkpoint)}) as server:
-        proc = subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", REPO, "--mlx-path",
-                               str(work / "out"), "-q"], env=env_for(server, work / "hf"), capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", REPO, "--mlx-path", str(work / "out"), "-q"],
+            env=env_for(server, work / "hf"),
+            capture_output=True,
+            text=True,
+        )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return work / "out"
 
 
 def test_convert_from_the_hub_is_eager_from_the_hub_in_bounded_disk(hub, checkpoint, eager_from_hub, tmp_path):
     budget = max(p.stat().st_size for p in checkpoint.glob("*.safetensors")) * 2
-    proc = sanitrace("convert", "--hf-path", REPO, "--mlx-path", "out", "-q", "--disk-budget", str(budget),
-                     "--no-progress", env=env_for(hub, tmp_path / "hf"), cwd=tmp_path)
+    proc = sanitrace(
+        "convert",
+        "--hf-path",
+        REPO,
+        "--mlx-path",
+        "out",
+        "-q",
+        "--disk-budget",
+        str(budget),
+        "--no-progress",
+        env=env_for(hub, tmp_path / "hf"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     assert compare_folders(str(eager_from_hub), str(out)) == []
@@ -131,8 +152,7 @@ def test_streaming_holds_at_most_the_disk_budget_and_fetches_no_shard_twice(hub,
 
 
 def _plan(hub: HubServer, tmp_path: Path) -> Path:
-    proc = sanitrace("trace", REPO, "-o", "plan.msgpack", "-q", env=env_for(hub, tmp_path / "hf-trace"),
-                     cwd=tmp_path)
+    proc = sanitrace("trace", REPO, "-o", "plan.msgpack", "-q", env=env_for(hub, tmp_path / "hf-trace"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return tmp_path / "plan.msgpack"
 
@@ -168,8 +188,11 @@ def test_remote_trace_reads_headers_only_and_is_the_trace_of_a_local_copy(hub, c
 
 def data_gets(hub: HubServer, name: str) -> list:
     """The GETs of a file's data (whole, or resumed from an offset: not header reads)."""
-    return [r for r in hub.requests if r.method == "GET" and r.path.endswith("/" + name)
-            and (r.range is None or r.range.endswith("-"))]
+    return [
+        r
+        for r in hub.requests
+        if r.method == "GET" and r.path.endswith("/" + name) and (r.range is None or r.range.endswith("-"))
+    ]
 
 
 def test_dropped_connections_and_a_kill_resume_to_the_same_output(hub, checkpoint, eager_from_hub, tmp_path):
@@ -178,8 +201,7 @@ def test_dropped_connections_and_a_kill_resume_to_the_same_output(hub, checkpoin
     hub.reset_log()
     hub.faults.delay(0.3, k=100, match=".safetensors", method="GET")  # room to kill it mid-run
     hub.faults.drop_randomly(6, match=".safetensors", seed=1, min_length=16384)
-    argv = [sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out", "out",
-            "--no-progress"]
+    argv = [sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out", "out", "--no-progress"]
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     staging = tmp_path / "out.partial" / STAGING
     deadline = time.time() + 120
@@ -190,8 +212,9 @@ def test_dropped_connections_and_a_kill_resume_to_the_same_output(hub, checkpoin
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
-    done = sanitrace("execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume",
-                     env=env, cwd=tmp_path)
+    done = sanitrace(
+        "execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume", env=env, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert hub.faults.dropped >= 5
     assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
@@ -210,9 +233,14 @@ def test_ctrl_c_while_downloading_stops_at_once_and_resumes(hub, checkpoint, eag
     env = env_for(hub, tmp_path / "hf")
     plan = _plan(hub, tmp_path)
     hub.faults.delay(600.0, k=100, match=".safetensors", method="GET", ranged=False)  # downloads hang
-    proc = subprocess.Popen([sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out",
-                             "out", "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out", "out", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     staging = tmp_path / "out.partial" / STAGING
     deadline = time.time() + 120
     while time.time() < deadline and not (staging.exists() and any(staging.iterdir())):
@@ -223,14 +251,16 @@ def test_ctrl_c_while_downloading_stops_at_once_and_resumes(hub, checkpoint, eag
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     hub.faults.clear()
-    done = sanitrace("execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume",
-                     env=env, cwd=tmp_path)
+    done = sanitrace(
+        "execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume", env=env, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
 
 
 def test_resume_with_downloads_that_no_longer_fit_the_budget_drops_the_ones_needed_last(
-        hub, checkpoint, eager_from_hub, tmp_path):
+    hub, checkpoint, eager_from_hub, tmp_path
+):
     """A killed run left later shards downloaded (here: with a larger budget); the
     resumed run's budget cannot hold them and the first shard: the ones needed
     last are deleted instead of waiting forever for room."""
@@ -246,9 +276,28 @@ def test_resume_with_downloads_that_no_longer_fit_the_budget_drops_the_ones_need
         (staging / name).write_bytes((checkpoint / name).read_bytes())
     assert sum(sizes.values()) > order.peak  # all of them at once do not fit
     hub.reset_log()
-    done = subprocess.run([sys.executable, "-m", "sanitrace", "execute", str(plan), "--source", REPO, "--out", "out",
-                           "--no-progress", "--resume", "--disk-budget", str(order.peak)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sanitrace",
+            "execute",
+            str(plan),
+            "--source",
+            REPO,
+            "--out",
+            "out",
+            "--no-progress",
+            "--resume",
+            "--disk-budget",
+            str(order.peak),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
     assert "downloaded" in done.stdout
@@ -273,13 +322,24 @@ def test_a_moved_revision_is_detected_on_resume(hub, checkpoint, tmp_path):
     assert not (tmp_path / "out").exists() and (tmp_path / "out.partial").exists()
     hub.faults.uncorrupt(last)
     hub.set_revision(REPO, "main", str(moved))
-    proc = sanitrace("execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume",
-                     env=env, cwd=tmp_path)
+    proc = sanitrace(
+        "execute", str(plan), "--source", REPO, "--out", "out", "--no-progress", "--resume", env=env, cwd=tmp_path
+    )
     assert proc.returncode == 1
     (line,) = errors(proc)
     assert "changed since the interrupted run" in line and f"{REPO}@{pinned}" in line
-    proc = sanitrace("execute", str(plan), "--source", f"{REPO}@{pinned}", "--out", "out", "--no-progress",
-                     "--resume", env=env, cwd=tmp_path)
+    proc = sanitrace(
+        "execute",
+        str(plan),
+        "--source",
+        f"{REPO}@{pinned}",
+        "--out",
+        "out",
+        "--no-progress",
+        "--resume",
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "config.json").exists()
 
@@ -310,8 +370,17 @@ def test_transient_errors_are_retried_everywhere(hub, checkpoint, eager_from_hub
     hub.faults.fail_next(2, 429, retry_after=1, match="tokenizer_config.json")
     hub.faults.fail_next(1, 500, match="config.json")
     hub.faults.fail_next(3, 502, match=".safetensors")
-    proc = sanitrace("convert", "--hf-path", REPO, "--mlx-path", "out", "-q", "--no-progress",
-                     env=env_for(hub, tmp_path / "hf"), cwd=tmp_path)
+    proc = sanitrace(
+        "convert",
+        "--hf-path",
+        REPO,
+        "--mlx-path",
+        "out",
+        "-q",
+        "--no-progress",
+        env=env_for(hub, tmp_path / "hf"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     failed = [r for r in hub.requests if r.status in (429, 500, 502, 503)]
     assert len(failed) == 8
@@ -320,11 +389,13 @@ def test_transient_errors_are_retried_everywhere(hub, checkpoint, eager_from_hub
 
 def test_a_gated_repo_converts_with_hf_token_and_lfs_redirects(checkpoint, eager_from_hub, tmp_path):
     """HF_TOKEN is the client's own auth; shards redirect to another origin, as on the Hub."""
-    with HubServer({"org/gated": str(checkpoint)}, gated=["org/gated"], token="hf_test_token",
-                   redirect_lfs=True) as hub:
+    with HubServer(
+        {"org/gated": str(checkpoint)}, gated=["org/gated"], token="hf_test_token", redirect_lfs=True
+    ) as hub:
         env = dict(env_for(hub, tmp_path / "hf"), HF_TOKEN="hf_test_token")
-        proc = sanitrace("convert", "--hf-path", "org/gated", "--mlx-path", "out", "-q", "--no-progress",
-                         env=env, cwd=tmp_path)
+        proc = sanitrace(
+            "convert", "--hf-path", "org/gated", "--mlx-path", "out", "-q", "--no-progress", env=env, cwd=tmp_path
+        )
         assert proc.returncode == 0, proc.stderr
         assert any(r.path.startswith("/__cdn__/") for r in hub.requests)
     # the model card names the repo it was converted from: org/gated here
@@ -332,14 +403,26 @@ def test_a_gated_repo_converts_with_hf_token_and_lfs_redirects(checkpoint, eager
     assert "base_model: org/gated" in (tmp_path / "out" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("org/gated", "gated"),
-    (f"{REPO}@no-such-branch", "no such revision"),
-    ("org/absent", "no such repo"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("org/gated", "gated"),
+        (f"{REPO}@no-such-branch", "no such revision"),
+        ("org/absent", "no such repo"),
+    ],
+)
 def test_permanent_hub_errors_are_one_line_and_create_nothing(hub, tmp_path, spec, expected):
-    proc = sanitrace("convert", "--hf-path", spec, "--mlx-path", "out", "-q", "--no-progress",
-                     env=env_for(hub, tmp_path / "hf"), cwd=tmp_path)
+    proc = sanitrace(
+        "convert",
+        "--hf-path",
+        spec,
+        "--mlx-path",
+        "out",
+        "-q",
+        "--no-progress",
+        env=env_for(hub, tmp_path / "hf"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     (line,) = errors(proc)
     assert expected in line and "Traceback" not in proc.stderr
@@ -353,8 +436,9 @@ def test_files_in_the_local_cache_are_read_in_place_and_kept(hub, checkpoint, ea
     first = sorted(p.name for p in checkpoint.glob("*.safetensors"))[0]
     kept = hf_hub_download(REPO, first, endpoint=hub.endpoint, cache_dir=str(cache / "hub"))
     hub.reset_log()
-    proc = sanitrace("convert", "--hf-path", REPO, "--mlx-path", "out", "-q", "--no-progress",
-                     env=env_for(hub, cache), cwd=tmp_path)
+    proc = sanitrace(
+        "convert", "--hf-path", REPO, "--mlx-path", "out", "-q", "--no-progress", env=env_for(hub, cache), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert compare_folders(str(eager_from_hub), str(tmp_path / "out")) == []
     assert os.path.isfile(kept)

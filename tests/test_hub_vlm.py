@@ -22,12 +22,25 @@ def test_sub_folders_of_a_hub_repo_are_copied_as_mlx_vlm_does(tmp_path):
     (src / "extra" / "deep" / "settings.json").write_text('{"a": 1}')
     (src / "extra" / "weights.bin").write_bytes(b"\0" * 64)  # not in mlx_vlm's download patterns
     with HubServer({REPO: str(src)}) as hub:
-        eager = subprocess.run([sys.executable, "-m", "mlx_vlm", "convert", "--hf-path", REPO, "--mlx-path",
-                                str(tmp_path / "eager")], env=env_for(hub, tmp_path / "hf-eager"),
-                               capture_output=True, text=True)
+        eager = subprocess.run(
+            [sys.executable, "-m", "mlx_vlm", "convert", "--hf-path", REPO, "--mlx-path", str(tmp_path / "eager")],
+            env=env_for(hub, tmp_path / "hf-eager"),
+            capture_output=True,
+            text=True,
+        )
         assert eager.returncode == 0, eager.stderr[-2000:]
-        proc = sanitrace("convert", "--hf-path", REPO, "--mlx-path", "out", "--library", "mlx_vlm", "--no-progress",
-                         env=env_for(hub, tmp_path / "hf"), cwd=tmp_path)
+        proc = sanitrace(
+            "convert",
+            "--hf-path",
+            REPO,
+            "--mlx-path",
+            "out",
+            "--library",
+            "mlx_vlm",
+            "--no-progress",
+            env=env_for(hub, tmp_path / "hf"),
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     assert (out / "extra" / "deep" / "settings.json").read_text() == '{"a": 1}'

@@ -1,6 +1,10 @@
 """Plans are canonical (same input, same bytes; header-only = full) and safe to load."""
 
+import ast
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -82,8 +86,7 @@ def test_loading_rejects_bad_plans(change, message, checkpoints):
 
 
 def _guard(method: str, args) -> dict:
-    return {"args": args, "method": method, "ref": msgpack.ExtType(EXT_REF, plan_ir.format.pack([0, 0])),
-            "value": 1.0}
+    return {"args": args, "method": method, "ref": msgpack.ExtType(EXT_REF, plan_ir.format.pack([0, 0])), "value": 1.0}
 
 
 def test_guard_arguments_round_trip(checkpoints):
@@ -93,13 +96,16 @@ def test_guard_arguments_round_trip(checkpoints):
     assert plan_ir.dumps(plan) == data
 
 
-@pytest.mark.parametrize("method, args", [
-    ("item", [0]),  # item() takes none
-    ("__format__", [".3f", ".2f"]),  # one spec at most
-    ("__format__", [{"a": 1}]),  # literals only
-    ("__format__", ["100000f"]),  # a gigabyte-wide field
-    ("__array__", ["x" * 65]),
-])
+@pytest.mark.parametrize(
+    "method, args",
+    [
+        ("item", [0]),  # item() takes none
+        ("__format__", [".3f", ".2f"]),  # one spec at most
+        ("__format__", [{"a": 1}]),  # literals only
+        ("__format__", ["100000f"]),  # a gigabyte-wide field
+        ("__array__", ["x" * 65]),
+    ],
+)
 def test_loading_rejects_guard_arguments_the_method_does_not_take(method, args, checkpoints):
     data = _tamper(plan_bytes(checkpoints["llama"]), lambda p: p["guards"].append(_guard(method, args)))
     with pytest.raises(plan_ir.PlanError, match="which it does not take"):
@@ -146,3 +152,41 @@ def test_gc_paused_leaves_no_young_backlog_and_keeps_a_callers_freeze():
         assert gc.get_freeze_count() == frozen and len(more) == 1_000
     finally:
         gc.unfreeze()
+
+
+PLAN_PACKAGE = Path(plan_ir.__file__).parent
+
+
+def test_plan_package_is_a_facade_its_modules_never_import():
+    """plan/__init__.py only re-exports (imports at the top, then ``__all__``: no
+    definitions, so no module-level cycle), and no module of the package imports
+    from the package itself (``from . import x``) but from the module defining x."""
+    init = ast.parse((PLAN_PACKAGE / "__init__.py").read_text())
+    body = init.body[1:]  # after the docstring
+    imports = [n for n in body if isinstance(n, ast.ImportFrom)]
+    assert body[: len(imports)] == imports and len(body) == len(imports) + 1
+    (all_names,) = body[len(imports) :]
+    assert [t.id for t in all_names.targets] == ["__all__"]
+    assert sorted(ast.literal_eval(all_names.value)) == sorted(a.asname or a.name for n in imports for a in n.names)
+    for path in sorted(PLAN_PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module, f"{path.name}:{node.lineno} imports from the package itself"
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        [f"sanitrace.plan.{p.stem}" for p in PLAN_PACKAGE.glob("*.py") if p.stem != "__init__"]
+        + ["sanitrace.planner.memory"]
+    ),
+)
+def test_module_imports_alone_without_the_tracer(module):
+    """Each plan module imports first in a fresh process (no import cycle), and
+    none, nor the memory model the executor uses, imports the tracer or mlx-lm."""
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        "bad = [m for m in sys.modules if m.startswith(('sanitrace.tracer', 'mlx.nn', 'mlx_lm', 'mlx_vlm'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

@@ -71,9 +71,15 @@ def index_const(values, dtype=np.int32) -> tuple:
 
 
 def test_untampered_and_committed_plans_load(plan_data):
-    plan_ir.loads(plan_data)
-    for path in sorted(glob.glob("plans/*.msgpack"))[:4]:
-        plan_ir.load(path)
+    plan = plan_ir.loads(plan_data)
+    assert plan_ir.dumps(plan) == plan_data  # loading keeps everything: canonical bytes round-trip
+    paths = sorted(glob.glob("plans/*.msgpack"))[:4]
+    assert len(paths) == 4
+    for path in paths:
+        plan = plan_ir.load(path)
+        assert plan.outputs and plan.groups and len(plan.nodes) > len(plan.source.tensors) // 2
+        with open(path, "rb") as f:
+            assert plan_ir.dumps(plan) == f.read()
 
 
 def test_lying_intermediate_aval(plan_data):

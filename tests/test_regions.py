@@ -6,7 +6,11 @@ import pytest
 
 from tracing_helpers import record, replay, same_bits
 
-from sanitrace.regions import NotChunkable, Rules
+from sanitrace.chunk_registry import RULES, rule
+from sanitrace.chunk_rules import ChunkRule, Elementwise
+from sanitrace.chunk_rules_shapes import Reshape
+from sanitrace.plan import OPS, ops
+from sanitrace.regions import NotChunkable, Rules, input_avals
 
 
 def check(fn, arrays, tmp_path, expect_granularity=None):
@@ -174,3 +178,39 @@ def test_matmul_is_not_chunked(tmp_path):
     nodes, refs = record(lambda a, b: a @ b, [rand(4, 3), rand(3, 2)], tmp_path)
     with pytest.raises(NotChunkable):
         Rules(nodes).granularity(refs[0], 0)
+
+
+def only_node(fn, arrays, tmp_path):
+    """The one computed node of ``fn`` traced on ``arrays``, with its input avals."""
+    nodes, refs = record(fn, arrays, tmp_path)
+    node = nodes[refs[0].node]
+    return node, input_avals(nodes, node)
+
+
+def test_rules_are_validated_when_built(tmp_path):
+    """A rule that cannot apply along an axis refuses to be built (NotChunkable
+    from its constructor), not when a chunk is computed."""
+    view, avals = only_node(lambda b: b.view(mx.uint32), [mx.zeros((3, 8), dtype=mx.uint8)], tmp_path)
+    assert isinstance(rule(view, 0, 0, avals), Elementwise)  # rows of a bitcast are independent
+    with pytest.raises(NotChunkable, match="view along the last axis"):
+        Elementwise(view, 0, 1, avals)  # 4 bytes per uint32: the last axis changes size
+
+    split_rows, avals = only_node(lambda w: w.reshape(2, 3, 4), [rand(6, 4)], tmp_path)
+    assert rule(split_rows, 0, 0, avals).in_axes == [0]
+    with pytest.raises(NotChunkable, match="reshape mixes the chunk axis with leading axes"):
+        Reshape(split_rows, 0, 1, avals)  # output axis 1 cuts across input rows
+    with pytest.raises(NotChunkable, match="scalar output"):
+        rule(split_rows, 0, 3, avals)
+
+
+def test_every_op_with_a_chunk_rule_is_replayable():
+    """A chunk rule for an op the replay allowlist (plan.OPS) does not have is a
+    mistake: a misspelt op name, or an op that may not be replayed."""
+    allowlist = (
+        {f"mx.{n}" for n in ops.MX_FUNCTIONS}
+        | {f"mx.linalg.{n}" for n in ops.MX_LINALG_FUNCTIONS}
+        | {f"array.{n}" for n in ops.ARRAY_METHODS | ops.ARRAY_PROPERTIES}
+    )
+    lacking = allowlist - set(OPS)  # allowlisted, but this mlx has no such op (0.32.2: array.__pos__, array.mT)
+    assert sorted(set(RULES) - set(OPS) - lacking) == []
+    assert all(issubclass(rule_class, ChunkRule) for rule_class in RULES.values())

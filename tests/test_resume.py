@@ -89,9 +89,33 @@ def interrupt(case: dict, out: Path, groups: int = 3) -> None:
     assert Path(f"{out}.partial").is_dir() and not out.exists()
 
 
+def spawn_execute(case: dict, out: Path) -> subprocess.Popen:
+    """`sanitrace execute` of the case's plan into ``out`` in smallest chunks, in
+    its own process group (so a test can kill it), stderr captured."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sanitrace",
+            "execute",
+            str(case["path"]),
+            "--source",
+            str(case["src"]),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--memory-budget",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 def resume(case: dict, out: Path, src=None):
-    return execute(case["plan"], str(src or case["src"]), str(out), memory_budget=1, resume=True,
-                   progress=False)
+    return execute(case["plan"], str(src or case["src"]), str(out), memory_budget=1, resume=True, progress=False)
 
 
 def one_line(error: Exception) -> str:
@@ -158,11 +182,7 @@ def test_kill_at_seeded_moments_then_resume(which, lm, vlm, tmp_path):
         out = tmp_path / f"out{i}"
         partial = Path(f"{out}.partial")
         moment, condition = _moment(case, out, i, random.Random(f"{which}-{i}"))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sanitrace", "execute", str(case["path"]), "--source", str(case["src"]),
-             "--out", str(out), "--no-progress", "--memory-budget", "1"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        )
+        proc = spawn_execute(case, out)
         deadline = time.time() + 60
         while proc.poll() is None and not condition() and time.time() < deadline:
             time.sleep(0.0005)
@@ -178,6 +198,8 @@ def test_kill_at_seeded_moments_then_resume(which, lm, vlm, tmp_path):
             summary = resume(case, out)
             expected = len(case["plan"].groups) if (out / JOURNAL).exists() else len(done)
             assert summary.skipped_groups == expected, f"{moment}: finished groups were redone"
+        elif not out.exists():  # killed before its journal existed (a slow start): --resume starts over
+            assert resume(case, out).skipped_groups == 0, moment
         assert not (out / JOURNAL).exists(), moment
         assert_identical(case, out)
         shutil.rmtree(out)
@@ -215,7 +237,8 @@ def test_resumed_run_counts_only_the_bytes_it_writes(lm, tmp_path):
     summary = resume(lm, out)
     assert summary.skipped_groups == 3
     assert summary.bytes_written == sum(
-        plan.outputs[i].nbytes for g, group in enumerate(plan.groups) if g not in done for i in group.outputs)
+        plan.outputs[i].nbytes for g, group in enumerate(plan.groups) if g not in done for i in group.outputs
+    )
     assert summary.bytes_written < plan.output_bytes
     assert_identical(lm, out)
 
@@ -300,8 +323,9 @@ def _damage(journal: Path, how: str) -> None:
     journal.write_bytes(b"".join(lines))
 
 
-@pytest.mark.parametrize("how", ["garbage", "half_line", "middle_bad_json", "wrong_types",
-                                 "unknown_group", "bool_group", "first_line"])
+@pytest.mark.parametrize(
+    "how", ["garbage", "half_line", "middle_bad_json", "wrong_types", "unknown_group", "bool_group", "first_line"]
+)
 def test_damaged_journal_costs_its_group_only(how, lm, tmp_path):
     out = tmp_path / "out"
     interrupt(lm, out, 3)
@@ -328,11 +352,7 @@ def test_damaged_first_line_on_a_folder_not_proven_ours_is_refused(lm, tmp_path)
 
 def test_second_run_on_a_folder_in_use_refuses(lm, tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "sanitrace", "execute", str(lm["path"]), "--source", str(lm["src"]),
-         "--out", str(out), "--no-progress", "--memory-budget", "1"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    first = spawn_execute(lm, out)
     try:
         journal = Path(f"{out}.partial") / JOURNAL
         deadline = time.time() + 60
@@ -359,8 +379,9 @@ def test_second_run_on_a_folder_in_use_refuses(lm, tmp_path):
 # ---------------------------------------------------------------- OUT checks before any work
 
 
-@pytest.mark.parametrize("how", ["exists", "dangling_symlink", "parent_is_a_file", "parent_missing",
-                                 "partial_is_a_symlink"])
+@pytest.mark.parametrize(
+    "how", ["exists", "dangling_symlink", "parent_is_a_file", "parent_missing", "partial_is_a_symlink"]
+)
 def test_output_refused_before_any_work(how, lm, tmp_path):
     out = tmp_path / "out"
     error = OutputExists
@@ -392,8 +413,9 @@ def tmpfs(tmp_path):
     def mount(kib: int) -> Path:
         path = tmp_path / f"fs{len(mounted)}"
         path.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)],
-                          capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)], capture_output=True
+        ).returncode:
             pytest.skip("cannot mount a tmpfs here")
         mounted.append(path)
         return path

@@ -32,8 +32,9 @@ def traced(model_dir: Path, **options) -> plan_ir.Plan:
 
 
 def cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sanitrace", *map(str, argv)],
-                          capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "sanitrace", *map(str, argv)], capture_output=True, text=True, cwd=REPO
+    )
 
 
 # --- committed plans ------------------------------------------------------
@@ -41,8 +42,16 @@ def cli(*argv) -> subprocess.CompletedProcess:
 
 def test_plans_folder_holds_the_flagships_with_renderings():
     names = {p.stem for p in PLANS}
-    for model in ("deepseek-v3", "kimi-k2-instruct", "qwen3-235b-a22b", "gpt-oss-120b", "minimax-m2",
-                  "glm-4.5", "mixtral-8x22b", "qwen3-next-80b-a3b-instruct"):
+    for model in (
+        "deepseek-v3",
+        "kimi-k2-instruct",
+        "qwen3-235b-a22b",
+        "gpt-oss-120b",
+        "minimax-m2",
+        "glm-4.5",
+        "mixtral-8x22b",
+        "qwen3-next-80b-a3b-instruct",
+    ):
         assert {f"{model}-bf16", f"{model}-q4"} <= names
     for path in PLANS:
         assert path.with_suffix(".txt").read_text() == render(plan_ir.load(str(path))), path.name
@@ -88,9 +97,48 @@ def test_a_sanitize_change_makes_retrace_fail_with_a_readable_diff(tmp_path, mon
 # --- diff -----------------------------------------------------------------
 
 
-def test_diff_of_equal_plans_is_empty_and_exits_zero():
-    proc = cli("diff", EXAMPLE_PLAN, EXAMPLE_PLAN)
-    assert proc.returncode == 0 and proc.stdout.strip() == "no differences"
+def test_diff_of_another_group_size_names_each_change_and_exits_one(tmp_path):
+    """`-q --q-group-size 32` against the committed `-q` plan (group size 64): every
+    4-bit weight's scales and biases double their groups, the 8-bit MoE gates
+    (mlx_lm's predicate fixes their group size) do not change; nothing is added
+    or removed. A re-trace with the committed plan's options diffs empty."""
+    config = json.loads((REPO / "examples" / "tiny-qwen3-moe" / "config.json").read_text())
+    committed = plan_ir.load(str(EXAMPLE_PLAN))
+    quantized = {o.name[: -len(".scales")] for o in committed.outputs if o.name.endswith(".scales")}
+    changed = sorted(
+        f"{prefix}.{part}"
+        for prefix in quantized
+        if not prefix.endswith(".mlp.gate")
+        for part in ("biases", "scales", "weight")
+    )
+    assert len(changed) == 3 * (2 + config["num_hidden_layers"] * 7)  # embed, head; per layer 4 attn + 3 experts
+
+    other = tmp_path / "q32.msgpack"
+    assert cli("trace", REPO / "examples" / "tiny-qwen3-moe", "-o", other, "-q", "--q-group-size", 32).returncode == 0
+    proc = cli("diff", EXAMPLE_PLAN, other)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "options.q_group_size: None -> 32"
+    assert f"outputs changed ({len(changed)}):" in lines
+    assert sorted(n for line in lines if line.startswith("  ! ") for n in expand(line[4:-1])) == changed
+    assert not [line for line in lines if line.startswith(("outputs added", "outputs removed", "outputs renamed"))]
+    vocab, groups = config["vocab_size"], config["hidden_size"] // 64
+    expr = "quantize(lm_head.weight.astype(bfloat16), {}, 4, mode='affine')[1]"
+    start = lines.index("  ! lm_head.scales:")
+    assert lines[start + 1 : start + 3] == [
+        f"      - bfloat16[{vocab}, {groups}] = " + expr.format(64),
+        f"      + bfloat16[{vocab}, {2 * groups}] = " + expr.format(32),
+    ]
+    layers = "{0..%d}" % (config["num_hidden_layers"] - 1)
+    assert f"  ! model.layers.{layers}.mlp.switch_mlp.down_proj.biases:" in lines  # collapsed across layers
+    assert ".mlp.gate." not in proc.stdout
+    assert "config.json: content changed" in lines  # its quantization section
+
+    again = tmp_path / "q4.msgpack"
+    assert cli("trace", REPO / "examples" / "tiny-qwen3-moe", "-o", again, "-q").returncode == 0
+    assert again.read_bytes() == EXAMPLE_PLAN.read_bytes()
+    proc = cli("diff", EXAMPLE_PLAN, again)
+    assert proc.returncode == 0 and proc.stdout == "no differences\n"
 
 
 def test_diff_reports_quantization_and_dtype_changes(checkpoints):
@@ -98,10 +146,20 @@ def test_diff_reports_quantization_and_dtype_changes(checkpoints):
     q4 = traced(checkpoints["deepseek_v3"], quantize=True)
     lines = diff(bf16, q4)
     assert "options.quantize: False -> True" in lines
-    changed = "\n".join(lines[lines.index(next(line for line in lines if line.startswith("outputs changed"))):])
+    changed = "\n".join(lines[lines.index(next(line for line in lines if line.startswith("outputs changed"))) :])
     assert "quantize(" in changed and "uint32" in changed
     assert any(line.startswith("outputs added") for line in lines)  # the .scales / .biases
-    assert diff(q4, q4) == []
+    printed = "\n".join(lines).splitlines()  # as `sanitrace diff` prints them
+    start = printed.index("  ! lm_head.weight:")  # vocab 256 x hidden 64, packed 8 values per uint32
+    assert printed[start + 1 : start + 3] == [
+        "      - bfloat16[256, 64] = lm_head.weight.astype(bfloat16)",
+        "      + uint32[256, 8] = quantize(lm_head.weight.astype(bfloat16), 64, 4, mode='affine')[0]",
+    ]
+    assert (
+        "  + lm_head.scales: bfloat16[256, 1] = quantize(lm_head.weight.astype(bfloat16), 64, 4, "
+        "mode='affine')[1]" in printed
+    )
+    assert diff(q4, traced(checkpoints["deepseek_v3"], quantize=True)) == []  # a second, independent trace
 
 
 def test_diff_names_renamed_removed_and_newly_dropped_outputs():
@@ -128,7 +186,7 @@ def test_show_full_and_json_list_every_tensor_with_its_place():
         assert f"{out.name}: {out.dtype}{list(out.shape)} {plan.files[out.file].name}@{out.offset}" in full
     doc = json.loads(cli("show", EXAMPLE_PLAN, "--format", "json").stdout)
     assert [o["name"] for o in doc["outputs"]] == [o.name for o in plan.outputs]
-    assert doc["options"] == plan.options and doc["header"] == render(plan).splitlines()[:len(doc["header"])]
+    assert doc["options"] == plan.options and doc["header"] == render(plan).splitlines()[: len(doc["header"])]
     assert "loads: yes (mlx_lm.load, strict)" in doc["header"]
     assert doc["digest"] == plan.digest and f"digest: {plan.digest}" in full
 
@@ -148,15 +206,18 @@ def test_rendering_of_a_correct_plan_accounts_for_every_source(checkpoints):
 
 
 def expand(line: str) -> list:
-    """A rendered line with its number ranges ({1..2}, {0..7}) spelled out."""
+    """A rendered line with its number sets ({1..2}, {0..7}, {3..59..4}, {0,2..3}, {001..003})
+    spelled out; the same set twice in a line is one number (a layer's in a name and its source)."""
     match = re.search(r"\{([0-9.,]+)\}", line)
     if not match:
         return [line]
     values = []
     for part in match.group(1).split(","):
-        first, _, last = part.partition("..")
-        values += range(int(first), int(last or first) + 1)
-    return [e for v in values for e in expand(line.replace(match.group(0), str(v)))]
+        first, _, rest = part.partition("..")
+        last, _, step = rest.partition("..")
+        width = len(first) if first.startswith("0") else 0
+        values += [str(v).zfill(width) for v in range(int(first), int(last or first) + 1, int(step or 1))]
+    return [e for v in values for e in expand(line.replace(match.group(0), v))]
 
 
 # --- seeded reviewer cases: what the DeepSeek V4 port dropped silently -----
@@ -181,8 +242,10 @@ def test_pre_stacked_experts_fail_naming_every_missing_and_unexpected_parameter(
     def stack_experts(weights):
         for key in [k for k in weights if ".mlp.experts.0." in k]:
             prefix, rest = key.split(".experts.0.")
-            experts = sorted((k for k in weights if k.startswith(prefix + ".experts.") and k.endswith("." + rest)),
-                             key=lambda k: int(k[len(prefix) + 9:].split(".")[0]))
+            experts = sorted(
+                (k for k in weights if k.startswith(prefix + ".experts.") and k.endswith("." + rest)),
+                key=lambda k: int(k[len(prefix) + 9 :].split(".")[0]),
+            )
             weights[f"{prefix}.experts.{rest}"] = mx.stack([weights.pop(k) for k in experts])
 
     _rewrite(folder, stack_experts)
@@ -202,8 +265,13 @@ def test_quantized_embed_and_head_without_quantization_config_fail_naming_them(t
     def quantize_embed_and_head(weights):
         for name in ("model.embed_tokens", "lm_head"):
             w, scales, biases = mx.quantize(weights[f"{name}.weight"].astype(mx.float32), 64, 4)
-            weights.update({f"{name}.weight": w, f"{name}.scales": scales.astype(mx.bfloat16),
-                            f"{name}.biases": biases.astype(mx.bfloat16)})
+            weights.update(
+                {
+                    f"{name}.weight": w,
+                    f"{name}.scales": scales.astype(mx.bfloat16),
+                    f"{name}.biases": biases.astype(mx.bfloat16),
+                }
+            )
 
     _rewrite(folder, quantize_embed_and_head)
     with pytest.raises(TraceError) as error:

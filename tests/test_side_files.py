@@ -40,10 +40,19 @@ def test_edits_reproduce_the_file_and_stay_small():
 def test_large_resaves_are_edits_and_small_or_generated_files_are_text():
     big = _tokenizer_json(5000)
     resaved = big.replace(b'"post_processor": null', b'"post_processor": {"type": "ByteLevel"}')
-    written = {"tokenizer.json": resaved, "tokenizer_config.json": b"{}", "config.json": big,
-               "generation_config.json": b'{"a": 1}', "chat_template.jinja": b"{{ x }}"}
-    bases = {"tokenizer.json": big, "tokenizer_config.json": b'{"old": 1}', "config.json": big,
-             "generation_config.json": b'{"a": 1}'}
+    written = {
+        "tokenizer.json": resaved,
+        "tokenizer_config.json": b"{}",
+        "config.json": big,
+        "generation_config.json": b'{"a": 1}',
+        "chat_template.jinja": b"{{ x }}",
+    }
+    bases = {
+        "tokenizer.json": big,
+        "tokenizer_config.json": b'{"old": 1}',
+        "config.json": big,
+        "generation_config.json": b'{"a": 1}',
+    }
     files = {f.name: f for f in side_files(written, bases)}
     assert len(big) > INLINE_BYTES
     assert files["tokenizer.json"].kind == "source" and len(files["tokenizer.json"].edits) == 1
@@ -52,13 +61,16 @@ def test_large_resaves_are_edits_and_small_or_generated_files_are_text():
         assert files[name].kind == "text" and files[name].data == written[name]
 
 
-@pytest.mark.parametrize("tamper, message", [
-    (lambda f: f.update(edits=[[5, 2, b""]]), "ascending range"),
-    (lambda f: f.update(edits=[[0, 10 ** 9, b""]]), "ascending range"),
-    (lambda f: f.update(sha256="zz"), "not a hex digest"),
-    (lambda f: f.update(base="../../etc/passwd"), "'..' component"),
-    (lambda f: f.update(name="/tmp/x"), "plain relative path"),
-])
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda f: f.update(edits=[[5, 2, b""]]), "ascending range"),
+        (lambda f: f.update(edits=[[0, 10**9, b""]]), "ascending range"),
+        (lambda f: f.update(sha256="zz"), "not a hex digest"),
+        (lambda f: f.update(base="../../etc/passwd"), "'..' component"),
+        (lambda f: f.update(name="/tmp/x"), "plain relative path"),
+    ],
+)
 def test_a_tampered_source_made_file_is_refused(tamper, message, checkpoints, tmp_path):
     plan = build_plan(trace(str(checkpoints["llama"]), ConvertOptions()))
     raw = unpack(plan_ir.dumps(plan))
@@ -88,8 +100,11 @@ def test_a_source_without_a_tokenizer_converts_with_a_line(checkpoints, tmp_path
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (src / name).unlink()
     assert eager_convert(str(src), str(tmp_path / "eager"), "mlx_lm", []) is not None  # eager fails
-    proc = subprocess.run([sys.executable, "-m", "sanitrace", "convert", "--hf-path", str(src), "--mlx-path",
-                           str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sanitrace", "convert", "--hf-path", str(src), "--mlx-path", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "tokenizer" in line]
     assert len(lines) == 1 and "no tokenizer files will be written" in lines[0], proc.stderr

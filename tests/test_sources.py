@@ -19,9 +19,23 @@ def test_matches_eager(fixture, flags, checkpoints, eager, tmp_path):
     src = checkpoints[fixture]
     out = sanitrace_convert(src, tmp_path / "out", flags)
     assert compare_folders(str(eager(src, flags)), str(out)) == []
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
     from mlx_lm import load
 
-    load(str(out))
+    model, _ = load(str(out))
+    loaded = dict(tree_flatten(model.parameters()))
+    written = {k: v for shard in sorted(out.glob("*.safetensors")) for k, v in mx.load(str(shard)).items()}
+    assert sorted(loaded) == sorted(written)  # every tensor written is a parameter, and the reverse
+    assert [
+        k for k in written if loaded[k].dtype != written[k].dtype or not mx.array_equal(loaded[k], written[k])
+    ] == []
+    # the quantized modules are those the config's quantization section describes, with its bits and group size
+    quantization = json.loads((out / "config.json").read_text()).get("quantization", {})
+    quantized = {name: (m.group_size, m.bits, m.mode) for name, m in model.named_modules() if "scales" in m}
+    assert bool(quantized) == bool(quantization)  # -q, or a source quantized already (MXFP4, int4)
+    settings = {name: quantization.get(name, quantization) for name in quantized}
+    assert quantized == {name: (q["group_size"], q["bits"], q.get("mode", "affine")) for name, q in settings.items()}
 
 
 @pytest.mark.parametrize("fixture", sorted(SOURCE_FIXTURES))

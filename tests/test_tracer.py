@@ -46,7 +46,10 @@ TRUST = ConvertOptions(trust_remote_code=True)
 
 
 def test_sanitize_that_forgets_one_expert_fails_naming_it(checkpoints, tmp_path):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             n = self.args.num_experts - 1  # off by one: forgets the last expert
             for l in range(self.args.num_hidden_layers):
@@ -55,7 +58,8 @@ def test_sanitize_that_forgets_one_expert_fails_naming_it(checkpoints, tmp_path)
                     w = [weights.pop(f"{p}.experts.{e}.{m}.weight") for e in range(n)]
                     weights[f"{p}.switch_mlp.{m}.weight"] = mx.stack(w)
             return weights
-    """)
+    """,
+    )
     with pytest.raises(LoadMismatch) as error:
         trace(str(folder), TRUST)
     message = str(error.value)
@@ -65,12 +69,16 @@ def test_sanitize_that_forgets_one_expert_fails_naming_it(checkpoints, tmp_path)
 
 
 def test_sanitize_that_drops_a_tensor_fails_naming_the_missing_parameter(checkpoints, tmp_path, capsys):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             weights = super().sanitize(weights)
             weights.pop("model.layers.1.mlp.switch_mlp.down_proj.weight")
             return weights
-    """)
+    """,
+    )
     rc = sanitrace_main(["trace", str(folder), "-o", str(tmp_path / "p.msgpack"), "--trust-remote-code"])
     assert rc == 1
     err = capsys.readouterr().err
@@ -79,12 +87,16 @@ def test_sanitize_that_drops_a_tensor_fails_naming_the_missing_parameter(checkpo
 
 
 def test_proxies_are_mx_arrays_inside_sanitize(checkpoints, tmp_path, eager):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             assert all(isinstance(v, mx.array) for v in weights.values())
             weights = {k: mx.array(v) for k, v in weights.items()}  # wraps every value
             return super().sanitize(weights)
-    """)
+    """,
+    )
     plan = build_plan(trace(str(folder), TRUST))
     assert any(node.op == "mx.array" for node in plan.nodes)
     out = tmp_path / "out"
@@ -128,36 +140,48 @@ def test_value_check_with_data_is_a_guard_checked_at_execute(checkpoints, tmp_pa
 
 
 def test_item_assignment_fails_with_file_and_line(checkpoints, tmp_path):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             weights["model.norm.weight"][0] = 1.0
             return super().sanitize(weights)
-    """)
+    """,
+    )
     with pytest.raises(TraceError, match=r"custom_model\.py:\d+"):
         trace(str(folder), TRUST)
 
 
 def test_untracked_computation_is_caught(checkpoints, tmp_path):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             weights = super().sanitize(weights)
             w = weights["model.norm.weight"]
             weights["model.norm.weight"] = mx.fast.rms_norm(w, None, 1e-5)  # mx.fast is not traced
             return weights
-    """)
+    """,
+    )
     with pytest.raises(TraceError, match="untracked"):
         trace(str(folder), TRUST)
 
 
 def test_untracked_computation_on_a_derived_value_is_caught(checkpoints, tmp_path):
     """Ops run on poisoned leaves, not on the sources' chain: still never evaluable."""
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             weights = super().sanitize(weights)
             w = (weights["model.norm.weight"] * 2).astype(mx.float32)
             weights["model.norm.weight"] = mx.fast.rms_norm(w, None, 1e-5).astype(mx.bfloat16)
             return weights
-    """)
+    """,
+    )
     with pytest.raises(TraceError, match="untracked"):
         trace(str(folder), TRUST)
 
@@ -165,18 +189,31 @@ def test_untracked_computation_on_a_derived_value_is_caught(checkpoints, tmp_pat
 def _patched_state():
     import mlx_lm.utils
 
-    return (mx.stack, mx.load, mx.save_safetensors, mx.eval, mx.array, mx.quantize,
-            mx.linalg.norm, nn.Module.load_weights, mlx_lm.utils.load_tokenizer)
+    return (
+        mx.stack,
+        mx.load,
+        mx.save_safetensors,
+        mx.eval,
+        mx.array,
+        mx.quantize,
+        mx.linalg.norm,
+        nn.Module.load_weights,
+        mlx_lm.utils.load_tokenizer,
+    )
 
 
 def test_patching_is_undone_after_success_and_failure(checkpoints, tmp_path):
     before = _patched_state()
     trace(str(checkpoints["deepseek_v3"]), ConvertOptions(quantize=True))
     assert _patched_state() == before
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             raise RuntimeError("boom")
-    """)
+    """,
+    )
     with pytest.raises(TraceError, match=r"custom_model.py:\d+ \(sanitize\): RuntimeError: boom"):
         trace(str(folder), TRUST)
     assert _patched_state() == before
@@ -184,9 +221,13 @@ def test_patching_is_undone_after_success_and_failure(checkpoints, tmp_path):
 
 
 def test_custom_model_needs_trust_remote_code(checkpoints, tmp_path):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         pass
-    """)
+    """,
+    )
     with pytest.raises(TraceError, match="--trust-remote-code"):
         trace(str(folder), ConvertOptions())
 
@@ -207,10 +248,14 @@ def test_bad_safetensors_header_names_the_file(checkpoints, tmp_path, capsys):
 
 
 def test_convert_via_cli_matches_eager_with_custom_model(checkpoints, tmp_path, eager):
-    folder = custom(checkpoints["qwen3_moe"], tmp_path, """
+    folder = custom(
+        checkpoints["qwen3_moe"],
+        tmp_path,
+        """
         def sanitize(self, weights):
             return super().sanitize(weights)
-    """)
+    """,
+    )
     out = sanitrace_convert(folder, tmp_path / "out", ["-q", "--trust-remote-code"])
     assert compare_folders(str(eager(folder, ["-q", "--trust-remote-code"])), str(out)) == []
     assert os.path.exists(out / "custom_model.py")  # *.py files are copied, as eager does
@@ -322,8 +367,7 @@ def test_guard_arguments_are_kept_and_used(checkpoints, tmp_path):
     assert "model.norm.weight.max().__format__('.3f') == '0.0" in render(plan)
     execute(plan, str(folder), str(tmp_path / "ok"), progress=False)
     # the executor calls the method with the recorded arguments: others give another value
-    coarse = plan_ir.loads(plan_ir.dumps(dataclasses.replace(
-        plan, guards=(plan.guards[0]._replace(args=(".1f",)),))))
+    coarse = plan_ir.loads(plan_ir.dumps(dataclasses.replace(plan, guards=(plan.guards[0]._replace(args=(".1f",)),))))
     with pytest.raises(GuardFailed, match=r"__format__\('.1f'\)"):
         execute(coarse, str(folder), str(tmp_path / "coarse"), progress=False)
     # a spec mlx's __format__ would crash the process on is refused in one line

@@ -94,11 +94,13 @@ def test_an_altered_tensor_header_names_the_tensor(bf16):
     plan, out = bf16
     shard = out / "model.safetensors"
     header = read_header(str(shard))
-    entries = [(t.name, t.dtype, t.shape[::-1] if t.name == "lm_head.weight" else t.shape, t.nbytes)
-               for t in header.in_data_order()]
+    entries = [
+        (t.name, t.dtype, t.shape[::-1] if t.name == "lm_head.weight" else t.shape, t.nbytes)
+        for t in header.in_data_order()
+    ]
     prefix, _ = build_header(entries, header.metadata)
     assert len(prefix) == header.data_start  # same size: only the header check can tell
-    shard.write_bytes(prefix + shard.read_bytes()[header.data_start:])
+    shard.write_bytes(prefix + shard.read_bytes()[header.data_start :])
     message = failure(plan, out)
     assert "model.safetensors" in message and "lm_head.weight" in message and "shape (64, 256)" in message
 
@@ -156,8 +158,9 @@ def test_convert_verifies_by_default_and_execute_on_request(tmp_path):
     example = str(REPO / "examples" / "tiny-qwen3-moe")
 
     def run(*argv):
-        proc = subprocess.run([sys.executable, "-m", "sanitrace", *argv, "--no-progress"], cwd=tmp_path,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sanitrace", *argv, "--no-progress"], cwd=tmp_path, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr
         return [line for line in proc.stdout.splitlines() if line.strip().startswith("verified")]
 

@@ -67,8 +67,17 @@ def test_pyproject_lower_bounds_are_minimum():
 
 
 def test_version_order():
-    order = ["0.31.2", "0.32", "0.32.1.dev20250101", "0.32.1a1", "0.32.1rc2", "0.32.1",
-             "0.32.1.post1", "0.32.10", "1.0.0"]
+    order = [
+        "0.31.2",
+        "0.32",
+        "0.32.1.dev20250101",
+        "0.32.1a1",
+        "0.32.1rc2",
+        "0.32.1",
+        "0.32.1.post1",
+        "0.32.10",
+        "1.0.0",
+    ]
     keys = [parse_version(v) for v in order]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert parse_version("0.32.0") == parse_version("0.32") == parse_version("0.32.0+local")
@@ -98,7 +107,9 @@ def test_missing_mlx_vlm_names_the_extra(monkeypatch):
 
 
 def test_versions_does_not_import_mlx():
-    code = ("import sys, sanitrace.versions; sanitrace.versions.check_installed(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'mlx_vlm')))")
+    code = (
+        "import sys, sanitrace.versions; sanitrace.versions.check_installed(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'mlx_vlm')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -20,9 +20,7 @@ def record(fn, arrays, tmp_path):
     finally:
         sources.close()
     results = list(result) if isinstance(result, (list, tuple)) else [result]
-    nodes = [
-        n._replace(args=[int(n.args[1])]) if n.op == "load" else n for n in recorder.nodes
-    ]
+    nodes = [n._replace(args=[int(n.args[1])]) if n.op == "load" else n for n in recorder.nodes]
     return nodes, [r._st_ref for r in results]
 
 
@@ -58,5 +56,3 @@ def same_bits(a, b) -> bool:
         return bytes(memoryview(mx.contiguous(x.reshape(-1)).view(mx.uint8)))
 
     return a.dtype == b.dtype and a.shape == b.shape and raw(a) == raw(b)
-
-

@@ -27,6 +27,7 @@ from .. import plan as plan_ir
 from ..hub import RemoteRepo
 from ..plan import Output, Plan
 from ..plan.checks import call_guard
+from ..planner.memory import cache_limit, chunk_rows
 from ..regions import NotChunkable
 from .hub_source import DiskBudgetError, HubSource
 from .local_source import LocalSource
@@ -51,6 +52,8 @@ class ExecuteSummary:
     downloaded: int = 0  # bytes downloaded from the Hub (0 for a local folder)
     source_bytes: int = 0  # bytes of the source files the plan reads
     peak_source_disk: int = 0  # most downloaded source bytes held at once
+    source_bytes_read: int = 0  # source tensor bytes this run read (each piece once per chunk needing it)
+    source_tensor_bytes: int = 0  # bytes of the source tensors the plan reads, each counted once
 
 
 @dataclass
@@ -61,8 +64,7 @@ class Chunk:
     last: bool  # last chunk of its group
 
 
-def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor,
-                source, files):
+def _read_ahead(chunk: Chunk, replayer: Replayer, reader: SourceReader, pool: ThreadPoolExecutor, source, files):
     """Allocate the chunk's source buffers (main thread) and start reading them,
     once the source has ``files`` (read thread)."""
     requests = replayer.reads([o.ref for o in chunk.outputs], chunk.region)
@@ -160,7 +162,7 @@ def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[
     chunks = []
     for g in order.groups if source.streams else todo:
         members = [outputs[i] for i in groups[g].outputs]
-        rows = plan_ir.chunk_rows(groups[g], budget)
+        rows = chunk_rows(groups[g], budget)
         if not rows:
             chunks.append(Chunk(g, members, None, True))
             continue
@@ -202,38 +204,38 @@ def execute(
         raise plan_ir.PlanError(f"plan digest {plan.digest} is not the approved {digest}")
     budget = memory_budget or plan.memory.budget
     if isinstance(source, RemoteRepo):
-        source = HubSource(plan, source, out_dir, disk_budget, progress)
+        src: Union[HubSource, LocalSource] = HubSource(plan, source, out_dir, disk_budget, progress)
     else:
-        source = LocalSource(plan, source)
-    source.check()
+        src = LocalSource(plan, source)
+    src.check()
     replayer = Replayer(plan.nodes, [o.ref for o in plan.outputs] + [g.ref for g in plan.guards])
     check_chunk_units(plan, replayer)
-    writer = OutputWriter(plan, source, out_dir, resume)
-    reader = SourceReader(plan, source.paths)
+    writer = OutputWriter(plan, src, out_dir, resume)
+    reader = SourceReader(plan, src.paths)
     total = plan.output_bytes
     written = 0
     finished = False
     bar = None
-    previous_cache_limit = mx.set_cache_limit(plan_ir.cache_limit(budget))
+    previous_cache_limit = mx.set_cache_limit(cache_limit(budget))
     try:
-        chunks, skipped, order = plan_chunks(plan, budget, writer, source)
-        if source.streams:
-            source.start(order)
-        bar = progress_bar(total, "execute", 1 if source.streams else 0, progress)
-        _check_guards(plan, replayer, reader, source, order)
-        _release(source, reader, order, -1)
+        chunks, skipped, order = plan_chunks(plan, budget, writer, src)
+        if src.streams:
+            src.start(order)
+        bar = progress_bar(total, "execute", 1 if src.streams else 0, progress)
+        _check_guards(plan, replayer, reader, src, order)
+        _release(src, reader, order, -1)
         written = sum(o.nbytes for c in chunks if c.last for o in c.outputs)  # resumed groups are not redone
         bar.update(total - written)
         position = {g: p for p, g in enumerate(order.groups)}
-        sink = _Sink(writer, bar, lambda g: _release(source, reader, order, position[g]))
+        sink = _Sink(writer, bar, lambda g: _release(src, reader, order, position[g]))
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
             try:
-                _pipeline(chunks, order, replayer, reader, source, sink, reads, writes)
+                _pipeline(chunks, order, replayer, reader, src, sink, reads, writes)
             except BaseException:
-                source.stop()  # a read waiting for a download returns, so the pools can shut down
+                src.stop()  # a read waiting for a download returns, so the pools can shut down
                 raise
         reader.close()
-        source.close(finished=True)
+        src.close(finished=True)
         finished = True
         writer.finish()
     finally:
@@ -242,18 +244,43 @@ def execute(
             bar.close()
         reader.close()
         if not finished:
-            source.close(finished=False)
+            src.close(finished=False)
         writer.close()
-    return ExecuteSummary(len(plan.outputs), written, len(plan.groups), len(chunks), skipped,
-                          source.downloaded, source.source_bytes, source.peak_held)
+    return ExecuteSummary(
+        len(plan.outputs),
+        written,
+        len(plan.groups),
+        len(chunks),
+        skipped,
+        src.downloaded,
+        src.source_bytes,
+        src.peak_held,
+        reader.bytes_read,
+        _loaded_bytes(plan),
+    )
 
 
-def _pipeline(chunks: List[Chunk], order: Schedule, replayer: Replayer, reader: SourceReader, source,
-              sink: "_Sink", reads: ThreadPoolExecutor, writes: ThreadPoolExecutor) -> None:
+def _loaded_bytes(plan: Plan) -> int:
+    """Bytes of the source tensors the plan's graph loads, each once."""
+    loaded = {node.args[0] for node in plan.nodes if node.op == "load"}
+    return sum(plan.source.tensors[i].end - plan.source.tensors[i].begin for i in loaded)
+
+
+def _pipeline(
+    chunks: List[Chunk],
+    order: Schedule,
+    replayer: Replayer,
+    reader: SourceReader,
+    source,
+    sink: "_Sink",
+    reads: ThreadPoolExecutor,
+    writes: ThreadPoolExecutor,
+) -> None:
     """Read chunk i+1, compute chunk i and write chunk i-1 at once (module docstring)."""
     pending: Optional[Future] = None
     ahead = _read_ahead(chunks[0], replayer, reader, reads, source, order.reads[chunks[0].group]) if chunks else None
     for i, chunk in enumerate(chunks):
+        assert ahead is not None  # read ahead for every chunk
         pieces, requests, filled = ahead
         filled.result()
         if i + 1 < len(chunks):
@@ -309,10 +336,16 @@ def _check_piece(out: Output, array: mx.array, region) -> None:
         shape[0] = region[2] - region[1]
     if list(array.shape) != shape or plan_ir.dtype_name(array.dtype) != out.dtype:
         raise plan_ir.PlanError(  # nothing of this piece is written; the run stays resumable
-            f"replay of {out.name} gave {array.dtype}{list(array.shape)}, "
-            f"the plan says {out.dtype}{shape}"
+            f"replay of {out.name} gave {array.dtype}{list(array.shape)}, the plan says {out.dtype}{shape}"
         )
 
 
-__all__ = ["execute", "ExecuteSummary", "SourceMismatch", "OutputExists", "OutputError", "GuardFailed",
-           "DiskBudgetError"]
+__all__ = [
+    "execute",
+    "ExecuteSummary",
+    "SourceMismatch",
+    "OutputExists",
+    "OutputError",
+    "GuardFailed",
+    "DiskBudgetError",
+]

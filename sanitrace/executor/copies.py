@@ -37,8 +37,9 @@ def made_file(f: OutputFile, path: str) -> bytes:
         raise SourceMismatch(f"{path}: {len(base)} bytes, the plan was traced from a {f.base_size}-byte file")
     data = apply_edits(base, f.edits)
     if hashlib.sha256(data).hexdigest() != f.sha256:
-        raise SourceMismatch(f"{path}: differs from the file the plan was traced from (the output's {f.name} "
-                             "would not be the library's)")
+        raise SourceMismatch(
+            f"{path}: differs from the file the plan was traced from (the output's {f.name} would not be the library's)"
+        )
     return data
 
 

@@ -23,12 +23,12 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-from .. import hub
+from .. import hub, hub_download
+from ..collapse import human_bytes
 from ..plan import Plan
 from ..plan.checks import check_name
-from ..show import human_bytes
 from .copies import made_file
 from .progress import progress_bar
 from .schedule import Schedule, held_peak, schedule
@@ -57,8 +57,9 @@ class DiskNeeds:
     peak: int  # the least disk budget the plan's schedule can meet
 
 
-def disk_needs(plan: Plan, repo: hub.RemoteRepo, disk_budget: Optional[int] = None,
-               cache_dir: Optional[str] = None) -> DiskNeeds:
+def disk_needs(
+    plan: Plan, repo: hub.RemoteRepo, disk_budget: Optional[int] = None, cache_dir: Optional[str] = None
+) -> DiskNeeds:
     """What streaming ``plan``'s sources from ``repo`` downloads and holds. The
     default budget is the two largest downloads (one in use, the next
     arriving), or the schedule's peak when a group must hold more at once.
@@ -71,7 +72,7 @@ def disk_needs(plan: Plan, repo: hub.RemoteRepo, disk_budget: Optional[int] = No
             raise SourceMismatch(f"{repo.label}: {f.name}: {remote.size} bytes, its header needs {f.size}")
     cached: Dict[int, str] = {}
     for i, f in enumerate(plan.source.files):
-        path = hub.cached_file(repo, f.name, cache_dir)
+        path = hub_download.cached_file(repo, f.name, cache_dir)
         if path is not None:
             cached[i] = path
     sizes = {i: repo.files[f.name].size for i, f in enumerate(plan.source.files) if i not in cached}
@@ -88,8 +89,15 @@ class HubSource:
     streams = True
     identity_fields = ("size", "commit", "sha256")
 
-    def __init__(self, plan: Plan, repo: hub.RemoteRepo, out_dir: str, disk_budget: Optional[int],
-                 progress: bool = True, cache_dir: Optional[str] = None):
+    def __init__(
+        self,
+        plan: Plan,
+        repo: hub.RemoteRepo,
+        out_dir: str,
+        disk_budget: Optional[int],
+        progress: bool = True,
+        cache_dir: Optional[str] = None,
+    ):
         self.plan = plan
         self.repo = repo
         self.cache_dir = cache_dir
@@ -106,8 +114,7 @@ class HubSource:
         self._tables = planned_tables(plan)
         self.sizes = needs.sizes
         self.disk_budget = needs.budget
-        self.paths = [self.cached.get(i) or os.path.join(self.folder, f.name)
-                      for i, f in enumerate(plan.source.files)]
+        self.paths = [self.cached.get(i) or os.path.join(self.folder, f.name) for i, f in enumerate(plan.source.files)]
         self.space_needed = min(self.disk_budget, sum(self.sizes.values()))
         self.source_bytes = sum(repo.files[f.name].size for f in plan.source.files)
         self.downloaded = 0
@@ -120,7 +127,7 @@ class HubSource:
         self._error: Optional[BaseException] = None
         self._stop = False
         self._thread: Optional[threading.Thread] = None
-        self._bar = None
+        self._bar: Optional[Any] = None  # the download's progress bar, made by start()
 
     # -- before anything is created
 
@@ -135,8 +142,9 @@ class HubSource:
                 return
             header = hub.read_header_bytes(self.repo, files[i].name)
             if hashlib.sha256(header[8:]).hexdigest() != files[i].header_sha256:
-                raise SourceMismatch(f"{self.repo.label}: {files[i].name}: header differs from the one "
-                                     "the plan was traced from")
+                raise SourceMismatch(
+                    f"{self.repo.label}: {files[i].name}: header differs from the one the plan was traced from"
+                )
 
         with ThreadPoolExecutor(8) as pool:
             for result in [pool.submit(check_one, i) for i in range(len(files))]:
@@ -172,8 +180,10 @@ class HubSource:
     def resume_hint(self, recorded: Dict[str, list]) -> str:
         commits = sorted({v[1] for v in recorded.values() if len(v) == 3 and isinstance(v[1], str)})
         if len(commits) == 1 and commits[0] != self.repo.commit:
-            return (f" ({self.repo.label} now resolves to commit {self.repo.commit[:12]}; the interrupted run "
-                    f"read {commits[0][:12]}: --source {self.repo.repo_id}@{commits[0]} finishes it)")
+            return (
+                f" ({self.repo.label} now resolves to commit {self.repo.commit[:12]}; the interrupted run "
+                f"read {commits[0][:12]}: --source {self.repo.repo_id}@{commits[0]} finishes it)"
+            )
         return ""
 
     def copies(self) -> Tuple[List[str], List[Tuple[str, int]]]:
@@ -204,8 +214,9 @@ class HubSource:
             self.peak_held = self._held
         left = sum(self.sizes[f] for f in needed) - sum(self._staged_bytes(f) for f in staged)
         self._bar = progress_bar(left, "download", 0, self.progress)
-        self._thread = threading.Thread(target=self._run, args=(needed, set(staged)), daemon=True,
-                                        name="sanitrace-download")
+        self._thread = threading.Thread(
+            target=self._run, args=(needed, set(staged)), daemon=True, name="sanitrace-download"
+        )
         self._thread.start()
 
     def acquire(self, files: FrozenSet[int]) -> None:
@@ -268,7 +279,7 @@ class HubSource:
                         self.peak_held = max(self.peak_held, self._held)
                 if not os.path.isfile(self.paths[f]):
                     os.makedirs(os.path.dirname(self.paths[f]), exist_ok=True)
-                    hub.download_file(self.repo, name, self.paths[f], on_bytes=self._on_bytes)
+                    hub_download.download_file(self.repo, name, self.paths[f], on_bytes=self._on_bytes)
                 try:
                     verify_file(self.plan, f, self.paths[f], self._tables[f])
                 except SourceMismatch:
@@ -287,6 +298,7 @@ class HubSource:
     def _on_bytes(self, n: int) -> None:
         if self._stop:
             raise _Stopped()
+        assert self._bar is not None  # start() makes the bar before the download thread
         self.downloaded += n
         self._bar.update(n)
 
@@ -311,4 +323,3 @@ class HubSource:
                 path = os.path.join(root, name)
                 if path not in keep:
                     os.unlink(path)
-

@@ -21,7 +21,7 @@ its group is redone.
 import json
 import os
 import stat
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ..plan import Plan
 
@@ -61,7 +61,7 @@ def read(dir_fd: int) -> Optional[bytes]:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return b""
-        chunks = []
+        chunks: List[bytes] = []
         while True:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
@@ -94,8 +94,7 @@ def recorded_sources(header: dict) -> Optional[Dict[str, list]]:
     if not isinstance(sources, dict):
         return None
     for value in sources.values():
-        if not (isinstance(value, list) and len(value) <= _MAX_IDENTITY
-                and all(type(v) in (int, str) for v in value)):
+        if not (isinstance(value, list) and len(value) <= _MAX_IDENTITY and all(type(v) in (int, str) for v in value)):
             return None
     return sources
 
@@ -126,6 +125,4 @@ def _valid_group(entry, plan: Plan) -> bool:
     if type(group) is not int or not 0 <= group < len(plan.groups) or not isinstance(sums, dict):
         return False
     names = {plan.outputs[i].name for i in plan.groups[group].outputs}
-    return set(sums) == names and all(
-        isinstance(s, str) and len(s) == 64 and set(s) <= _HEX for s in sums.values()
-    )
+    return set(sums) == names and all(isinstance(s, str) and len(s) == 64 and set(s) <= _HEX for s in sums.values())

@@ -52,6 +52,9 @@ class LocalSource:
     def resume_hint(self, recorded: Dict[str, list]) -> str:
         return ""
 
+    def start(self, order) -> None:
+        pass  # nothing to download (the executor calls it only when ``streams``)
+
     def acquire(self, files) -> None:
         pass
 

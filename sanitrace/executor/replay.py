@@ -15,7 +15,7 @@ the pieces reads() listed; a failure raises InvariantError.
 """
 
 import os
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import mlx.core as mx
 
@@ -47,7 +47,8 @@ class Replayer:
         # is let go when asked for the last time, so once its consumer is
         # evaluated (a stacked expert) its buffer is freed
         self.requests: Dict[tuple, int] = {}
-        self.memo: Dict[regions.ValueKey, object] = {}  # values with several consumers only
+        # values with several consumers only: an array, or the list of a node's outputs
+        self.memo: Dict[regions.ValueKey, Any] = {}
         self._consts: Dict[int, mx.array] = {}
         self._uses = [0] * len(self.nodes)
         for node in self.nodes:
@@ -103,11 +104,12 @@ class Replayer:
         counts = self._counts(asked)
         if self.invariants:
             order, _ = self.rules.walk(asked)
-            planned = {(self.nodes[key[0]].args[0], key[2]) for key, _, _ in order
-                       if self.nodes[key[0]].op == "load"}
+            planned = {(self.nodes[key[0]].args[0], key[2]) for key, _, _ in order if self.nodes[key[0]].op == "load"}
             if planned != set(counts):
-                raise InvariantError(f"reads() lists source pieces {sorted(set(counts) ^ planned, key=repr)} "
-                                     "that the planner does not count, or the reverse")
+                raise InvariantError(
+                    f"reads() lists source pieces {sorted(set(counts) ^ planned, key=repr)} "
+                    "that the planner does not count, or the reverse"
+                )
         return {key: counts[key] for key in sorted(counts, key=lambda x: (x[0], x[1] or ()))}
 
     def _input(self, node: Node, ref: Ref, region: Region) -> mx.array:
@@ -137,14 +139,14 @@ class Replayer:
     def _value(self, ref: Ref, region: Region) -> mx.array:
         node = self.nodes[ref.node]
         if node.op == "load":
-            key = (node.args[0], region)
+            piece = (node.args[0], region)
             if self.invariants:
-                self._taken[key] = self._taken.get(key, 0) + 1
-            left = self.requests.get(key)
+                self._taken[piece] = self._taken.get(piece, 0) + 1
+            left = self.requests.get(piece)
             if left is None:
-                return self.sources[key]
-            self.requests[key] = left - 1
-            return self.sources.pop(key) if left == 1 else self.sources[key]
+                return self.sources[piece]
+            self.requests[piece] = left - 1
+            return self.sources.pop(piece) if left == 1 else self.sources[piece]
         if node.op == "const":
             if ref.node not in self._consts:
                 self._consts[ref.node] = const_array(node)
@@ -154,16 +156,18 @@ class Replayer:
             axis, a, b = region
             return whole[(slice(None),) * axis + (slice(a, b),)]
         key, rule = self.rules.value_key(ref, region)
-        result = self.memo.get(key)
+        result: Any = self.memo.get(key)  # an array, or a list of them (ALL_OUTPUTS)
         if result is None:
             if region is None:
                 result = call(node, [self._input(node, r, None) for r in node.inputs])
                 result = list(result) if isinstance(result, (list, tuple)) else [result]
             else:
-                ranges = self.rules.input_ranges(ref, *region)
-                pieces = [None if rng == regions.SKIP else self._input(node, r, rng)
-                          for r, rng in zip(node.inputs, ranges)]
-                result = rule.call(pieces, region[1], region[2])
+                needed = self.rules.input_regions(ref, *region)
+                pieces = [
+                    None if rng == regions.SKIP else self._input(node, r, rng) for r, rng in zip(node.inputs, needed)
+                ]
+                assert rule is not None  # a chunk of a computed value always has a rule
+                result = rule.apply(pieces, region[1], region[2])
                 _check_rows(node, key, result)
             if self.invariants:
                 self._computed[key] = self._computed.get(key, 0) + 1
@@ -178,8 +182,10 @@ class Replayer:
         order, _ = self.rules.walk(self._asked)
         planned = {key for key, _, _ in order if self.nodes[key[0]].op not in ("load", "const")}
         if set(self._computed) != planned:
-            raise InvariantError(f"replay computed values {sorted(set(self._computed) ^ planned, key=repr)} "
-                                 "that the planner does not cost, or the reverse")
+            raise InvariantError(
+                f"replay computed values {sorted(set(self._computed) ^ planned, key=repr)} "
+                "that the planner does not cost, or the reverse"
+            )
         expected = self._counts(self._asked)
         if self._taken != expected:
             raise InvariantError(f"value() asked for source pieces {self._taken}, reads() lists {expected}")
@@ -188,7 +194,7 @@ class Replayer:
             raise InvariantError(f"source pieces read but not used as often as reads() said: {left}")
 
 
-def _outputs(node: Node, key: regions.ValueKey, result) -> List[Tuple[list, object]]:
+def _outputs(node: Node, key: regions.ValueKey, result) -> List[Tuple[list, mx.array]]:
     """(aval of the node's output, produced array) per output the value ``key`` holds."""
     if key[1] == regions.ALL_OUTPUTS:
         if not isinstance(result, (list, tuple)) or len(result) != len(node.outs):
@@ -199,6 +205,7 @@ def _outputs(node: Node, key: regions.ValueKey, result) -> List[Tuple[list, obje
 
 def _check_rows(node: Node, key: regions.ValueKey, result) -> None:
     """A chunk of a value has the rows its region asks for."""
+    assert key[2] is not None  # only chunks are checked
     axis, start, stop = key[2]
     arrays = result if isinstance(result, (list, tuple)) else [result]
     for array in arrays:

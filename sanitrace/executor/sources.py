@@ -4,6 +4,11 @@ Reading is split so that only the main thread calls mlx: ``prepare()``
 allocates an mlx buffer for a piece (main thread), ``Piece.fill()`` preads the
 bytes straight into it (any thread; no mlx call), ``Piece.array()`` gives the
 array with the dtype mx.load would give (main thread).
+
+A piece is exactly the region the planner costs (``planner.chunking``'s
+``_region_bytes``): rows start:stop along one axis are, on disk, one run of
+bytes per index of the axes before it, so a piece is read as that many runs
+(one when the axis is the leading one), never as the whole tensor.
 """
 
 import math
@@ -15,28 +20,10 @@ from typing import Dict, List, Optional, Tuple
 import mlx.core as mx
 
 from ..plan import Plan
+from ..plan.dtypes import READ_DTYPES
 from ..safetensors_format import SafetensorsError, read_header
 
-# safetensors dtype -> (mlx dtype of the raw bytes, mlx dtype mx.load gives)
-_DTYPES = {
-    "BOOL": (mx.bool_, mx.bool_),
-    "U8": (mx.uint8, mx.uint8),
-    "I8": (mx.int8, mx.int8),
-    "U16": (mx.uint16, mx.uint16),
-    "I16": (mx.int16, mx.int16),
-    "U32": (mx.uint32, mx.uint32),
-    "I32": (mx.int32, mx.int32),
-    "U64": (mx.uint64, mx.uint64),
-    "I64": (mx.int64, mx.int64),
-    "F16": (mx.float16, mx.float16),
-    "BF16": (mx.uint16, mx.bfloat16),
-    "F32": (mx.float32, mx.float32),
-    "C64": (mx.complex64, mx.complex64),
-    "F8_E4M3": (mx.uint8, mx.uint8),
-    "F8_E8M0": (mx.uint8, mx.uint8),
-}
-
-Region = Optional[Tuple[int, int, int]]
+Region = Optional[Tuple[int, int, int]]  # (axis, start, stop); None = the whole tensor
 
 
 class SourceMismatch(ValueError):
@@ -83,35 +70,40 @@ def verify_file(plan: Plan, index: int, path: str, planned: list) -> None:
 
 @dataclass
 class Piece:
-    """A source tensor piece being read into an mlx buffer."""
+    """A source tensor piece being read into an mlx buffer: ``runs`` runs of
+    ``run_bytes`` bytes each, the first at file offset ``offset``, the next
+    ``stride`` bytes further, landing back to back in the buffer."""
 
-    buffer: mx.array  # evaluated, raw dtype, filled by fill()
-    view: memoryview
+    buffer: mx.array  # evaluated, raw dtype, the piece's shape, filled by fill()
+    view: Optional[memoryview]  # of buffer, set once buffer is evaluated (before fill())
     reader: "SourceReader"
     file: int  # index into the plan's source files
     offset: int
     name: str
     dtype: mx.Dtype  # what mx.load gives
-    crop: Region  # applied after reading when the region is not contiguous on disk
+    runs: int = 1
+    run_bytes: int = 0
+    stride: int = 0
 
     def fill(self) -> None:
-        done, length = 0, len(self.view)
+        assert self.view is not None  # the buffer is evaluated before the read thread fills it
         fd = self.reader.fd(self.file)
+        for i in range(self.runs):
+            start = i * self.run_bytes
+            self._pread(fd, self.view[start : start + self.run_bytes], self.offset + i * self.stride)
+        self.reader.count(len(self.view))
+
+    def _pread(self, fd: int, view: memoryview, offset: int) -> None:
+        done, length = 0, len(view)
         while done < length:
-            n = os.preadv(fd, [self.view[done:]], self.offset + done)
+            n = os.preadv(fd, [view[done:]], offset + done)
             if n <= 0:
                 path = self.reader.paths[self.file]
                 raise SourceMismatch(f"{path}: tensor {self.name!r}: unexpected end of file")
             done += n
 
     def array(self) -> mx.array:
-        array = self.buffer
-        if array.dtype != self.dtype:
-            array = array.view(self.dtype)
-        if self.crop is not None:
-            axis, a, b = self.crop
-            array = array[(slice(None),) * axis + (slice(a, b),)]
-        return array
+        return self.buffer if self.buffer.dtype == self.dtype else self.buffer.view(self.dtype)
 
 
 class SourceReader:
@@ -123,6 +115,7 @@ class SourceReader:
         self.tensors = plan.source.tensors
         self._fds: Dict[int, int] = {}
         self._lock = threading.Lock()
+        self.bytes_read = 0  # bytes of source data read so far
 
     def close(self):
         with self._lock:
@@ -148,23 +141,31 @@ class SourceReader:
         rows start:stop along an axis (main thread). Call ``mx.eval`` on the
         buffers before filling them."""
         file_index, name, dtype, shape, begin, end = self.tensors[index]
-        raw, final = _DTYPES[dtype]
-        shape = list(shape)
-        offset, crop = begin, None
+        raw, final = READ_DTYPES[dtype]  # (dtype of the raw bytes, what mx.load gives)
+        dims = list(shape)
+        runs, run_bytes, stride = 1, end - begin, 0
+        offset = begin
         if region is not None:
             axis, a, b = region
-            if math.prod(shape[:axis]) == 1:
-                offset += a * math.prod(shape[axis + 1:]) * raw.size
-                shape[axis] = b - a
-            else:
-                crop = region  # strided on disk: read whole, slice after
-        buffer = mx.zeros(shape, dtype=raw)
-        return Piece(buffer, None, self, file_index, offset, name, final, crop)
+            row_bytes = math.prod(dims[axis + 1 :]) * raw.size
+            runs = math.prod(dims[:axis])
+            run_bytes, stride = (b - a) * row_bytes, dims[axis] * row_bytes
+            offset += a * row_bytes
+            dims[axis] = b - a
+            if run_bytes == stride:  # whole rows of every outer index: one run
+                runs, run_bytes = 1, runs * run_bytes
+        buffer = mx.zeros(dims, dtype=raw)
+        return Piece(buffer, None, self, file_index, offset, name, final, runs, run_bytes, stride)
+
+    def count(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
 
 
 def byte_view(array: mx.array) -> memoryview:
     """The bytes of an evaluated, contiguous array (no copy)."""
-    return memoryview(array).cast("B") if array.size else memoryview(b"")
+    # mx.array has the buffer protocol; mlx's stubs do not declare __buffer__
+    return memoryview(array).cast("B") if array.size else memoryview(b"")  # type: ignore[arg-type]
 
 
 def fill_all(pieces) -> None:

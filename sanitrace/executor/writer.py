@@ -26,8 +26,8 @@ import os
 import stat
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..collapse import human_bytes
 from ..plan import Output, OutputFile, Plan
-from ..show import human_bytes
 from . import journal
 from .copies import made_file, regular_size
 from .journal import JOURNAL
@@ -93,9 +93,7 @@ class OutputWriter:
             self._dirs[""] = _lock(self.partial)
         elif not resume:
             os.close(_lock(self.partial))  # refuses when in use
-            raise OutputExists(
-                f"{self.partial} holds an interrupted run: pass --resume to continue it, or delete it"
-            )
+            raise OutputExists(f"{self.partial} holds an interrupted run: pass --resume to continue it, or delete it")
         else:
             self._dirs[""] = _lock(self.partial)
             state = self._resume_state(sources)

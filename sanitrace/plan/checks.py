@@ -19,8 +19,18 @@ MAX_DEPTH = 32  # nesting of a literal argument (lists, tuples, dicts) in a plan
 MAX_ELEMENTS = 1 << 48  # no dimension product beyond what a 64-bit size can hold
 # the value methods the tracer records as guards (a plan can name no other), with
 # how many arguments each takes: __array__(dtype) (numpy's, by name), __format__(spec)
-GUARD_METHODS = {"item": 0, "tolist": 0, "__bool__": 0, "__int__": 0, "__float__": 0, "__index__": 0,
-                 "__complex__": 0, "__bytes__": 0, "__array__": 1, "__format__": 1}
+GUARD_METHODS = {
+    "item": 0,
+    "tolist": 0,
+    "__bool__": 0,
+    "__int__": 0,
+    "__float__": 0,
+    "__index__": 0,
+    "__complex__": 0,
+    "__bytes__": 0,
+    "__array__": 1,
+    "__format__": 1,
+}
 _GUARD_ARGUMENTS = frozenset([type(None), bool, int, float, str])
 _LONG_NUMBER = re.compile(r"[0-9]{5}")
 
@@ -77,8 +87,11 @@ def check_guard_args(method: str, args: list) -> tuple:
     None, a bool, a number or a short string (a format spec or dtype name: no
     number in it over 4 digits, so ``__format__`` cannot be asked for a
     gigabyte-wide field)."""
-    if (len(args) > GUARD_METHODS.get(method, 0) or not _GUARD_ARGUMENTS.issuperset(map(type, args))
-            or any(isinstance(a, str) and (len(a) > 64 or _LONG_NUMBER.search(a)) for a in args)):
+    if (
+        len(args) > GUARD_METHODS.get(method, 0)
+        or not _GUARD_ARGUMENTS.issuperset(map(type, args))
+        or any(isinstance(a, str) and (len(a) > 64 or _LONG_NUMBER.search(a)) for a in args)
+    ):
         raise PlanError(f"a guard calls {method!r:.40} with arguments {args!r:.80}, which it does not take")
     return tuple(args)
 
@@ -126,7 +139,8 @@ def derive_shard(shard: OutputFile, index: int, outputs: Tuple[Output, ...]) -> 
     entries = sorted((o for o in outputs if o.file == index), key=lambda o: o.name)
     try:
         header, offsets = build_header(
-            [(o.name, MLX_TO_SAFETENSORS[o.dtype], o.shape, o.nbytes) for o in entries], shard.metadata)
+            [(o.name, MLX_TO_SAFETENSORS[o.dtype], o.shape, o.nbytes) for o in entries], shard.metadata
+        )
     except KeyError as e:
         raise PlanError(f"{shard.name}: an output has dtype {e} that safetensors cannot store") from None
     if [o.offset for o in entries] != offsets:
@@ -161,13 +175,13 @@ def check_plan(plan: Plan) -> None:
         if f.size != size:
             raise PlanError(f"source file {f.name!r}: size {f.size} is not the {size} bytes its header implies")
     seen = set()
-    for f in plan.files:
-        check_name(f.name, "output file")
-        if f.kind == "source":
-            check_name(f.base, f"the source file of {f.name!r}")
-        if f.name in seen:
-            raise PlanError(f"output file {f.name!r} appears twice")
-        seen.add(f.name)
+    for file in plan.files:
+        check_name(file.name, "output file")
+        if file.kind == "source":
+            check_name(file.base, f"the source file of {file.name!r}")
+        if file.name in seen:
+            raise PlanError(f"output file {file.name!r} appears twice")
+        seen.add(file.name)
     names = set()
     nodes = plan.nodes
     for out in plan.outputs:
@@ -179,8 +193,10 @@ def check_plan(plan: Plan) -> None:
             raise PlanError(f"output {out.name!r} is not in a shard")
         dtype, shape = nodes[out.ref.node].outs[out.ref.out]
         if dtype != out.dtype or list(shape) != list(out.shape):
-            raise PlanError(f"output {out.name!r}: {out.dtype}{list(out.shape)} is not what its node "
-                            f"computes ({dtype}{list(shape)})")
+            raise PlanError(
+                f"output {out.name!r}: {out.dtype}{list(out.shape)} is not what its node "
+                f"computes ({dtype}{list(shape)})"
+            )
     for guard in plan.guards:
         _check_ref(plan, guard.ref, "a guard")
         if guard.method not in GUARD_METHODS:

@@ -25,10 +25,13 @@ def edited_size(base_size: int, edits: Sequence[Edit]) -> int:
     PlanError when the edits are not ascending, disjoint ranges inside it."""
     size, end = base_size, 0
     for begin, stop, data in edits:
-        if not (type(begin) is int and type(stop) is int and isinstance(data, bytes)
-                and end <= begin <= stop <= base_size):
-            raise PlanError(f"an edit ({begin!r:.20}, {stop!r:.20}) is not an ascending range within "
-                            f"the {base_size}-byte source file")
+        if not (
+            type(begin) is int and type(stop) is int and isinstance(data, bytes) and end <= begin <= stop <= base_size
+        ):
+            raise PlanError(
+                f"an edit ({begin!r:.20}, {stop!r:.20}) is not an ascending range within "
+                f"the {base_size}-byte source file"
+            )
         size += len(data) - (stop - begin)
         end = stop
     return size
@@ -55,12 +58,12 @@ def diff_edits(base: bytes, data: bytes) -> List[Edit]:
     tail = 0
     while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
         tail += 1
-    old_mid, new_mid = old[head:len(old) - tail], new[head:len(new) - tail]
+    old_mid, new_mid = old[head : len(old) - tail], new[head : len(new) - tail]
     starts = [0]
     for line in old:
         starts.append(starts[-1] + len(line))
     if max(len(old_mid), len(new_mid)) > _MATCHED_LINES:
-        opcodes = [("replace", 0, len(old_mid), 0, len(new_mid))]
+        opcodes: Sequence[Tuple[str, int, int, int, int]] = [("replace", 0, len(old_mid), 0, len(new_mid))]
     else:
         opcodes = difflib.SequenceMatcher(None, old_mid, new_mid, autojunk=False).get_opcodes()
     edits: List[Edit] = []

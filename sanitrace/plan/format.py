@@ -4,25 +4,24 @@ Canonical: map keys sorted, tuples/slices/dtypes/Refs/Slots as ext types, so the
 same plan always has the same bytes. Compact: a graph of half a million nodes is
 mostly the same few hundred (op, args, kwargs, outs) "signatures" applied to
 different inputs, so the file stores each signature once and a node as
-``[signature, inputs...]`` with inputs relative to the node; source tensor names
-are stored as a template plus its numbers ("model.layers.\\0.mlp.experts.\\0..."
-with [3, 17]).
+``[signature, inputs...]`` with inputs relative to the node; source tensors are
+stored compactly too (source_tensors.py).
 """
 
 import hashlib
 import os
-import re
 import tempfile
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 import msgpack
 
-from ..safetensors_format import DTYPE_SIZES
-from . import dtype_name, gc_paused, mlx_dtype
 from .checks import check_depth, integer, items
+from .dtypes import dtype_name, mlx_dtype
+from .gc_pause import gc_paused
 from .ops import PlanError, is_allowed
-from .types import Node, Plan, Ref, Slot, SourceFile, SourceTensor
+from .source_tensors import encode_tensors
+from .types import Node, Plan, Ref, Slot
 
 FORMAT = "sanitrace-plan"
 VERSION = 4
@@ -30,9 +29,6 @@ MAX_PLAN_BYTES = 1 << 30
 
 # ext type codes (application range 0..127)
 EXT_REF, EXT_TUPLE, EXT_SLICE, EXT_ELLIPSIS, EXT_DTYPE, EXT_DEVICE, EXT_CATEGORY, EXT_SLOT = range(1, 9)
-
-_NUMBER = re.compile(r"(?<![0-9])(0|[1-9][0-9]*)(?![0-9])")  # one group: split() keeps the numbers
-_HOLE = "\0"
 
 
 def _ext(obj):
@@ -63,8 +59,11 @@ def pack(obj: Any) -> bytes:
 
 
 # ext types stored by name: mx attributes of a known type only
-_NAMED = {EXT_DTYPE: (mx.Dtype, "dtype"), EXT_CATEGORY: (mx.DtypeCategory, "dtype category"),
-          EXT_DEVICE: (mx.DeviceType, "device")}
+_NAMED = {
+    EXT_DTYPE: (mx.Dtype, "dtype"),
+    EXT_CATEGORY: (mx.DtypeCategory, "dtype category"),
+    EXT_DEVICE: (mx.DeviceType, "device"),
+}
 
 
 MAX_EXT_DEPTH = 16  # ext types nest (a tuple in a tuple): each level is a recursive unpack
@@ -141,10 +140,17 @@ def unpack(data: bytes) -> Any:
         _budget[0] = DECODED_PER_BYTE * len(data) + (1 << 20)
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_ext_hook,
-            list_hook=_list_hook, object_pairs_hook=_pairs_hook,
-            max_str_len=1 << 26, max_bin_len=1 << 28, max_array_len=1 << 26,
-            max_map_len=1 << 24, max_ext_len=1 << 20,
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_ext_hook,
+            list_hook=_list_hook,
+            object_pairs_hook=_pairs_hook,
+            max_str_len=1 << 26,
+            max_bin_len=1 << 28,
+            max_array_len=1 << 26,
+            max_map_len=1 << 24,
+            max_ext_len=1 << 20,
         )
     except msgpack.StackError:
         raise PlanError("msgpack arrays or maps nested too deep") from None
@@ -180,9 +186,11 @@ def encode_graph(
     """(signatures, rows) of the nodes ``order`` lists, numbered by ``remap``
     (node id -> position in ``order``). A load node's args are ``[file, name]``,
     looked up in ``tensor_index``, or without one ``[source tensor index]``."""
-    index, signatures, rows = {}, [], []
+    index: Dict[Any, int] = {}
+    signatures: List[list] = []
+    rows: List[list] = []
     append = rows.append
-    outs_keys = {}  # id -> repr of the outs lists, which the tracer shares between nodes
+    outs_keys: Dict[int, str] = {}  # id -> repr of the outs lists, which the tracer shares between nodes
     for i, old in enumerate(order):
         op, inputs, args, kwargs, outs = nodes[old]
         outs_key = outs_keys.get(id(outs))
@@ -244,69 +252,18 @@ def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
                     raise PlanError(f"node {i}: reference to a node that is not earlier")
                 inputs.append(Ref(i - x))
                 continue
-            if not (isinstance(x, list) and len(x) == 2 and type(x[0]) is int and type(x[1]) is int
-                    and 0 < x[0] <= i and 0 <= x[1] < len(nodes[i - x[0]].outs)):
+            if not (
+                isinstance(x, list)
+                and len(x) == 2
+                and type(x[0]) is int
+                and type(x[1]) is int
+                and 0 < x[0] <= i
+                and 0 <= x[1] < len(nodes[i - x[0]].outs)
+            ):
                 raise PlanError(f"node {i}: reference to a missing node output")
             inputs.append(Ref(i - x[0], x[1]))
         append(new(Node, (op, inputs, args, kwargs, outs)))
     return nodes
-
-
-# ---------------------------------------------------------------- source tensors
-
-
-def encode_tensors(tensors: list, files: list) -> Tuple[list, list]:
-    """(templates [name with \\0 holes, dtype, shape], rows [file, template, numbers, gap]).
-
-    Tensors are in data order within each file, so a tensor's offset is stored
-    as its gap after the previous one (almost always 0)."""
-    index, templates, rows, ends = {}, [], [], {}
-    split, join = _NUMBER.split, _HOLE.join
-    for file, name, dtype, shape, begin, end in tensors:
-        parts = split(name)  # text, number, text, ..., text
-        key = (join(parts[::2]), dtype, *shape)
-        t = index.get(key)
-        if t is None:
-            t = index[key] = len(templates)
-            templates.append([key[0], dtype, list(shape)])
-        start = ends.get(file)
-        if start is None:
-            start = 8 + files[file].header_length
-        rows.append([file, t, list(map(int, parts[1::2])), begin - start])
-        ends[file] = end
-    return templates, rows
-
-
-def decode_tensors(templates: list, rows: list, files: Tuple[SourceFile, ...]) -> List[SourceTensor]:
-    """Source tensors with absolute offsets; each starts at or after the end of
-    the previous one of its file and ends inside the file's size."""
-    tensors, ends, formats = [], {}, {}  # formats: template -> ("...%d...", holes, bytes)
-    for row in rows:
-        try:
-            file, t, numbers, gap = row
-            template, dtype, shape = templates[t]
-            if t not in formats:
-                if not (isinstance(template, str) and isinstance(shape, list)
-                        and all(type(d) is int and d >= 0 for d in shape)):
-                    raise ValueError
-                size = DTYPE_SIZES[dtype]
-                for d in shape:
-                    size *= d
-                formats[t] = (template.replace("%", "%%").replace(_HOLE, "%d"), template.count(_HOLE), size)
-            pattern, holes, size = formats[t]
-            if len(numbers) != holes or not all(type(n) is int and n >= 0 for n in numbers):
-                raise ValueError
-            name = pattern % tuple(numbers)
-            if type(gap) is not int or gap < 0 or type(file) is not int or file < 0:
-                raise ValueError
-            begin = ends.get(file, 8 + files[file].header_length) + gap
-            if begin + size > files[file].size:
-                raise ValueError
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError):
-            raise PlanError(f"malformed source tensor entry {row!r:.80}") from None
-        tensors.append(SourceTensor(file, name, dtype, tuple(shape), begin, begin + size))
-        ends[file] = begin + size
-    return tensors
 
 
 # ---------------------------------------------------------------- the plan
@@ -316,23 +273,40 @@ def dumps(plan: Plan) -> bytes:
     """The canonical bytes of ``plan``."""
     source = plan.source
     tensor_index = {(source.files[t.file].name, t.name): i for i, t in enumerate(source.tensors)}
-    files = []
+    files: List[Dict[str, Any]] = []
     for f in plan.files:
         if f.kind == "safetensors":
             files.append({"kind": f.kind, "metadata": f.metadata, "name": f.name, "size": f.size})
         elif f.kind == "source":
-            files.append({"base": f.base, "base_size": f.base_size, "edits": [list(e) for e in f.edits],
-                          "kind": f.kind, "name": f.name, "sha256": f.sha256})
+            files.append(
+                {
+                    "base": f.base,
+                    "base_size": f.base_size,
+                    "edits": [list(e) for e in f.edits],
+                    "kind": f.kind,
+                    "name": f.name,
+                    "sha256": f.sha256,
+                }
+            )
         else:
             files.append({"data": f.data, "kind": f.kind, "name": f.name})
     body = {
-        "accounting": {**plan.accounting._asdict(), "dropped": [
-            [tensor_index[(d.file, d.name)], d.reason] for d in plan.accounting.dropped]},
+        "accounting": {
+            **plan.accounting._asdict(),
+            "dropped": [[tensor_index[(d.file, d.name)], d.reason] for d in plan.accounting.dropped],
+        },
         "copy_subdirectories": plan.copy_subdirectories,
         "files": files,
         "format": FORMAT,
-        "groups": [{"outputs": list(g.outputs), "peak_lines": [list(line) for line in g.peak_lines],
-                    "rows": g.rows, "unit": g.unit} for g in plan.groups],
+        "groups": [
+            {
+                "outputs": list(g.outputs),
+                "peak_lines": [list(line) for line in g.peak_lines],
+                "rows": g.rows,
+                "unit": g.unit,
+            }
+            for g in plan.groups
+        ],
         "guards": [{"args": list(g.args), "method": g.method, "ref": g.ref, "value": g.value} for g in plan.guards],
         "library": plan.library,
         "memory": plan.memory._asdict(),

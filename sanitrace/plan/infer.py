@@ -21,22 +21,17 @@ import json
 import os
 import struct
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, cast
 
 import mlx.core as mx
 
-from . import const_array, dtype_name, mlx_dtype, substitute
+from .calls import const_array, substitute
 from .checks import MAX_ELEMENTS
+from .dtypes import dtype_name, known_dtype, mlx_dtype
 from .ops import INDEX_OPS, OPS, PlanError, check_index, indices
 from .types import Node, Plan
-from ..safetensors_format import MAX_DIM
+from ..safetensors_format import LOAD_DTYPES, MAX_DIM
 
-# safetensors dtype -> the mlx dtype mx.load gives (F64 and F8_E5M2: it refuses them)
-LOAD_DTYPES = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
-    "I32": "int32", "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16",
-    "F32": "float32", "C64": "complex64", "F8_E4M3": "uint8", "F8_E8M0": "uint8",
-}
 _UNSEEN = object()
 _poison: List[mx.array] = []
 
@@ -49,7 +44,7 @@ def _poison_scalar() -> mx.array:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(struct.pack("<Q", len(header)) + header + bytes(4))
-            _poison.append(mx.load(path)["p"])
+            _poison.append(cast(Dict[str, mx.array], mx.load(path))["p"])  # a .safetensors file: a dict
         finally:
             os.unlink(path)
     return _poison[0]
@@ -78,7 +73,7 @@ def _placeholder(placeholders: Dict[tuple, mx.array], aval) -> mx.array:
     key = (aval[0], tuple(aval[1]))
     p = placeholders.get(key)
     if p is None:
-        p = placeholders[key] = mx.broadcast_to(_poison_scalar().astype(mlx_dtype(aval[0])), aval[1])
+        p = placeholders[key] = mx.broadcast_to(_poison_scalar().astype(known_dtype(aval[0])), aval[1])
     return p
 
 
@@ -115,17 +110,24 @@ def _leaf_problem(plan: Plan, node: Node) -> Optional[str]:
     """Why a load or const node's outs are not those of its tensor or bytes."""
     if node.op == "load":
         t = plan.source.tensors[node.args[0]]
-        dtype = LOAD_DTYPES.get(t.dtype)
-        if dtype is None:
+        loads_as = LOAD_DTYPES.get(t.dtype)
+        if loads_as is None:
             return f"mx.load cannot read a {t.dtype} tensor"
-        expected = [[dtype, list(t.shape)]]
+        expected = [[loads_as, list(t.shape)]]
         if repr(node.outs) != repr(expected):
             return f"declares {_declared(node.outs)}, source tensor {t.name!r} is {expected}"
         return aval_problem(expected[0])
     outs, args = node.outs, node.args
-    if not (len(outs) == 1 and isinstance(outs[0], list) and len(outs[0]) == 2 and len(args) == 1
-            and isinstance(args[0], bytes) and isinstance(outs[0][0], str) and isinstance(outs[0][1], list)
-            and all(type(d) is int for d in outs[0][1])):
+    if not (
+        len(outs) == 1
+        and isinstance(outs[0], list)
+        and len(outs[0]) == 2
+        and len(args) == 1
+        and isinstance(args[0], bytes)
+        and isinstance(outs[0][0], str)
+        and isinstance(outs[0][1], list)
+        and all(type(d) is int for d in outs[0][1])
+    ):
         return "a constant is not [bytes] with one [dtype, shape]"
     dtype = mlx_dtype(outs[0][0])
     if dtype is None:
@@ -150,8 +152,10 @@ def _check_const_indices(plan: Plan, i: int, node: Node, placeholders: Dict[tupl
             consts[r.node] = const_array(nodes[r.node])
     if not consts:
         return
-    inputs = [consts[r.node] if r.node in consts else _placeholder(placeholders, nodes[r.node].outs[r.out])
-              for r in node.inputs]
+    inputs = [
+        consts[r.node] if r.node in consts else _placeholder(placeholders, nodes[r.node].outs[r.out])
+        for r in node.inputs
+    ]
     args = substitute(node.args, inputs.__getitem__)
     kwargs = substitute(node.kwargs, inputs.__getitem__)
     for index, extent in indices(node.op, args, kwargs):

@@ -11,34 +11,70 @@ import os
 import stat
 from typing import Optional, Tuple
 
-from . import gc_paused
 from .checks import check_depth, check_guard_args, check_plan, derive_shard, fields, integer, items, text
 from .edits import edited_size
-from .format import FORMAT, MAX_PLAN_BYTES, VERSION, decode_graph, decode_tensors, unpack
+from .format import FORMAT, MAX_PLAN_BYTES, VERSION, decode_graph, unpack
+from .source_tensors import decode_tensors
+from .gc_pause import gc_paused
 from .infer import check_avals
 from .ops import PlanError
 from .types import (
-    Accounting, Dropped, Graph, Group, Guard, Memory, Output, OutputFile, Plan, Ref, Source, SourceFile,
+    Accounting,
+    Dropped,
+    Graph,
+    Group,
+    Guard,
+    Memory,
+    Output,
+    OutputFile,
+    Plan,
+    Ref,
+    Source,
+    SourceFile,
+    SourceTensor,
 )
 from ..safetensors_format import MLX_ITEMSIZE, mlx_nbytes
 
 _OUTPUT_FIELDS = ("name", "dtype", "shape", "ref", "file", "offset")
-_TOP_FIELDS = ("accounting", "copy_subdirectories", "files", "format", "groups", "guards", "library",
-               "memory", "nodes", "options", "outputs", "signatures", "source", "version", "versions")
+_TOP_FIELDS = (
+    "accounting",
+    "copy_subdirectories",
+    "files",
+    "format",
+    "groups",
+    "guards",
+    "library",
+    "memory",
+    "nodes",
+    "options",
+    "outputs",
+    "signatures",
+    "source",
+    "version",
+    "versions",
+)
 
 
-def _source(raw) -> Tuple[Source, list]:
+def _source(raw) -> Tuple[Source, Tuple[SourceTensor, ...]]:
     files_raw, names, read_raw, rows = fields(raw, "source", ("files", "names", "read_files", "tensors"))
-    files = []
+    listed = []
     for f in items(files_raw, "source files"):
         name, size, sha, length, metadata = fields(
-            f, "a source file", ("name", "size", "header_sha256", "header_length", "metadata"))
-        files.append(SourceFile(text(name, "a source file name"), integer(size, "a source file size"),
-                                text(sha, "a header hash"), integer(length, "a header length"),
-                                _metadata(metadata, "a source file")))
-    files = tuple(files)
+            f, "a source file", ("name", "size", "header_sha256", "header_length", "metadata")
+        )
+        listed.append(
+            SourceFile(
+                text(name, "a source file name"),
+                integer(size, "a source file size"),
+                text(sha, "a header hash"),
+                integer(length, "a header length"),
+                _metadata(metadata, "a source file"),
+            )
+        )
+    files = tuple(listed)
     if not isinstance(read_raw, dict) or not all(
-            isinstance(k, str) and isinstance(v, bytes) for k, v in read_raw.items()):
+        isinstance(k, str) and isinstance(v, bytes) for k, v in read_raw.items()
+    ):
         raise PlanError("source read_files must map names to bytes")
     tensors = tuple(decode_tensors(items(names, "source names"), items(rows, "source tensors"), files))
     return Source(files, tensors, read_raw), tensors
@@ -60,8 +96,15 @@ def _outputs(rows) -> Tuple[Output, ...]:
         if not isinstance(ref, Ref):
             raise PlanError(f"output {name!r}: no node reference")
         shape = tuple(integer(d, f"output {name!r}: a dimension") for d in items(shape, "a shape"))
-        output = Output(name, text(dtype, f"output {name!r}: dtype"), shape, ref,
-                        integer(file, f"output {name!r}: file"), integer(offset, f"output {name!r}: offset"), 0)
+        output = Output(
+            name,
+            text(dtype, f"output {name!r}: dtype"),
+            shape,
+            ref,
+            integer(file, f"output {name!r}: file"),
+            integer(offset, f"output {name!r}: offset"),
+            0,
+        )
         outputs.append(output._replace(nbytes=derive_nbytes(output)))
     return tuple(outputs)
 
@@ -85,8 +128,12 @@ def _files(rows, outputs: Tuple[Output, ...]) -> Tuple[OutputFile, ...]:
             files.append(_source_made(f))
         elif isinstance(f, dict) and f.get("kind") == "safetensors":
             _, metadata, name, size = fields(f, "a shard", ("kind", "metadata", "name", "size"))
-            shard = OutputFile(text(name, "a shard name"), "safetensors", integer(size, "a shard size"),
-                               _metadata(metadata, f"shard {name!r}"))
+            shard = OutputFile(
+                text(name, "a shard name"),
+                "safetensors",
+                integer(size, "a shard size"),
+                _metadata(metadata, f"shard {name!r}"),
+            )
             files.append(derive_shard(shard, i, outputs))
         else:
             raise PlanError("an output file has an unknown kind")
@@ -96,26 +143,44 @@ def _files(rows, outputs: Tuple[Output, ...]) -> Tuple[OutputFile, ...]:
 def _source_made(f: dict) -> OutputFile:
     """A file made from a source file (see edits.py); its size is derived."""
     base, base_size, edits, _, name, digest = fields(
-        f, "a source-made file", ("base", "base_size", "edits", "kind", "name", "sha256"))
+        f, "a source-made file", ("base", "base_size", "edits", "kind", "name", "sha256")
+    )
     name = text(name, "a file name")
     edits = tuple(tuple(items(e, f"file {name!r}: an edit", 3)) for e in items(edits, f"file {name!r}: edits"))
     base_size = integer(base_size, f"file {name!r}: base_size")
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise PlanError(f"file {name!r}: sha256 is not a hex digest")
-    return OutputFile(name, "source", edited_size(base_size, edits), base=text(base, f"file {name!r}: base"),
-                      base_size=base_size, edits=edits, sha256=digest)
+    return OutputFile(
+        name,
+        "source",
+        edited_size(base_size, edits),
+        base=text(base, f"file {name!r}: base"),
+        base_size=base_size,
+        edits=edits,
+        sha256=digest,
+    )
+
+
+def _peak_line(line) -> Tuple[int, int]:
+    fixed, per_unit = items(line, "a memory line", 2)
+    return integer(fixed, "a memory line"), integer(per_unit, "a memory line")
 
 
 def _groups(rows) -> Tuple[Group, ...]:
     groups = []
     for g in items(rows, "groups"):
         members, lines, count, unit = fields(g, "a group", ("outputs", "peak_lines", "rows", "unit"))
-        peak_lines = tuple(tuple(integer(x, "a memory line") for x in items(line, "a memory line", 2))
-                           for line in items(lines, "a group's memory model"))
+        peak_lines = tuple(_peak_line(line) for line in items(lines, "a group's memory model"))
         if not peak_lines:
             raise PlanError("a group has no memory model (peak_lines)")
-        groups.append(Group(tuple(integer(i, "a group member") for i in items(members, "a group")),
-                            integer(count, "a group's rows"), integer(unit, "a group's unit"), peak_lines))
+        groups.append(
+            Group(
+                tuple(integer(i, "a group member") for i in items(members, "a group")),
+                integer(count, "a group's rows"),
+                integer(unit, "a group's unit"),
+                peak_lines,
+            )
+        )
     return tuple(groups)
 
 
@@ -127,8 +192,23 @@ def _from_raw(raw) -> Plan:
     for key in _TOP_FIELDS:
         if key not in raw:
             raise PlanError(f"plan has no {key!r} section")
-    (accounting, copy_subdirectories, files, _, groups, guards, library, memory, rows, options,
-     outputs, signatures, source, version, versions) = fields(raw, "the plan", _TOP_FIELDS)
+    (
+        accounting,
+        copy_subdirectories,
+        files,
+        _,
+        groups,
+        guards,
+        library,
+        memory,
+        rows,
+        options,
+        outputs,
+        signatures,
+        source,
+        version,
+        versions,
+    ) = fields(raw, "the plan", _TOP_FIELDS)
     source, tensors = _source(source)
     nodes = decode_graph(items(signatures, "signatures"), items(rows, "nodes"), len(tensors))
     outputs = _outputs(outputs)
@@ -141,7 +221,8 @@ def _from_raw(raw) -> Plan:
         method = text(method, "a guard method")
         guard_list.append(Guard(ref, method, value, check_guard_args(method, items(args, "a guard's args"))))
     source_tensors, used, dropped_raw, n_outputs, strict, loaded, loads, tokenizer = fields(
-        accounting, "accounting", Accounting._fields)
+        accounting, "accounting", Accounting._fields
+    )
     dropped = []
     for entry in items(dropped_raw, "dropped sources"):
         index, reason = items(entry, "a dropped source", 2)
@@ -149,8 +230,11 @@ def _from_raw(raw) -> Plan:
             raise PlanError("a dropped source names a missing tensor")
         t = tensors[index]
         dropped.append(Dropped(source.files[t.file].name, t.name, text(reason, "a drop reason")))
-    if not isinstance(options, dict) or not isinstance(versions, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in versions.items()):
+    if (
+        not isinstance(options, dict)
+        or not isinstance(versions, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items())
+    ):
         raise PlanError("malformed options or versions")
     check_depth(options, "the options")
     plan = Plan(
@@ -165,12 +249,19 @@ def _from_raw(raw) -> Plan:
         groups=_groups(groups),
         guards=tuple(guard_list),
         copy_subdirectories=copy_subdirectories is True,
-        memory=Memory(*(integer(v, f"memory {k}", -1) for k, v in zip(
-            Memory._fields, fields(memory, "memory", Memory._fields)))),
+        memory=Memory(
+            *(integer(v, f"memory {k}", -1) for k, v in zip(Memory._fields, fields(memory, "memory", Memory._fields)))
+        ),
         accounting=Accounting(
-            integer(source_tensors, "accounting"), integer(used, "accounting"), tuple(dropped),
-            integer(n_outputs, "accounting"), text(strict, "accounting"), integer(loaded, "accounting"),
-            text(loads, "accounting"), text(tokenizer, "accounting")),
+            integer(source_tensors, "accounting"),
+            integer(used, "accounting"),
+            tuple(dropped),
+            integer(n_outputs, "accounting"),
+            text(strict, "accounting"),
+            integer(loaded, "accounting"),
+            text(loads, "accounting"),
+            text(tokenizer, "accounting"),
+        ),
     )
     plan.__dict__["nodes"] = nodes  # the cached_property, already decoded and checked
     check_plan(plan)

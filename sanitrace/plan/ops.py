@@ -57,23 +57,23 @@ ARRAY_METHODS = frozenset(
 )
 ARRAY_PROPERTIES = frozenset(["T", "mT", "real", "imag"])
 
+# Views that keep row-major order: of a contiguous input no new buffer in MLX,
+# of a strided one (a transpose, an inner slice) a contiguous copy.
+RESHAPE_VIEW_OPS = frozenset(
+    "mx.reshape array.reshape mx.flatten array.flatten mx.squeeze array.squeeze mx.expand_dims mx.unflatten "
+    "mx.view array.view".split()
+)
 # Ops that only re-describe their input's memory (no new buffer in MLX).
-VIEW_OPS = frozenset(
-    [
-        "mx.reshape", "array.reshape", "mx.flatten", "array.flatten",
-        "mx.squeeze", "array.squeeze", "mx.expand_dims", "mx.unflatten",
-        "mx.transpose", "array.transpose", "mx.swapaxes", "array.swapaxes",
-        "mx.moveaxis", "array.moveaxis", "mx.permute_dims", "mx.matrix_transpose",
-        "array.T", "array.mT", "array.__getitem__", "mx.broadcast_to",
-        "mx.view", "array.view", "mx.split", "array.split",
-    ]
+VIEW_OPS = RESHAPE_VIEW_OPS | frozenset(
+    "mx.transpose array.transpose mx.swapaxes array.swapaxes mx.moveaxis array.moveaxis mx.permute_dims "
+    "mx.matrix_transpose array.T array.mT array.__getitem__ mx.broadcast_to mx.split array.split".split()
 )
 
 
 def _resolve(name: str) -> Optional[Callable]:
     """The function for allowlisted ``name``; None when this mlx lacks it (an older one)."""
     if name.startswith("mx.linalg."):
-        fn = name[len("mx.linalg."):]
+        fn = name[len("mx.linalg.") :]
         if fn in MX_LINALG_FUNCTIONS:
             return getattr(mx.linalg, fn, None)
     elif name.startswith("mx."):
@@ -155,9 +155,10 @@ def check_index(op: str, index: Any, extent: int) -> None:
     if isinstance(index, mx.array):
         if index.size == 0:
             return
-        low, high = mx.min(index), mx.max(index)
-        mx.eval(low, high)
-        low, high = low.item(), high.item()
+        lowest, highest = mx.min(index), mx.max(index)
+        mx.eval(lowest, highest)
+        low, high = lowest.item(), highest.item()
+        assert not isinstance(low, complex) and not isinstance(high, complex)  # mlx refuses complex indices
     elif isinstance(index, list):
         values = np.asarray(index)
         if values.size == 0 or values.dtype.kind not in "iu":

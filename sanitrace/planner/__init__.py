@@ -1,19 +1,26 @@
-"""Turn a trace into an executable plan (see docs/plan-format.md)."""
+"""Turn a trace into an executable plan (see docs/plan-format.md).
+
+The executor imports ``planner.memory``, so importing this package stays light:
+nothing of the tracer (``side_files`` reads its list of written files) is
+imported until ``build_plan`` runs.
+"""
 
 import dataclasses
-from typing import Dict
+from typing import TYPE_CHECKING, Dict
 
 from .. import __version__
-from ..plan import BASELINE_BYTES, VERSION, Graph, Guard, Memory, Plan, Ref, Source
+from ..plan import VERSION, Graph, Guard, Memory, Plan, Ref, Source
 from ..load_check import load_verdict
 from ..plan.format import encode_graph
-from ..tracer import TraceResult
 from ..versions import installed_version
 from .accounting import account
-from .chunking import plan_groups, predicted_peak
+from .chunking import plan_groups
 from .graph import canonical_order, source_table
 from .layout import output_files
-from .side_files import side_files
+from .memory import BASELINE_BYTES, predicted_peak
+
+if TYPE_CHECKING:
+    from ..tracer import TraceResult
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
@@ -25,8 +32,10 @@ def library_versions() -> Dict[str, str]:
     return versions
 
 
-def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Plan:
+def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Plan:
     """The plan of a trace: canonical graph, shard layout, groups, memory and accounting."""
+    from .side_files import side_files  # imports the tracer
+
     files, tensors, tensor_index = source_table(result.headers)
 
     def raw_aval(ref: Ref):
@@ -39,8 +48,9 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
     signatures, rows = encode_graph(result.nodes, order, remap, tensor_index)
     accounting = account(result.nodes, remap, tensor_index, result.loaded_keys, outputs)
     outputs = [o._replace(ref=Ref(remap[o.ref.node], o.ref.out)) for o in outputs]
-    guards = [Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"], tuple(g["args"]))
-              for g in result.guards]
+    guards = [
+        Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"], tuple(g["args"])) for g in result.guards
+    ]
     out_files += side_files(result.text_files, result.side_bases)
     accounting = accounting._replace(tokenizer=_tokenizer_note(result))
     peak, worst = predicted_peak(groups, memory_budget)
@@ -62,10 +72,12 @@ def build_plan(result: TraceResult, memory_budget: int = DEFAULT_MEMORY_BUDGET) 
     return dataclasses.replace(plan, accounting=accounting._replace(loads=load_verdict(plan)))
 
 
-def _tokenizer_note(result: TraceResult) -> str:
+def _tokenizer_note(result: "TraceResult") -> str:
     """Why no tokenizer/processor files are written ("" when they are)."""
     if not result.tokenizer_error:
         return ""
     loader = "load_tokenizer" if result.library == "mlx_lm" else "load_processor"
-    return (f"{result.library}.utils.{loader} cannot load this source's tokenizer ({result.tokenizer_error}); "
-            f"{result.library}.convert fails the same way before writing anything")
+    return (
+        f"{result.library}.utils.{loader} cannot load this source's tokenizer ({result.tokenizer_error}); "
+        f"{result.library}.convert fails the same way before writing anything"
+    )

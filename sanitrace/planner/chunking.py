@@ -14,8 +14,10 @@ in the chunk length: ``fixed + units * per_unit``.
 import math
 from typing import Dict, List, Optional, Tuple
 
-from .. import regions
-from ..plan import BASELINE_BYTES, VIEW_OPS, Group, Node, Output, Ref, cache_limit, chunk_rows, group_peak
+from .. import chunk_registry, chunk_rules, regions
+from ..plan import VIEW_OPS, Group, Node, Output, Ref
+from ..plan.ops import RESHAPE_VIEW_OPS
+from ..chunk_rules_index import arg, axis_index
 from ..plan.checks import group_rows
 from .layout import nbytes
 
@@ -69,14 +71,17 @@ class Chunker:
     def _values(self, roots: List[Ref], region: regions.Region) -> Tuple[dict, list, dict]:
         """What computing ``roots`` at ``region`` creates, one per value key
         (``regions.Rules.value_key``, the executor's identity of a value): key
-        -> (op, bytes, shares its first input's buffer, workspace bytes), the
-        keys in the depth-first order mlx evaluates them in, and each key's
-        input keys."""
+        -> (op, bytes, shares its first input's buffer, workspace bytes,
+        strided), the keys in the depth-first order mlx evaluates them in, and
+        each key's input keys."""
         order, inputs = self.rule.walk([(r, region) for r in roots])
-        values = {key: self._value(self.nodes[ref.node], ref, key) for key, _, ref in order}
+        values: Dict[regions.ValueKey, tuple] = {}
+        for key, _, ref in order:
+            ins = inputs.get(key)
+            values[key] = self._value(self.nodes[ref.node], ref, key, values[ins[0]][4] if ins else False)
         return values, [key for key, _, _ in order], inputs
 
-    def _value(self, node: Node, ref: Ref, key: regions.ValueKey) -> tuple:
+    def _value(self, node: Node, ref: Ref, key: regions.ValueKey, input_strided: bool) -> tuple:
         region = key[2]
         if key[1] == regions.ALL_OUTPUTS:  # every output of the node, computed at once
             size = sum(_region_bytes(aval, region) for aval in node.outs)
@@ -84,14 +89,21 @@ class Chunker:
             size = _region_bytes(node.outs[ref.out], region)
         first = self.nodes[node.inputs[0].node].outs[node.inputs[0].out] if node.inputs else None
         same_dtype = node.op.endswith("astype") and first is not None and first[0] == node.outs[ref.out][0]
+        shares, strided = node.op in VIEW_OPS or same_dtype, False
+        if shares:
+            assert first is not None  # a view or astype has an input
+            shares, strided = layout_of_view(node, ref.out, first, input_strided)
         workspace = 0
         if node.op in WORKSPACE:
+            assert first is not None  # quantize and dequantize have an input
             position = _MODE_POSITION[node.op]
             mode = node.args[position] if len(node.args) > position else node.kwargs.get("mode", "affine")
             # quantize's workspace scales with its input, dequantize's with its output
             base = _region_bytes(first, region) if node.op == "mx.quantize" else size
             workspace = int(WORKSPACE[node.op].get(mode, 0.0) * base)
-        return (node.op, size, node.op in VIEW_OPS or same_dtype, workspace)
+            if node.op == "mx.quantize" and input_strided:  # mlx quantizes a contiguous copy of it
+                workspace += _region_bytes(first, region)
+        return (node.op, size, shares, workspace, strided)
 
     def cost(self, roots: List[Ref], start: Optional[int], stop: Optional[int]) -> int:
         """Peak bytes of the executor pipeline for rows start:stop of ``roots``
@@ -103,10 +115,15 @@ class Chunker:
         is done, the outputs to the end; plus the next chunk's source reads and
         the previous chunk's outputs (in flight in the pipeline), taken to be
         the same size. mlx's quantize/dequantize workspace (WORKSPACE) is
-        counted while that op runs."""
-        region = None if start is None else (0, start, stop)
+        counted while that op runs, and so is each copy mlx makes of a strided
+        view (``layout_of_view``): a reshape or quantize of it, and the
+        contiguous copy the writer takes of a strided output."""
+        region: regions.Region = None
+        if start is not None:
+            assert stop is not None  # rows start:stop
+            region = (0, start, stop)
         values, order, inputs = self._values(roots, region)
-        buffer = {}  # value key -> key of the value owning its memory
+        buffer: Dict[regions.ValueKey, regions.ValueKey] = {}  # value key -> key of the value owning its memory
         users: Dict[tuple, int] = {}
         for key in order:
             shares = values[key][2]
@@ -120,7 +137,7 @@ class Chunker:
         sources = sum(values[k][1] for k in order if values[k][0] == "load")
         live = peak = sources
         for key in order:
-            op, size, _, workspace = values[key]
+            op, size, _, workspace, _ = values[key]
             if op == "load":
                 continue
             owns = buffer[key] == key
@@ -132,8 +149,47 @@ class Chunker:
                 users[owner] -= 1
                 if users[owner] == 0:
                     live -= values[owner][1]
+        copies = sum(values[k][1] for k in root_keys if values[k][4])  # the writer's contiguous copies
+        peak = max(peak, live + copies)
         outputs = sum(values[k][1] for k in root_keys)
         return peak + sources + outputs
+
+
+def layout_of_view(node: Node, out: int, first: list, input_strided: bool) -> Tuple[bool, bool]:
+    """(shares its input's buffer, strided) of a view op's result (VIEW_OPS, or
+    an astype to the same dtype). Strided means not row-major contiguous: a
+    transpose of a matrix, a slice or split along an inner axis, a broadcast.
+    A reshape of a strided input is a contiguous copy."""
+    if node.op in RESHAPE_VIEW_OPS:
+        return (False, False) if input_strided else (True, False)
+    if input_strided or node.op.endswith("astype"):
+        return True, input_strided
+    in_shape, out_shape = first[1], node.outs[out][1]
+    if node.op == "mx.broadcast_to":
+        return True, list(in_shape) != list(out_shape)
+    if node.op in ("mx.split", "array.split"):
+        return True, axis_index(arg(node.args, node.kwargs, 2, "axis", 0), len(in_shape)) != 0
+    if node.op == "array.__getitem__":
+        return True, not _leading_index(node.args[1])
+    if chunk_registry.RULES.get(node.op) is chunk_rules.Transpose:
+        real = [j for j in chunk_rules.permutation(node, len(in_shape)) if in_shape[j] > 1]
+        return True, real != sorted(real)  # strided when axes of size > 1 change order
+    return True, True
+
+
+def _leading_index(index) -> bool:
+    """An index that only selects along axis 0 (an int or a unit-step slice), so
+    the result stays row-major contiguous."""
+    index = index if isinstance(index, tuple) else (index,)
+    rest = [i for i in index[1:] if i is not Ellipsis]
+    first = index[0] if index else Ellipsis
+    lead = (
+        first is Ellipsis
+        and not rest
+        or isinstance(first, int)
+        or (isinstance(first, slice) and first.step in (None, 1))
+    )
+    return lead and all(isinstance(i, slice) and i == slice(None) for i in rest)
 
 
 def _region_bytes(aval: list, region) -> int:
@@ -193,24 +249,3 @@ def peak_lines(chunker: Chunker, roots: List[Ref], unit: int, rows: int) -> Tupl
     if m > 2:
         lines.append(line(m, 2 * m))
     return tuple(lines)
-
-
-def predicted_peak(groups: List[Group], budget: int) -> Tuple[int, int]:
-    """(predicted peak RSS, index of the group that sets it) under ``budget``."""
-    worst, which = 0, -1
-    for i, g in enumerate(groups):
-        peak = group_peak(g, chunk_rows(g, budget))
-        if peak > worst:
-            worst, which = peak, i
-    return BASELINE_BYTES + cache_limit(budget) + worst, which
-
-
-def smallest_budget(groups: List[Group]) -> int:
-    """The smallest memory budget whose predicted peak stays within it: every
-    group in its smallest chunks (one unit), plus the baseline and the cache
-    that budget allows (``cache_limit``)."""
-    smallest = max((group_peak(g, g.unit) for g in groups), default=0)
-    budget = BASELINE_BYTES + -(-smallest * 16 // 15)
-    while predicted_peak(groups, budget)[0] > budget:  # rounding in chunk_rows / cache_limit
-        budget += 1 << 20
-    return budget

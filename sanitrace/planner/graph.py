@@ -18,11 +18,12 @@ def source_table(headers: Dict[str, Header]) -> Tuple[List[SourceFile], List[Sou
 
     index: (file name, tensor name) -> position in tensors.
     """
-    files, tensors, index = [], [], {}
+    files: List[SourceFile] = []
+    tensors: List[SourceTensor] = []
+    index: Dict[Tuple[str, str], int] = {}
     for f, name in enumerate(sorted(headers)):
         header = headers[name]
-        files.append(SourceFile(name, header.expected_size, header.sha256, len(header.header_bytes),
-                                header.metadata))
+        files.append(SourceFile(name, header.expected_size, header.sha256, len(header.header_bytes), header.metadata))
         for t in header.in_data_order():
             index[(name, t.name)] = len(tensors)
             tensors.append(SourceTensor(f, t.name, t.dtype, tuple(t.shape), t.begin, t.end))

@@ -27,7 +27,14 @@ def side_files(written: Dict[str, bytes], bases: Dict[str, bytes]) -> List[Outpu
         if base is not None and name not in WRITTEN_FILES and (data == base or len(data) > INLINE_BYTES):
             edits = tuple(diff_edits(base, data))
             if sum(len(e[2]) for e in edits) < len(data):
-                entry = OutputFile(name, "source", edited_size(len(base), edits), base=name, base_size=len(base),
-                                   edits=edits, sha256=sha256(data))
+                entry = OutputFile(
+                    name,
+                    "source",
+                    edited_size(len(base), edits),
+                    base=name,
+                    base_size=len(base),
+                    edits=edits,
+                    sha256=sha256(data),
+                )
         files.append(entry)
     return files

@@ -12,12 +12,10 @@ graph references, and the small text files verbatim.
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import io
 import os
 import stat
 import tempfile
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
@@ -29,6 +27,7 @@ from .patching import LoadMismatch, tracing
 from .proxy import NoValue, Recorder, TraceError
 from .libraries import LIBRARIES, choose_library, read_config
 from .sources import SourceSet
+from .upstream import UpstreamError, upstream_failure
 from ..versions import VersionError, check_installed
 
 _REAL_LOAD = mx.load
@@ -193,74 +192,9 @@ def _read_config(model_dir: str, options: ConvertOptions) -> dict:
     return config
 
 
-def _package_dir(name: str) -> Optional[str]:
-    spec = importlib.util.find_spec(name)
-    return os.path.dirname(spec.origin) if spec is not None and spec.origin else None
-
-
-_LIBRARY_DIRS = [d + os.sep for d in map(_package_dir, LIBRARIES) if d]
-_SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-# the lines where a stand-in calls the real mlx function or open(): an error there is the caller's
-_FORWARDING_LINES = frozenset([
-    "result = fn(*run_args, **kwargs)",
-    "return original(*args, **kwargs)",
-    "return _REAL_ARRAY(*args, **kwargs)",
-    "return original_open(file, mode, *args, **kwargs)",
-    "return getattr(array, method)(*args)",  # plan.checks.call_guard: a value method
-    "format(array.item(), *args)",
-])
-
-
-def _in_sanitrace(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_SANITRACE_DIR)
-
-
-def _library_path(filename: str) -> Optional[str]:
-    """``mlx_lm/models/llama.py`` for a file of an installed library, else None."""
-    for d in _LIBRARY_DIRS:
-        if filename.startswith(d):
-            return os.path.relpath(filename, os.path.dirname(os.path.dirname(d)))
-    return None
-
-
-def _library_failure(error: Exception, library: str, model_dir: str, config: dict) -> Optional[TraceError]:
-    """A one-line TraceError for an exception the conversion raised, or None when
-    it was raised by sanitrace's own code (a bug: it keeps its traceback).
-
-    An error of a real mlx function that a stand-in forwarded is the caller's.
-    Names the innermost frame in the library or the model folder's own code
-    (else outside sanitrace) and, for model construction (ModelArgs.from_dict,
-    a model's __init__), config.json."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return None
-    innermost = frames[-1]
-    if _in_sanitrace(innermost.filename) and (innermost.line or "").strip() not in _FORWARDING_LINES:
-        return None
-    outside = [f for f in frames if not _in_sanitrace(f.filename)]
-    in_library = [f for f in outside if _library_path(f.filename)]
-    converting = [f for f in outside if _library_path(f.filename) or f.filename.startswith(model_dir + os.sep)]
-    site = (converting or outside or frames)[-1]
-    where = _library_path(site.filename) or site.filename
-    if where.startswith(model_dir + os.sep):
-        where = os.path.relpath(where, model_dir)
-    lines = str(error).strip().splitlines() or [""]
-    what = f"{type(error).__name__}: {lines[0][:200]}".rstrip(": ")
-    constructing = any(
-        f.name in ("from_dict", "__post_init__") or (f.name == "__init__" and "/models/" in f.filename)
-        for f in in_library
-    ) or (site.filename == "<string>" and site.name == "__init__")  # a dataclass's generated __init__
-    if constructing:
-        return TraceError(
-            f"{os.path.join(model_dir, 'config.json')}: {library} cannot build model_type "
-            f"{config.get('model_type')!r} from this config: {what} ({where}:{site.lineno})"
-        )
-    same = f"; eager conversion ({library}.convert) fails the same way" if converting else ""
-    return TraceError(f"{model_dir}: {library}.convert fails at {where}:{site.lineno} ({site.name}): {what}{same}")
-
-
-def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None,
-          hf_repo: Optional[str] = None) -> TraceResult:
+def trace(
+    model_dir: str, options: ConvertOptions, library: Optional[str] = None, hf_repo: Optional[str] = None
+) -> TraceResult:
     """Trace the conversion of ``model_dir`` with ``options`` by ``library``
     ("mlx_lm" or "mlx_vlm"; chosen from config.json when None). Reads headers only.
     ``hf_repo``: the Hub repo ``model_dir`` holds the headers of; the README.md
@@ -285,6 +219,7 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
     try:
         with tempfile.TemporaryDirectory(prefix="sanitrace-out-") as tmp:
             out = os.path.join(tmp, "out")
+            failure = None
             try:
                 lib.import_model_module(model_dir, config)
                 with tracing(recorder, sources, lib.loaders()) as capture:
@@ -293,10 +228,12 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
             except (TraceError, SafetensorsError, MemoryError):
                 raise
             except Exception as e:  # noqa: BLE001  reported in one line unless sanitrace's own
-                failure = _library_failure(e, lib.name, model_dir, config)
+                checkpoint = [header.tensors for header in sources.headers.values()]
+                failure = upstream_failure(e, lib.name, model_dir, config, checkpoint, hf_repo)
                 if failure is None:
                     raise
-                raise failure from e
+            if failure is not None:  # raised here, without the library's frames (its weights, its model)
+                raise failure
             if hf_repo is not None:
                 lib.create_model_card(out, hf_repo)
             text_files = _written_files(out)
@@ -325,4 +262,15 @@ def trace(model_dir: str, options: ConvertOptions, library: Optional[str] = None
     )
 
 
-__all__ = ["trace", "ConvertOptions", "WRITTEN_FILES", "CUSTOM_PREDICATE", "TraceResult", "TraceError", "LoadMismatch", "LIBRARIES", "choose_library"]
+__all__ = [
+    "trace",
+    "ConvertOptions",
+    "WRITTEN_FILES",
+    "CUSTOM_PREDICATE",
+    "TraceResult",
+    "TraceError",
+    "UpstreamError",
+    "LoadMismatch",
+    "LIBRARIES",
+    "choose_library",
+]

@@ -42,8 +42,10 @@ class Library:
             with hub_errors(f"{hf_repo}: README.md"):
                 importlib.import_module(f"{self.name}.utils").create_model_card(out, hf_repo)
         except HubError as e:
-            raise TraceError(f"{e}: {self.name}.convert --hf-path {hf_repo} builds the output's model card "
-                             "from it and fails the same way (after writing the weights)") from None
+            raise TraceError(
+                f"{e}: {self.name}.convert --hf-path {hf_repo} builds the output's model card "
+                "from it and fails the same way (after writing the weights)"
+            ) from None
 
     def recipes(self) -> List[str]:
         return list(getattr(importlib.import_module(self.convert_module), self.quant_recipes))

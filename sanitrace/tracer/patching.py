@@ -19,7 +19,7 @@ import io
 import os
 import shutil
 import warnings
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -97,7 +97,7 @@ class Capture:
     """What the conversion did besides ops: the shards it tried to write (name,
     value) in save order, the weights it loaded, the files it read."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.shards: List[Tuple[str, list, dict]] = []
         self.loaded_weights: dict = {}
         self.read_files: set = set()  # relative to the model folder, safetensors excluded
@@ -122,10 +122,7 @@ def _check_load(recorder: Recorder, model: nn.Module, weights: list):
     if missing:
         problems.append(f"{len(missing)} missing parameters:\n  " + "\n  ".join(missing))
     if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected parameters (not in the model):\n  "
-            + "\n  ".join(unexpected)
-        )
+        problems.append(f"{len(unexpected)} unexpected parameters (not in the model):\n  " + "\n  ".join(unexpected))
     mismatched = []
     for key in sorted(expected.keys() & given.keys()):
         want, got = expected[key], given[key]
@@ -145,7 +142,7 @@ def _check_load(recorder: Recorder, model: nn.Module, weights: list):
 
 
 @contextlib.contextmanager
-def tracing(recorder: Recorder, sources: SourceSet, loaders: List[tuple] = ()):
+def tracing(recorder: Recorder, sources: SourceSet, loaders: Sequence[tuple] = ()):
     """Patch mlx for one trace; ``loaders``: the library's (module, name)
     tokenizer/processor loaders, which run unwatched and never fail the trace."""
     capture = Capture()

@@ -19,9 +19,10 @@ import numpy as np
 
 from ..plan import OPS, Node, PlanError, Ref, Slot, dtype_name
 from ..plan.checks import call_guard, check_guard_args
+from ..plan.ops import ARRAY_METHODS, ARRAY_PROPERTIES
 
 _REAL_ARRAY = mx.array
-_BROADCAST_TO, _RESHAPE, _EVAL = mx.broadcast_to, mx.reshape, mx.eval  # before tracing patches them
+_BROADCAST_TO, _EVAL = mx.broadcast_to, mx.eval  # before tracing patches them
 _ASTYPE = getattr(mx, "astype", mx.array.astype)  # mlx 0.31 has none: import, then refuse it
 _SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_CONST_BYTES = 64 << 20
@@ -87,16 +88,18 @@ class Recorder:
             outs = self._outs[key] = [aval(array)]
         return outs
 
-    def leaf(self, proxy: "Proxy"):
-        """What an op runs on in place of ``proxy``: a poisoned lazy array of its
-        dtype and shape with no graph behind it, one per (dtype, shape). So results
-        never chain mlx's graph of the whole trace (half a million arrays, 0.4 GB
-        and 0.5 s to free for DeepSeek-V3), and evaluating one still fails."""
-        key = (proxy.dtype, proxy.shape)
+    def leaf(self, array):
+        """What an op runs on in place of a proxy, and what the proxy of its result
+        holds: a poisoned lazy array of the ``array``'s dtype and shape with no graph
+        behind it, one per (dtype, shape). So results never chain mlx's graph of the
+        whole trace (half a million arrays, 0.4 GB and 0.5 s to free for DeepSeek-V3)
+        nor keep the graph of their own op (20 KB for an mxfp8 mx.quantize, 1.2 GB
+        for GLM-5.1-FP8 through mlx_vlm), and evaluating one still fails."""
+        key = (array.dtype, array.shape)
         leaf = self._leaves.get(key)
         if leaf is None:
             if self._poison is None:
-                return proxy  # no non-empty source tensor seen: keep the real chain
+                return array  # no non-empty source tensor seen: keep the real chain
             leaf = self._leaves[key] = _BROADCAST_TO(_ASTYPE(self._poison, key[0]), key[1])
         return leaf
 
@@ -110,7 +113,9 @@ class Recorder:
         if node is None:
             node = self.loads[(file, name)] = self.add("load", [], [file, name], {}, self.outs(placeholder))
         if self._poison is None and placeholder.size > 0:
-            self._poison = _RESHAPE(placeholder, (-1,))[0]
+            # its first element: a flat view would need a dimension of size() elements,
+            # and mlx dimensions are 32-bit (fused experts have 2^32 elements)
+            self._poison = placeholder[(0,) * placeholder.ndim]
         return Proxy.wrap(placeholder, Ref(node), self)
 
     def const(self, array) -> Ref:
@@ -124,7 +129,7 @@ class Recorder:
         try:
             flat = mx.contiguous(array.reshape(-1)).view(mx.uint8)
             _EVAL(flat)  # not in memoryview(): mlx < 0.32.4 aborts there when evaluation fails
-            data = bytes(memoryview(flat))
+            data = bytes(memoryview(flat))  # type: ignore[arg-type]  # mx.array has the buffer protocol; its stub lacks __buffer__
         except RuntimeError as e:
             if POISON_MESSAGE in str(e):
                 raise TraceError(
@@ -166,11 +171,10 @@ class Recorder:
 
         This runs for every op of a trace (450k for DeepSeek-V3): keep it lean."""
         if op not in _ALLOWED:
-            raise TraceError(
-                f"{self.model_name}: {op} on a checkpoint tensor at {user_site()} "
-                "is not a replayable op"
-            )
-        inputs, enc_args, run_args = [], [], []
+            raise TraceError(f"{self.model_name}: {op} on a checkpoint tensor at {user_site()} is not a replayable op")
+        inputs: List[Ref] = []
+        enc_args: list = []
+        run_args: list = []
         for a in args:  # the common cases inline: a proxy, a literal
             kind = type(a)
             if kind is Proxy:
@@ -197,19 +201,16 @@ class Recorder:
             enc_kwargs = self.encode(kwargs, inputs)
         if type(result) is _REAL_ARRAY:
             self.nodes.append(_new_node(Node, (op, inputs, enc_args, enc_kwargs, self.outs(result))))
-            proxy = Proxy(result)
+            proxy = Proxy(self.leaf(result))
             proxy._st_ref = Ref(len(self.nodes) - 1)
             proxy._st_recorder = self
             return proxy
-        if isinstance(result, (list, tuple)) and all(
-            isinstance(r, _REAL_ARRAY) for r in result
-        ):
+        if isinstance(result, (list, tuple)) and all(isinstance(r, _REAL_ARRAY) for r in result):
             node = self.add(op, inputs, enc_args, enc_kwargs, [aval(r) for r in result])
-            wrapped = [Proxy.wrap(r, Ref(node, i), self) for i, r in enumerate(result)]
+            wrapped = [Proxy.wrap(self.leaf(r), Ref(node, i), self) for i, r in enumerate(result)]
             return type(result)(wrapped)
         raise TraceError(
-            f"{self.model_name}: {op} at {user_site()} returned a "
-            f"{type(result).__name__}, which a plan cannot hold"
+            f"{self.model_name}: {op} at {user_site()} returned a {type(result).__name__}, which a plan cannot hold"
         )
 
     def value(self, proxy: "Proxy", method: str, *args):
@@ -231,9 +232,7 @@ class Recorder:
         except PlanError as e:
             raise TraceError(f"{self.model_name}: at {user_site()}: {e}") from None
         result = call_guard(real, method, tuple(recorded))
-        self.guards.append(
-            {"ref": proxy._st_ref, "method": method, "args": recorded, "value": _guard_value(result)}
-        )
+        self.guards.append({"ref": proxy._st_ref, "method": method, "args": recorded, "value": _guard_value(result)})
         return result
 
 
@@ -273,9 +272,7 @@ def _inplace(name: str):
     op = name.replace("__i", "__", 1)
 
     def method(self, other):
-        result = self._st_recorder.call(
-            f"array.{op}", getattr(_REAL_ARRAY, op), (self, other), {}
-        )
+        result = self._st_recorder.call(f"array.{op}", getattr(_REAL_ARRAY, op), (self, other), {})
         base(self, other)  # mx updates the array object in place; so does its placeholder
         self._st_ref = result._st_ref
         return self
@@ -286,9 +283,7 @@ def _inplace(name: str):
 
 def _property(name: str):
     def getter(self):
-        return self._st_recorder.call(
-            f"array.{name}", lambda a: getattr(_REAL_ARRAY, name).__get__(a), (self,), {}
-        )
+        return self._st_recorder.call(f"array.{name}", lambda a: getattr(_REAL_ARRAY, name).__get__(a), (self,), {})
 
     return property(getter)
 
@@ -303,6 +298,9 @@ def _value_method(name: str):
 
 class Proxy(_REAL_ARRAY):
     """A checkpoint tensor (or a value derived from one) during tracing."""
+
+    _st_ref: Ref
+    _st_recorder: Recorder
 
     @staticmethod
     def wrap(array, ref: Ref, recorder: Recorder) -> "Proxy":
@@ -323,9 +321,7 @@ class Proxy(_REAL_ARRAY):
         return id(self)
 
     def __setitem__(self, key, value):
-        raise TraceError(
-            f"item assignment to a checkpoint tensor at {user_site()} cannot be replayed"
-        )
+        raise TraceError(f"item assignment to a checkpoint tensor at {user_site()} cannot be replayed")
 
     @property
     def at(self):
@@ -341,26 +337,34 @@ class Proxy(_REAL_ARRAY):
         raise TraceError(f"pickling a checkpoint tensor at {user_site()}")
 
 
-_METHODS = """
-    abs all any argmax argmin astype conj cos cummax cummin cumprod cumsum diag
-    diagonal exp flatten log log10 log1p log2 logcumsumexp logsumexp max mean min
-    moveaxis prod reciprocal reshape round rsqrt sin split sqrt square squeeze std
-    sum swapaxes transpose var view
-    __abs__ __add__ __and__ __eq__ __floordiv__ __ge__ __getitem__ __gt__
-    __invert__ __le__ __lshift__ __lt__ __matmul__ __mod__ __mul__ __ne__ __neg__
-    __or__ __pos__ __pow__ __radd__ __rfloordiv__ __rmod__ __rmul__ __rpow__
-    __rshift__ __rsub__ __rtruediv__ __sub__ __truediv__ __xor__ __copy__
-""".split()
-for _name in _METHODS:
+# What a proxy records is the replay allowlist (plan/ops.py): each array method
+# and property there records its op. In-place operators record their out-of-place
+# op (``a += b`` is array.__add__); value methods are kept as guards, not ops.
+_INPLACE_METHODS = (
+    "__iadd__ __isub__ __imul__ __itruediv__ __ifloordiv__ __imod__ __ipow__ __imatmul__ __iand__ __ior__ "
+    "__ixor__ __ilshift__ __irshift__"
+).split()
+_VALUE_METHODS = (
+    "item",
+    "tolist",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "__complex__",
+    "__bytes__",
+    "__dlpack__",
+    "__format__",
+)
+for _name in sorted(ARRAY_METHODS):
     if hasattr(_REAL_ARRAY, _name):  # an older mlx lacks a few (0.32.2: __pos__)
         setattr(Proxy, _name, _method(_name))
-for _name in "__iadd__ __isub__ __imul__ __itruediv__ __ifloordiv__ __imod__ __ipow__ __imatmul__ __iand__ __ior__ __ixor__ __ilshift__ __irshift__".split():
+for _name in _INPLACE_METHODS:
     setattr(Proxy, _name, _inplace(_name))
-for _name in ("T", "mT", "real", "imag"):
+for _name in sorted(ARRAY_PROPERTIES):
     if hasattr(_REAL_ARRAY, _name):  # mlx 0.32.2 has no mT
         setattr(Proxy, _name, _property(_name))
-for _name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "__bytes__",
-              "__dlpack__", "__format__"):
+for _name in _VALUE_METHODS:
     setattr(Proxy, _name, _value_method(_name))
 
 

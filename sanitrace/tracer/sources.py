@@ -63,6 +63,7 @@ class SourceSet:
             os.truncate(fake, 8 + len(raw) + (largest.nbytes if largest else 0))
             arrays = original_load(fake)
         except (OSError, OverflowError) as e:
+            assert largest is not None  # only a tensor's size can overflow the placeholder file
             raise SafetensorsError(
                 f"{name}: tensor {largest.name!r} ({largest.nbytes} bytes) is too large "
                 f"for a placeholder file: {getattr(e, 'strerror', None) or e}"
@@ -90,8 +91,7 @@ class SourceSet:
             st = os.fstat(f.fileno())
             if st.st_size < header.expected_size:
                 what = "headers only" if st.st_size <= header.data_start else "incomplete"
-                return (f"{path} is {what} ({st.st_size} of the {header.expected_size} bytes "
-                        "its header implies)")
+                return f"{path} is {what} ({st.st_size} of the {header.expected_size} bytes its header implies)"
             block = max(st.st_blksize, 4096)
             after_header = -(-header.data_start // block) * block  # the header's block stores a few data bytes
             holes = _holes(f.fileno(), t.begin, t.end)
