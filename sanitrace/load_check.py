@@ -18,8 +18,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
+from .mismatch import causes
 from .plan import Plan
 
 # how mlx.nn.Module.load_weights words a strict-load failure
@@ -93,58 +94,23 @@ def _config(plan: Plan) -> dict:
 
 
 def _explain(model, weights: dict, config: dict) -> str:
-    """The extra, missing and mismatched parameters, the first of each named; for a
-    quantized module, the group size and bits the config gives vs what its tensors imply."""
+    """The problems grouped by cause (mismatch.py), one clause per cause, the
+    cause that explains most first: its count, reason and first parameter."""
     from mlx.utils import tree_flatten
 
     expected = dict(tree_flatten(model.parameters()))
-    extra = sorted(weights.keys() - expected.keys())
-    missing = sorted(expected.keys() - weights.keys())
-    wrong = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
-    parts: List[str] = []
-    if wrong:
-        name = wrong[0]
-        part = (
-            f"{len(wrong)} parameters of the wrong shape, first {name}: the model expects "
-            f"{tuple(expected[name].shape)}, the output has {tuple(weights[name].shape)}"
-        )
-        parts.append(part + _quantization_why(model, weights, expected, name, config))
-    if missing:
-        parts.append(f"{len(missing)} model parameters not in the output, first {missing[0]}")
-    if extra:
-        parts.append(f"{len(extra)} output tensors not in the model, first {extra[0]}")
-    return "; ".join(parts)
-
-
-def _quantization_why(model, weights: dict, expected: dict, name: str, config: dict) -> str:
-    """For a parameter of a quantized module: the mode, group size and bits that
-    config.json builds it with (its own entry or the global one) vs what the
-    output's tensors imply (input width from the model's own weight)."""
-    path = name.rsplit(".", 1)[0]
-    module = model
-    try:
-        for part in path.split("."):
-            module = (
-                module[int(part)]
-                if isinstance(module, list)
-                else (module[part] if isinstance(module, dict) else getattr(module, part))
+    clauses = []
+    for cause in causes(model, expected, weights, config):
+        first = cause.names[0]
+        if cause.kind == "shape" and first in weights and hasattr(weights[first], "shape"):
+            clause = (
+                f"{len(cause.names)} parameters of the wrong shape, first {first}: the model expects "
+                f"{tuple(expected[first].shape)}, the output has {tuple(weights[first].shape)}"
             )
-    except (AttributeError, KeyError, IndexError, ValueError):
-        return ""
-    bits, group_size = getattr(module, "bits", None), getattr(module, "group_size", None)
-    weight, scales = weights.get(f"{path}.weight"), weights.get(f"{path}.scales")
-    model_weight = expected.get(f"{path}.weight")
-    if not bits or not group_size or weight is None or scales is None or model_weight is None or not scales.shape:
-        return ""
-    in_dims = model_weight.shape[-1] * 32 // bits
-    implied_bits = weight.shape[-1] * 32 // in_dims if in_dims else 0
-    implied_group = in_dims // scales.shape[-1] if scales.shape[-1] else 0
-    quantization = config.get("quantization") or {}
-    entry = quantization.get(path) or quantization.get(path.removeprefix("language_model."))
-    which = "its own entry" if isinstance(entry, dict) else "the global entry"
-    biases = ", with biases" if f"{path}.biases" in weights else ""
-    return (
-        f" (config.json quantization, {which}, builds the module {getattr(module, 'mode', 'affine')} "
-        f"group_size {group_size}, bits {bits}; its tensors imply group_size {implied_group}, "
-        f"bits {implied_bits}{biases})"
-    )
+            clause += f" ({cause.why})" if cause.why else ""
+        elif cause.kind == "missing":
+            clause = f"{len(cause.names)} model parameters not in the output, first {first}"
+        else:
+            clause = f"{len(cause.names)} output tensors not in the model, first {first}"
+        clauses.append(clause)
+    return "; ".join(clauses)

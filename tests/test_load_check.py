@@ -66,7 +66,7 @@ def test_an_output_the_library_cannot_load_is_refused_in_one_line(checkpoints, t
     assert sanitrace_main(["trace", str(src), "-o", str(tmp_path / "p.msgpack"), "-q", "--library", "mlx_vlm"]) == 1
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sanitrace trace: error")]
     assert "would not load with mlx_vlm.load" in line and "--allow-unloadable" in line
-    assert "its tensors imply group_size 32" in line and "group_size 64" in line
+    assert "their tensors imply group_size 32" in line and "group_size 64" in line
     assert not (tmp_path / "p.msgpack").exists()
     # --allow-unloadable writes exactly what mlx_vlm.convert writes
     assert (
@@ -154,10 +154,16 @@ def test_deepseek_v4_as_released_fails_in_convert_and_trace(deepseek_v4, tmp_pat
     assert sanitrace_main(["trace", str(src), "-o", str(tmp_path / "p.msgpack"), "--library", "mlx_vlm"] + flags) == 1
     err = capsys.readouterr().err
     assert "does not load strictly" in err
+    # the cause first, then the names it explains, collapsed (issue 16, item 3)
     assert (
-        "language_model.model.layers.0.ffn.switch_mlp.gate_proj.weight: shape [4, 128, 16], model has "
-        "[4, 128, 32]" in err
-    )
+        "\n9 shape/dtype mismatches: the model builds these modules mxfp8, group_size 32, bits 8 "
+        "(as the library reads the checkpoint's quantization config); their tensors imply group_size 32, bits 4:\n"
+        "  language_model.model.layers.{0..2}.ffn.switch_mlp.down_proj.weight: shape [4, 128, 16], model has "
+        "[4, 128, 32]\n"
+        "  language_model.model.layers.{0..2}.ffn.switch_mlp.gate_proj.weight: shape [4, 128, 16], model has "
+        "[4, 128, 32]\n"
+    ) in err
+    assert len(err.splitlines()) == 5
     assert not (tmp_path / "p.msgpack").exists()
 
 

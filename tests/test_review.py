@@ -252,10 +252,9 @@ def test_pre_stacked_experts_fail_naming_every_missing_and_unexpected_parameter(
     with pytest.raises(TraceError) as error:
         trace(str(folder), ConvertOptions())
     message = str(error.value)
-    for layer in (1, 2):  # first_k_dense_replace = 1
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            assert f"model.layers.{layer}.mlp.switch_mlp.{proj}.weight" in message.split("unexpected")[0]
-            assert f"model.layers.{layer}.mlp.experts.{proj}.weight" in message.split("unexpected")[1]
+    for proj in ("gate_proj", "up_proj", "down_proj"):  # layers 1 and 2 (first_k_dense_replace = 1)
+        assert f"model.layers.{{1..2}}.mlp.switch_mlp.{proj}.weight" in message.split("unexpected")[0]
+        assert f"model.layers.{{1..2}}.mlp.experts.{proj}.weight" in message.split("unexpected")[1]
     assert "6 missing parameters" in message and "6 unexpected parameters" in message
 
 

@@ -25,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..mismatch import causes, report_lines
 from .proxy import Recorder, TraceError, find_proxy
 from .sources import SourceSet
 
@@ -113,31 +114,13 @@ class _NoTokenizer:
 
 
 def _check_load(recorder: Recorder, model: nn.Module, weights: list):
-    """The strict check of load_weights, but listing every problem at once."""
-    given = dict(weights)
-    expected = dict(tree_flatten(model.parameters()))
-    problems = []
-    missing = sorted(expected.keys() - given.keys())
-    unexpected = sorted(given.keys() - expected.keys())
-    if missing:
-        problems.append(f"{len(missing)} missing parameters:\n  " + "\n  ".join(missing))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected parameters (not in the model):\n  " + "\n  ".join(unexpected))
-    mismatched = []
-    for key in sorted(expected.keys() & given.keys()):
-        want, got = expected[key], given[key]
-        if not isinstance(got, _REAL_ARRAY):
-            mismatched.append(f"{key}: expected an array, got {type(got).__name__}")
-        elif tuple(got.shape) != tuple(want.shape):
-            mismatched.append(f"{key}: shape {list(got.shape)}, model has {list(want.shape)}")
-        elif mx.issubdtype(got.dtype, mx.integer) != mx.issubdtype(want.dtype, mx.integer):
-            mismatched.append(f"{key}: dtype {got.dtype}, model has {want.dtype}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape/dtype mismatches:\n  " + "\n  ".join(mismatched))
-    if problems:
+    """The strict check of load_weights, but listing every problem at once,
+    grouped by cause (mismatch.py), the cause that explains most first."""
+    found = causes(model, dict(tree_flatten(model.parameters())), dict(weights))
+    if found:
         raise LoadMismatch(
             f"{recorder.model_name}: the sanitized checkpoint does not load strictly into "
-            f"{type(model).__module__}.{type(model).__name__}:\n" + "\n".join(problems)
+            f"{type(model).__module__}.{type(model).__name__}:\n" + "\n".join(report_lines(found))
         )
 
 
