@@ -142,16 +142,17 @@ def quantization_why(
     except (AttributeError, KeyError, IndexError, ValueError, TypeError):
         return ""
     bits, group_size = getattr(module, "bits", None), getattr(module, "group_size", None)
-    weight, model_weight = given.get(f"{path}.weight"), expected.get(f"{path}.weight")
-    if not bits or not group_size or model_weight is None or not hasattr(weight, "shape") or not weight.shape:
+    weight_shape = tuple(getattr(given.get(f"{path}.weight"), "shape", ()))
+    model_weight = expected.get(f"{path}.weight")
+    if not bits or not group_size or model_weight is None or not weight_shape:
         return ""
     in_dims = model_weight.shape[-1] * 32 // bits
     implied = []
-    scales = given.get(f"{path}.scales")
-    if hasattr(scales, "shape") and scales.shape and scales.shape[-1]:
-        implied.append(f"group_size {in_dims // scales.shape[-1]}")
+    scales_shape = tuple(getattr(given.get(f"{path}.scales"), "shape", ()))
+    if scales_shape and scales_shape[-1]:
+        implied.append(f"group_size {in_dims // scales_shape[-1]}")
     if in_dims:
-        implied.append(f"bits {weight.shape[-1] * 32 // in_dims}")
+        implied.append(f"bits {weight_shape[-1] * 32 // in_dims}")
     if f"{path}.biases" in given:
         implied.append("with biases")
     source = " (as the library reads the checkpoint's quantization config)"
