@@ -3,6 +3,7 @@ committed plans' freshness, and the seeded reviewer cases (checkpoints a
 sanitize does not handle must fail loudly, naming every parameter)."""
 
 import dataclasses
+import importlib.util
 import json
 import re
 import shutil
@@ -24,7 +25,17 @@ from sanitrace.show import render, render_json
 from sanitrace.tracer import ConvertOptions, TraceError, trace
 
 PLANS = sorted((REPO / "plans").glob("*.msgpack"))
+REFUSALS = sorted((REPO / "plans").glob("*.refused.txt"))
 EXAMPLE_PLAN = REPO / "plans" / "tiny-qwen3-moe-q4.msgpack"
+GIANTS = REPO.parent / "shared" / "giants"
+
+
+def regenerate_module():
+    """plans/regenerate.py, the one list of what is committed and how."""
+    spec = importlib.util.spec_from_file_location("regenerate", REPO / "plans" / "regenerate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def traced(model_dir: Path, **options) -> plan_ir.Plan:
@@ -53,6 +64,10 @@ def test_plans_folder_holds_the_flagships_with_renderings():
         "qwen3-next-80b-a3b-instruct",
     ):
         assert {f"{model}-bf16", f"{model}-q4"} <= names
+    regenerate = regenerate_module()
+    for name, entry in regenerate.SOURCES.items():  # the 2026 flagships among them (issue 16)
+        assert {f"{name}-{variant}" for variant in entry.variants} <= names, name
+    assert {p.name for p in REFUSALS} == {f"{name}.refused.txt" for name in regenerate.REFUSED}
     for path in PLANS:
         assert path.with_suffix(".txt").read_text() == render(plan_ir.load(str(path))), path.name
     assert sum(p.stat().st_size for p in (REPO / "plans").iterdir()) <= 60 << 20
@@ -63,6 +78,18 @@ def test_committed_plan_is_fresh(path):
     """The CI staleness check: re-tracing from the plan alone gives the same bytes."""
     proc = cli("retrace", path)
     assert proc.returncode == 0 and f"{path}: fresh" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", REFUSALS, ids=[p.name.split(".refused")[0] for p in REFUSALS])
+def test_committed_refusal_is_fresh(path, tmp_path):
+    """A release a library refuses is kept as what the trace says: an upstream fix is a diff."""
+    if not (GIANTS / "materialize.py").exists():
+        pytest.skip("../shared/giants is absent")
+    regenerate = regenerate_module()
+    description, refused = regenerate.REFUSED[path.name.split(".refused")[0]]
+    source = regenerate.materialized(str(GIANTS), description, str(tmp_path))
+    assert regenerate.refusal_text(description, source, refused) == path.read_text()
 
 
 class ShiftedNormModel(qwen3_moe.Model):
