@@ -29,6 +29,7 @@ from ..plan import Output, Plan
 from ..plan.checks import call_guard
 from ..planner.memory import cache_limit, chunk_rows
 from ..regions import NotChunkable
+from .allocator import map_large_buffers
 from .hub_source import DiskBudgetError, HubSource
 from .local_source import LocalSource
 from .progress import progress_bar
@@ -203,6 +204,7 @@ def execute(
     if digest is not None and digest.lower() != plan.digest:
         raise plan_ir.PlanError(f"plan digest {plan.digest} is not the approved {digest}")
     budget = memory_budget or plan.memory.budget
+    map_large_buffers()  # what mlx frees leaves the process, as the memory model assumes
     if isinstance(source, RemoteRepo):
         src: Union[HubSource, LocalSource] = HubSource(plan, source, out_dir, disk_budget, progress)
     else:
