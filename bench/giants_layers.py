@@ -2,57 +2,47 @@
 
 For each case: ../shared/giants/materialize.py writes the first N decoder layers
 (plus everything outside the stack) as a header-accurate sparse checkpoint;
-`sanitrace convert -q` (trace, execute, then its verify: shard headers against
-the plan and the library's own lazy strict load) runs through the library that
-converts the release, measured for peak RSS and wall time. Printed per case:
-predicted vs measured peak, the source bytes read, and the single-stream
-quantize floor of this machine: the seconds one `mx.quantize` stream needs for
-every element the plan quantizes, at the rate measured here (4096 x 4096 bf16,
-same mode / group size / bits, best of 3). Eager conversion of these layers
-needs the whole model's experts in memory; see giant_deepseek_v3.py for that.
+`sanitrace trace -q` and `sanitrace execute` run through the library that
+converts the release, each its own process measured for peak RSS and wall time
+(the plan's prediction is of execute, which never imports the library; `convert`
+does both in one process and adds the library's imports, about 0.2 GiB), then
+convert's own check (shard headers, the library's lazy strict load) in a third.
+Printed per case: predicted vs measured execute peak, the source bytes read, and
+the single-stream quantize floor of this machine: the seconds one `mx.quantize`
+stream needs for every element the plan quantizes, at the rate measured here
+(4096 x 4096 bf16, same mode / group size / bits, best of 3). Eager conversion
+of these layers needs the whole model's experts in memory; see
+giant_deepseek_v3.py for that.
 
     python bench/giants_layers.py [--work DIR] [--layers 4] [--budget 1G] [CASE ...]
 """
 
 import argparse
-import json
 import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 
-from harness import GIANTS, materialize, measure
+from harness import GIANTS, make_convertible, materialize, measure
 
 import mlx.core as mx
 from sanitrace import plan as plan_ir
 
-# case -> (giants description, library, config.json edit or None)
+# case -> the library that converts it with -q into an output that loads (DeepSeek-V4-Flash
+# without its weight_block_size: harness.CONVERTIBLE_EDITS; Kimi-K2.6's -q output only loads
+# through mlx_lm: plans/kimi-k2.6.refused.txt)
 CASES = {
-    # the release's weight_block_size makes mlx_vlm quantize every module mxfp8 and refuse the FP4
-    # experts (plans/deepseek-v4-flash.refused.txt); without it the release converts
-    "deepseek-v4-flash": ("deepseek-v4-flash", "mlx_vlm", "drop quantization_config.weight_block_size"),
-    "qwen3.5-397b-a17b": ("qwen3.5-397b-a17b", "mlx_vlm", None),
-    "kimi-k2.6": ("kimi-k2.6", "mlx_vlm", None),
-    "glm-5.1-fp8": ("glm-5.1-fp8", "mlx_lm", None),
-    "minimax-m2.7": ("minimax-m2.7", "mlx_lm", None),
-    "gemma-4-26b-a4b": ("gemma-4-26b-a4b", "mlx_vlm", None),
-    "gemma-4-31b": ("gemma-4-31b", "mlx_vlm", None),
+    "deepseek-v4-flash": "mlx_vlm",
+    "qwen3.5-397b-a17b": "mlx_vlm",
+    "kimi-k2.6": "mlx_lm",
+    "glm-5.1-fp8": "mlx_lm",
+    "minimax-m2.7": "mlx_lm",
+    "gemma-4-26b-a4b": "mlx_vlm",
+    "gemma-4-31b": "mlx_vlm",
 }
-
-
-def edit_config(folder: str, edit: str) -> None:
-    """Apply a CASES edit to ``folder``/config.json."""
-    path = os.path.join(folder, "config.json")
-    with open(path) as f:
-        config = json.load(f)
-    if edit == "drop quantization_config.weight_block_size":
-        config["quantization_config"].pop("weight_block_size")
-    else:
-        raise ValueError(edit)
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2)
 
 
 def quantize_rate(group_size: int, bits: int, mode: str) -> float:
@@ -71,7 +61,7 @@ def quantize_floor(plan) -> float:
     """Seconds one mx.quantize stream needs for every element the plan quantizes."""
     elements: dict = {}
     for node in plan.nodes:
-        if node.op == "quantize":
+        if node.op == "mx.quantize":
             source = node.inputs[0]
             shape = plan.nodes[source.node].outs[source.out][1]
             kwargs = dict(zip(("group_size", "bits", "mode"), node.args[1:]), **node.kwargs)
@@ -81,34 +71,41 @@ def quantize_floor(plan) -> float:
 
 
 def run_case(name: str, args) -> str:
-    giant, library, edit = CASES[name]
+    library = CASES[name]
     src = os.path.join(args.work, f"{name}-{args.layers}")
-    materialize(args.giants, giant, src, "--layers", str(args.layers))
-    if edit:
-        edit_config(src, edit)
+    materialize(args.giants, name, src, "--layers", str(args.layers))
+    make_convertible(name, src)
     out = os.path.join(args.work, f"{name}-out")
     plan_path = os.path.join(args.work, f"{name}.msgpack")
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out + ".partial", ignore_errors=True)
     log = os.path.join(args.work, f"{name}.log")
-    argv = [sys.executable, "-m", "sanitrace", "convert", src, out, "-q", "--library", library]
-    argv += ["--no-progress", "--plan-out", plan_path] + (["--memory-budget", args.budget] if args.budget else [])
-    run = measure(name, argv, log)
+    sanitrace = [sys.executable, "-m", "sanitrace"]
+    budget = ["--memory-budget", args.budget] if args.budget else []
+    trace = measure("trace", sanitrace + ["trace", src, "-o", plan_path, "-q", "--library", library] + budget, log)
+    if trace.returncode:
+        return f"| {name} | {library} | trace failed: {open(log).read().splitlines()[-1][:200]} |"
+    run = measure("execute", sanitrace + ["execute", plan_path, "--source", src, "--out", out, "--no-progress"], log)
     text = open(log).read()
     if run.returncode:
-        errors = [line for line in text.splitlines() if "error" in line] or text.splitlines()[-1:]
-        return f"| {name} | {library} | failed: {errors[0][:200]} |"
+        return f"| {name} | {library} | execute failed: {text.splitlines()[-1][:200]} |"
+    # the check convert runs after writing (shard headers, the library's lazy strict load), in its own process
+    check = (
+        "import sys; from sanitrace import plan; from sanitrace.verify import verify_output; "
+        "print('loaded' if verify_output(plan.load(sys.argv[1]), sys.argv[2]).loaded else 'not loaded')"
+    )
+    verify = subprocess.run([sys.executable, "-c", check, plan_path, out], capture_output=True, text=True)
+    loaded = "yes" if verify.stdout.strip() == "loaded" else f"NO: {(verify.stderr or verify.stdout)[-200:]}"
     plan = plan_ir.load(plan_path)
     predicted = plan.memory.predicted_peak
-    reads = re.search(r"source reads[^\n]*", text)
-    verified = "yes" if re.search(r"verified .*; \w+\.load \(lazy, strict\)", text) else "NO (see log)"
+    reads = re.search(r"source reads\s+(.*)", text)
     floor = quantize_floor(plan)
     source_bytes = sum(f.size for f in plan.source.files)
     shutil.rmtree(out, ignore_errors=True)
     return (
-        f"| {name} | {library} | {source_bytes / 2**30:.1f} GiB | {predicted / 2**30:.2f} GiB "
-        f"| {run.peak_rss / 2**30:.2f} GiB | {(run.peak_rss - predicted) / predicted:+.0%} | {run.wall:.0f} s "
-        f"| {floor:.0f} s | {run.wall / floor:.1f}x | {verified} | {reads.group(0).split(None, 2)[2] if reads else ''} |"
+        f"| {name} | {library} | {source_bytes / 2**30:.1f} GiB | {trace.wall:.1f} s, {trace.peak_rss / 2**30:.2f} GiB "
+        f"| {predicted / 2**30:.2f} GiB | {run.peak_rss / 2**30:.2f} GiB | {(run.peak_rss - predicted) / predicted:+.0%} "
+        f"| {run.wall:.0f} s | {floor:.0f} s | {run.wall / floor:.1f}x | {loaded} | {reads.group(1) if reads else ''} |"
     )
 
 
@@ -122,8 +119,8 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     header = (
-        "| case | library | source (sparse) | predicted peak | measured peak RSS | error | wall "
-        "| quantize floor | wall / floor | strict load | reads |"
+        "| case | library | source (sparse) | trace wall, peak RSS | predicted execute peak | execute peak RSS "
+        "| error | execute wall | quantize floor | wall / floor | strict load | source reads |"
     )
     rows = [header, "|---" * (header.count("|") - 1) + "|"]
     for name in args.cases or list(CASES):

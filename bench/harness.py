@@ -4,6 +4,7 @@ Peak RSS is "Maximum resident set size" from /usr/bin/time -v (falls back to
 polling with psutil where /usr/bin/time is missing, e.g. on macOS).
 """
 
+import json
 import os
 import re
 import shutil
@@ -135,3 +136,21 @@ def materialize(giants: str, name: str, dest: str, *extra: str) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+
+
+# releases a library refuses as released, and the config.json edit that makes them convert:
+# DeepSeek-V4-Flash's weight_block_size makes mlx_vlm build every expert mxfp8 (plans/deepseek-v4-flash.refused.txt)
+CONVERTIBLE_EDITS = {"deepseek-v4-flash": ("quantization_config", "weight_block_size")}
+
+
+def make_convertible(name: str, folder: str) -> None:
+    """Apply ``name``'s CONVERTIBLE_EDITS entry (if any) to ``folder``/config.json."""
+    if name not in CONVERTIBLE_EDITS:
+        return
+    section, key = CONVERTIBLE_EDITS[name]
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config[section].pop(key, None)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
