@@ -45,29 +45,30 @@ CASES = {
 }
 
 
-def quantize_rate(group_size: int, bits: int, mode: str) -> float:
-    """Elements per second of one mx.quantize stream on this machine (best of 3)."""
+def quantize_rate(args: list, kwargs: dict) -> float:
+    """Elements per second of one mx.quantize stream on this machine (best of 3),
+    called as a plan node calls it (its literal arguments after the array)."""
     x = mx.random.normal((4096, 4096)).astype(mx.bfloat16)
     mx.eval(x)
     best = math.inf
     for _ in range(3):
         start = time.perf_counter()
-        mx.eval(*mx.quantize(x, group_size=group_size, bits=bits, mode=mode))
+        mx.eval(*mx.quantize(x, *args, **kwargs))
         best = min(best, time.perf_counter() - start)
     return x.size / best
 
 
 def quantize_floor(plan) -> float:
     """Seconds one mx.quantize stream needs for every element the plan quantizes."""
-    elements: dict = {}
+    elements: dict = {}  # repr of the call's literal arguments -> (args, kwargs, elements)
     for node in plan.nodes:
         if node.op == "mx.quantize":
             source = node.inputs[0]
             shape = plan.nodes[source.node].outs[source.out][1]
-            kwargs = dict(zip(("group_size", "bits", "mode"), node.args[1:]), **node.kwargs)
-            key = (kwargs.get("group_size", 64), kwargs.get("bits", 4), kwargs.get("mode", "affine"))
-            elements[key] = elements.get(key, 0) + math.prod(shape)
-    return sum(n / quantize_rate(*key) for key, n in elements.items())
+            args, kwargs = node.args[1:], node.kwargs
+            _, _, count = elements.get(repr((args, kwargs)), (args, kwargs, 0))
+            elements[repr((args, kwargs))] = (args, kwargs, count + math.prod(shape))
+    return sum(count / quantize_rate(args, kwargs) for args, kwargs, count in elements.values())
 
 
 def run_case(name: str, args) -> str:

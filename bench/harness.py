@@ -19,6 +19,7 @@ GIANTS = os.path.join(REPO, "..", "shared", "giants")
 sys.path.insert(0, REPO)
 
 from sanitrace.compare import compare_folders  # noqa: E402
+from sanitrace.fixtures import write_checkpoint  # noqa: E402
 
 
 @dataclass
@@ -154,3 +155,21 @@ def make_convertible(name: str, folder: str) -> None:
     config[section].pop(key, None)
     with open(path, "w") as f:
         json.dump(config, f, indent=2)
+
+
+def write_bench_moe(src: str, layers: int, experts: int, hidden: int, moe_intermediate: int, shards: int) -> None:
+    """The synthetic Qwen3-MoE bf16 checkpoint the MoE benches convert (moe_bf16.py, hub_stream.py)."""
+    write_checkpoint(
+        src,
+        "qwen3_moe",
+        layers=layers,
+        experts=experts,
+        hidden=hidden,
+        moe_intermediate=moe_intermediate,
+        intermediate=4 * hidden,
+        heads=16,
+        kv_heads=4,
+        head_dim=128,
+        vocab=1024,
+        shards=shards,
+    )

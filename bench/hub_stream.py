@@ -32,14 +32,13 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import psutil
-from harness import Run, eager_argv, measure
+from harness import Run, eager_argv, measure, write_bench_moe
 
 from hub_bench import HubServer, allocated, covered, environ, file_gets, header_bytes, sanitrace, shard_sizes, span
 
 from sanitrace.cli_flags import parse_size  # noqa: E402
 from sanitrace.collapse import human_bytes  # noqa: E402
 from sanitrace.compare import compare_folders  # noqa: E402
-from sanitrace.fixtures import write_checkpoint  # noqa: E402
 
 REPO_ID = "bench/moe-2g"
 SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\b")
@@ -48,20 +47,7 @@ SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\b")
 def build_source(src: str, args) -> None:
     """The checkpoint, unless it exists; then check its size and expert split."""
     if not os.path.exists(src):
-        write_checkpoint(
-            src,
-            "qwen3_moe",
-            layers=args.layers,
-            experts=args.experts,
-            hidden=args.hidden,
-            moe_intermediate=args.moe_intermediate,
-            intermediate=4 * args.hidden,
-            heads=16,
-            kv_heads=4,
-            head_dim=128,
-            vocab=1024,
-            shards=args.shards,
-        )
+        write_bench_moe(src, args.layers, args.experts, args.hidden, args.moe_intermediate, shards=args.shards)
     if not os.path.exists(os.path.join(src, "README.md")):  # Hub repos have a model card
         with open(os.path.join(src, "README.md"), "w") as f:
             f.write("---\nlicense: apache-2.0\ntags:\n- moe\n---\n# moe-2g\n\nA synthetic bench checkpoint.\n")

@@ -8,9 +8,7 @@ sanitrace, with and without -q. Prints peak RSS, wall time and output identity.
 import argparse
 import os
 
-from harness import add_common_arguments, run_modes
-
-from sanitrace.fixtures import write_checkpoint
+from harness import add_common_arguments, run_modes, write_bench_moe
 
 
 def main():
@@ -25,20 +23,7 @@ def main():
     src = os.path.join(args.work, "source")
     if not os.path.exists(src):
         os.makedirs(args.work, exist_ok=True)
-        write_checkpoint(
-            src,
-            "qwen3_moe",
-            layers=args.layers,
-            experts=args.experts,
-            hidden=args.hidden,
-            moe_intermediate=args.moe_intermediate,
-            intermediate=4 * args.hidden,
-            heads=16,
-            kv_heads=4,
-            head_dim=128,
-            vocab=1024,
-            shards=2,
-        )
+        write_bench_moe(src, args.layers, args.experts, args.hidden, args.moe_intermediate, shards=2)
     run_modes(src, args, [("bf16", []), ("-q", ["-q"])])
 
 

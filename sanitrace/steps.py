@@ -69,14 +69,14 @@ def run_trace(
         plan = build_plan(result, memory_budget or DEFAULT_MEMORY_BUDGET)
         messages = result.messages
         # on the trace's graph: the plan's own nodes would be decoded from its encoding (1 s for GLM-5.1)
-        quantized = any(node.op == "mx.quantize" for node in result.nodes)
+        quantized_nothing = options.quantize and not any(node.op == "mx.quantize" for node in result.nodes)
         del result
     print_messages(messages)
     print_trace(hf_path, plan, time.time() - start)
     check_loads(plan, allow_unloadable)
     if isinstance(source, RemoteRepo):
         print_download(plan, source, disk_budget)
-    if options.quantize and not quantized:
+    if quantized_nothing:
         warn(
             f"-q quantized no weight (see the library's bits-per-weight line): no layer fits --q-group-size "
             f"{options.q_group_size} / --q-mode {options.q_mode}; the output is unquantized, as with "
