@@ -9,7 +9,8 @@ from conftest import REPO, copy_tree
 
 from sanitrace import plan as plan_ir
 from sanitrace.compare import compare_folders
-from sanitrace.executor import OutputExists, SourceMismatch, execute
+from sanitrace.executor import OutputExists, SourceMismatch, execute, plan_chunks
+from sanitrace.executor.local_source import LocalSource
 from sanitrace.executor.writer import OutputWriter
 from sanitrace.planner import build_plan
 from sanitrace.safetensors_format import read_header
@@ -169,3 +170,21 @@ def test_subfolders_are_copied_as_the_library_does(library, copied, checkpoints,
     assert (tmp_path / "eager" / "extra" / "notes.txt").exists() == copied
     assert (tmp_path / "out" / "extra" / "notes.txt").exists() == copied
     assert compare_folders(str(tmp_path / "eager"), str(tmp_path / "out")) == []
+
+
+def test_chunks_run_in_the_order_files_are_closed_in(checkpoints, tmp_path):
+    """A source file's descriptor is closed after its last reader in the schedule
+    (``_release``); the chunks must run in that same order, or a read races the
+    close ("Bad file descriptor", or another file's bytes under a reused number).
+    DeepSeek-V3 FP8 in two shards: output order interleaves the shards' groups."""
+    src = checkpoints["deepseek_v3_fp8"]
+    plan = build_plan(trace(str(src), ConvertOptions()))
+    source = LocalSource(plan, str(src))
+    writer = OutputWriter(plan, source, str(tmp_path / "out"), False)
+    chunks, _, order = plan_chunks(plan, plan.memory.budget, writer, source)
+    ran = [c.group for c in chunks if c.last]
+    assert ran == order.groups
+    files_in_output_order = [min(order.reads[g], default=-1) for g in ran]
+    assert files_in_output_order != sorted(files_in_output_order)  # the case the streaming order would reorder
+    for position, g in enumerate(ran):
+        assert all(order.last_use[f] >= position for f in order.reads[g])

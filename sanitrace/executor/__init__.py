@@ -150,8 +150,8 @@ def same_value(a, b) -> bool:
 
 def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[List[Chunk], int, Schedule]:
     """The chunks still to do, how many groups are already done, and the source
-    schedule. Chunks go in output-file order, or for a streaming source in the
-    schedule's order (each source file fetched once, held briefly)."""
+    schedule, in whose order the chunks go: output-file order, or for a streaming
+    source each source file fetched once, held briefly."""
     outputs = plan.outputs
     groups = plan.groups
     by_offset = sorted(
@@ -159,9 +159,10 @@ def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[
         key=lambda g: min((outputs[i].file, outputs[i].offset) for i in groups[g].outputs),
     )
     todo = [g for g in by_offset if not writer.verified_done(g, [outputs[i] for i in groups[g].outputs])]
-    order = schedule(plan, todo, source.sizes)
+    # one order for the chunks and for closing each file after its last reader (_release)
+    order = schedule(plan, todo, source.sizes, source.streams)
     chunks = []
-    for g in order.groups if source.streams else todo:
+    for g in order.groups:
         members = [outputs[i] for i in groups[g].outputs]
         rows = chunk_rows(groups[g], budget)
         if not rows:

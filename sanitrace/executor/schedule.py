@@ -43,14 +43,17 @@ def files_read(plan: Plan, roots: Sequence[Ref]) -> FrozenSet[int]:
     return frozenset(files)
 
 
-def schedule(plan: Plan, todo: Sequence[int], sizes: Dict[int, int]) -> Schedule:
-    """Order the groups ``todo`` (indices into plan.groups) for streaming, and the
-    peak of source bytes held. ``sizes`` is what holding each file costs
-    (0 for a file read in place, e.g. from the local cache)."""
+def schedule(plan: Plan, todo: Sequence[int], sizes: Dict[int, int], streams: bool = True) -> Schedule:
+    """The order the groups ``todo`` (indices into plan.groups) run in, each file's
+    first and last reader in that order, and the peak of source bytes held.
+    ``streams``: order them for streaming (each file fetched once, held briefly);
+    else keep ``todo``'s order (a folder read in place). ``sizes`` is what holding
+    each file costs (0 for a file read in place, e.g. from the local cache)."""
     reads = {g: files_read(plan, [plan.outputs[i].ref for i in plan.groups[g].outputs]) for g in todo}
     guards = files_read(plan, [g.ref for g in plan.guards])
-    # a group that reads nothing (constants only) goes first; ties keep output order
-    groups = sorted(todo, key=lambda g: (max(reads[g], default=-1), min(reads[g], default=-1)))
+    groups = list(todo)
+    if streams:  # a group that reads nothing (constants only) goes first; ties keep output order
+        groups.sort(key=lambda g: (max(reads[g], default=-1), min(reads[g], default=-1)))
     first_use: Dict[int, int] = {f: -1 for f in guards}
     last_use: Dict[int, int] = {f: -1 for f in guards}
     fetch = sorted(guards)
