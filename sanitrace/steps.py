@@ -4,13 +4,13 @@ plan, verify what was written. Each prints its part of the summary (report.py)."
 
 import os
 import time
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from . import plan as plan_ir
 from .collapse import human_bytes
 from .hub import RemoteRepo
 from .plan import Plan
-from .report import print_download, print_messages, print_trace, warn, warn_budget
+from .report import print_download, print_lints, print_messages, print_trace, warn, warn_budget
 from .tracer import ConvertOptions, TraceError
 from .versions import installed_version
 
@@ -46,11 +46,14 @@ def run_trace(
     revision: Optional[str] = None,
     disk_budget: Optional[int] = None,
     allow_unloadable: bool = False,
+    allow_lint: Sequence[str] = (),
 ):
     """The plan, the lines the library printed, and the source (a folder, or the
     opened Hub repo: its headers are read by range into a temporary folder);
-    prints those lines, the trace summary, for the Hub what streaming will
-    download and hold, and a warning when -q quantized nothing."""
+    prints those lines, the trace summary with the plan's lint findings, for
+    the Hub what streaming will download and hold, and a warning when -q
+    quantized nothing. TraceError on an error-level finding whose rule is not
+    in ``allow_lint``."""
     import tempfile
 
     from .hub import fetch_headers
@@ -74,6 +77,7 @@ def run_trace(
     print_messages(messages)
     print_trace(hf_path, plan, time.time() - start)
     check_loads(plan, allow_unloadable)
+    check_lints(plan, allow_lint)
     if isinstance(source, RemoteRepo):
         print_download(plan, source, disk_budget)
     if quantized_nothing:
@@ -109,6 +113,22 @@ def check_loads(plan: Plan, allow_unloadable: bool) -> None:
         f"the output would not load with {plan.library}.load, and {plan.library}.convert writes it "
         f"the same way: {problem}; pass --allow-unloadable to write it anyway"
     )
+
+
+def check_lints(plan: Plan, allow_lint: Sequence[str]) -> None:
+    """Print the plan's lint findings; TraceError on the first error-level one
+    whose rule is not in ``allow_lint`` (unknown rule ids are a TraceError too)."""
+    from .lint import RULES, blocking, lint, summary
+
+    unknown = sorted(set(allow_lint) - set(RULES))
+    if unknown:
+        raise TraceError(f"--allow-lint {unknown[0]}: no such rule; the rules are {', '.join(sorted(RULES))}")
+    findings = lint(plan)
+    print_lints(findings, summary(findings))
+    errors = blocking(findings, allow_lint)
+    if errors:
+        more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
+        raise TraceError(f"lint {errors[0].text()}{more}; pass --allow-lint {errors[0].rule} to write it anyway")
 
 
 def verify_written(plan: Plan, mlx_path: str, forward: bool) -> None:
