@@ -18,7 +18,7 @@ from sanitrace.cli import main as sanitrace_main
 from sanitrace.diff import diff
 from sanitrace.lint import RULES, bits_per_weight, lint
 from sanitrace.planner import build_plan
-from sanitrace.show import render
+from sanitrace.show import render, render_json
 from sanitrace.tracer import ConvertOptions, trace
 
 TRUST = ConvertOptions(trust_remote_code=True)
@@ -60,6 +60,13 @@ NORM_SHIFT = """
 def sanitize(self, weights):
     weights = super().sanitize(weights)
     return {k: v + 1.0 if k.endswith("norm.weight") else v for k, v in weights.items()}
+"""
+
+NORM_SHIFT_ARRAY = """
+def sanitize(self, weights):
+    weights = super().sanitize(weights)
+    one = mx.array(1.0, dtype=mx.bfloat16)
+    return {k: v + one if k.endswith("norm.weight") else v for k, v in weights.items()}
 """
 
 EXPERT_TWICE = """
@@ -124,12 +131,18 @@ def test_fp8_cast_with_astype_fails_trace_with_rule_1(checkpoints, tmp_path, cap
     assert "model.layers.{1..2}.mlp.experts.{0..7}.down_proj.weight" in err[0]
     assert "reach astype(bfloat16) without mx.from_fp8" in err[0] and "--allow-lint fp8-as-integer" in err[0]
     assert not plan_path.exists()
+    # convert stops the same way, before anything is written
+    assert sanitrace_main(["convert", str(folder), str(tmp_path / "out"), "--trust-remote-code", "--no-progress"]) == 1
+    assert "lint error fp8-as-integer: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     # allowed: traced, the finding in the summary, and `lint` then exits 1 on the plan
     assert sanitrace_main(argv + ["--allow-lint", "fp8-as-integer"]) == 0
     assert "    error fp8-as-integer: " in capsys.readouterr().out
     assert sanitrace_main(["lint", str(plan_path)]) == 1
     assert "1 error" in capsys.readouterr().out
-    assert render(plan_ir.load(str(plan_path))).split("## lints\n", 1)[1].startswith("error fp8-as-integer: ")
+    plan = plan_ir.load(str(plan_path))
+    assert render(plan).split("## lints\n", 1)[1].startswith("error fp8-as-integer: ")
+    assert [f["rule"] for f in render_json(plan)["lints"]] == ["fp8-as-integer"]
 
 
 def test_the_library_fp8_path_is_silent(checkpoints):
@@ -162,6 +175,9 @@ def test_mlx_checkpoint_through_a_non_idempotent_sanitize_fails_with_rule_3(chec
         err = capsys.readouterr().err
         assert "lint error reconverted-mlx: model.layers.{0..1}.input_layernorm.weight" in err
         assert "a norm's +1 applied twice" in err
+    # the shift by a one-element array instead of a Python number
+    folder = custom(copy_tree(mlx_model, tmp_path / "array"), "mlx_lm.models.llama", NORM_SHIFT_ARRAY)
+    assert "a norm's +1 applied twice" in rules(traced(folder))["reconverted-mlx"][0]
     # the same sanitize on the Hugging Face checkpoint is the model's own business
     hf = custom(copy_tree(checkpoints["llama"], tmp_path / "hf"), "mlx_lm.models.llama", NORM_SHIFT)
     assert rules(traced(hf)) == {}
@@ -273,8 +289,9 @@ def test_committed_plans_have_notes_only(path):
 
 CORPUS = SHARED / "corpus"
 
-# -q leaves most of these deliberately ragged fixtures (hidden 200 / 300, for FP8
-# blocks that do not divide) unquantized: true findings, the one the rule is for
+# -q leaves 73-86% of the matrix weights of these deliberately ragged fixtures
+# (hidden 200 / 300, for FP8 blocks that do not divide) unquantized: true
+# findings, the case the rule is for
 KNOWN_WARNINGS = {
     ("special-deepseek_v3-fp8", "q4"),
     ("special-mimo_v2_flash-fp8", "q4"),

@@ -50,11 +50,16 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
     for t in g.tensors:
         skeleton, numbers = split_numbers(t.name)
         by_skeleton[skeleton].append(numbers)
+    family_index: Dict[tuple, Dict[tuple, Set[int]]] = {}  # (skeleton, column) -> other numbers -> indices
     incomplete: Dict[str, List[str]] = collections.defaultdict(list)  # problems -> the families' names
     stacked_prefixes: Set[str] = set()
     for _, skeleton, column, numbers in _families(g):
-        fixed = numbers[0][:column] + numbers[0][column + 1 :]
-        present = {n[column] for n in by_skeleton[skeleton] if n[:column] + n[column + 1 :] == fixed}
+        if (skeleton, column) not in family_index:  # once per skeleton and column, not per stack
+            index: Dict[tuple, Set[int]] = collections.defaultdict(set)
+            for n in by_skeleton[skeleton]:
+                index[n[:column] + n[column + 1 :]].add(n[column])
+            family_index[(skeleton, column)] = index
+        present = family_index[(skeleton, column)][numbers[0][:column] + numbers[0][column + 1 :]]
         stacked = [n[column] for n in numbers]
         problems = []
         repeated = sorted(e for e, k in collections.Counter(stacked).items() if k > 1)
@@ -85,8 +90,8 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
             continue  # a block scale: rule 2 (scale-dropped) names it
         skeleton, numbers = split_numbers(name)
         prefix = ""
-        for k, n in enumerate(numbers):
-            prefix += skeleton[k] + str(n)
+        for k, value in enumerate(numbers):
+            prefix += skeleton[k] + str(value)
             if prefix + "." in stacked_prefixes:
                 left.append(name)
                 break

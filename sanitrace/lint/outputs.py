@@ -56,7 +56,8 @@ def unquantized(g: PlanGraph) -> List[Finding]:
             under[p][2] += unexplained
     ragged: Dict[int, List[str]] = collections.defaultdict(list)
     chosen = []
-    total = sum(math.prod(outputs[k].shape) for k in matrices)
+    weights = {k: math.prod(outputs[k].shape) * (32 // quantized[k][0] if k in quantized else 1) for k in matrices}
+    total = sum(weights.values())
     for k in matrices:
         out = outputs[k]
         if k in quantized or out.name[: -len("weight")] + "scales" in g.output_names:
@@ -68,7 +69,7 @@ def unquantized(g: PlanGraph) -> List[Finding]:
             chosen.append(out.name)
     findings = []
     for dim, names in sorted(ragged.items()):
-        share = sum(math.prod(outputs[g.output_names[n]].shape) for n in names) / total
+        share = sum(weights[g.output_names[n]] for n in names) / total
         findings.append(
             finding(
                 "left-unquantized",

@@ -2,9 +2,10 @@
 (rule 1), block scales dropped or crossed (rule 2), an MLX checkpoint converted
 again through a transform that is not idempotent (rule 3)."""
 
+import math
 from typing import Dict, List, Optional, Set, Tuple
 
-from ..plan import Slot, dtype_name
+from ..plan import dtype_name
 from .finding import Finding, finding, pattern
 from .graph import LAYOUT_OPS, PERMUTE_OPS, PlanGraph
 
@@ -38,6 +39,14 @@ def _op_text(node) -> str:
     return name
 
 
+def _decodes(node) -> bool:
+    """Whether ``node`` reads float8 bytes as float8: from_fp8, a bit view, or
+    an mxfp8 dequantize (a packed mxfp8 layer dequantized with ``-d``)."""
+    if node.op in _DECODERS:
+        return True
+    return node.op == "mx.dequantize" and "mxfp8" in list(node.args) + list(node.kwargs.values())
+
+
 def fp8_as_integer(g: PlanGraph) -> List[Finding]:
     """Rule 1: a float8 source reaches a numeric op, or an output, as the uint8
     bytes ``mx.load`` gives, without ``mx.from_fp8`` or a bit view first."""
@@ -52,7 +61,7 @@ def fp8_as_integer(g: PlanGraph) -> List[Finding]:
                 if c not in seen:
                     seen.add(c)
                     raw.append(c)
-            elif op not in _DECODERS:
+            elif not _decodes(g.nodes[c]):
                 misuse.setdefault(_op_text(g.nodes[c]), set()).add(i)
         for k in g.output_nodes.get(i, []):
             out = g.plan.outputs[k]
@@ -146,12 +155,16 @@ def mlx_format(g: PlanGraph) -> str:
     return ""
 
 
-def _shift(node) -> bool:
-    """An add/subtract of a Python number to one array (a norm's +1)."""
-    if node.op not in _SHIFT_OPS or len(node.inputs) != 1:
+def _shift(g: PlanGraph, node) -> bool:
+    """An add/subtract of a constant to one array (a norm's +1): a Python number,
+    or a one-element constant array."""
+    if node.op not in _SHIFT_OPS:
         return False
+    if len(node.inputs) == 2:
+        consts = [g.nodes[r.node] for r in node.inputs if g.nodes[r.node].op == "const"]
+        return len(consts) == 1 and math.prod(consts[0].outs[0][1]) == 1
     values = list(node.args) + list(node.kwargs.values())
-    return any(type(v) in (int, float) for v in values) and any(type(v) is Slot for v in values)
+    return len(node.inputs) == 1 and any(type(v) in (int, float) for v in values)
 
 
 def reconverted_mlx(g: PlanGraph) -> List[Finding]:
@@ -162,7 +175,7 @@ def reconverted_mlx(g: PlanGraph) -> List[Finding]:
         return []
     transforms: Dict[str, Set[int]] = {}
     for node in g.nodes:
-        if _shift(node):
+        if _shift(g, node):
             what = "shifted by a constant again (a norm's +1 applied twice)"
         elif node.op in PERMUTE_OPS and len(node.inputs) == 1:
             what = "transposed again"
@@ -170,8 +183,8 @@ def reconverted_mlx(g: PlanGraph) -> List[Finding]:
             what = "stacked again (experts already stacked)"
         else:
             continue
-        roots = {g.root(r.node) for r in node.inputs}
-        if None not in roots:
+        roots = {g.root(r.node) for r in node.inputs if g.nodes[r.node].op != "const"}
+        if roots and None not in roots:
             transforms.setdefault(what, set()).update(t for t in roots if t is not None)
     return [
         finding(
