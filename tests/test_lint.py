@@ -16,6 +16,8 @@ from conftest import REPO, SHARED, copy_tree, sanitrace_convert
 from sanitrace import plan as plan_ir
 from sanitrace.cli import main as sanitrace_main
 from sanitrace.diff import diff
+from sanitrace.fixtures import write_checkpoint
+from sanitrace.fixtures.architectures import DEEPSEEK_V4_SIZES
 from sanitrace.lint import RULES, bits_per_weight, lint
 from sanitrace.planner import build_plan
 from sanitrace.show import render, render_json
@@ -145,11 +147,16 @@ def test_fp8_cast_with_astype_fails_trace_with_rule_1(checkpoints, tmp_path, cap
     assert [f["rule"] for f in render_json(plan)["lints"]] == ["fp8-as-integer"]
 
 
-def test_the_library_fp8_path_is_silent(checkpoints):
+def test_the_library_fp8_path_is_silent(checkpoints, tmp_path):
     for name in ("deepseek_v3_fp8", "minimax_fp8", "gpt_oss_mxfp4", "kimi_k2_int4"):
         for options in (ConvertOptions(), ConvertOptions(quantize=True)):
             found = rules(traced(checkpoints[name], options))
             assert not [f for f in found if RULES[f][0] != "note"], (name, found)
+    # DeepSeek-V4's FP8 kept packed as mxfp8 by mlx_vlm: a bit view, not a cast
+    write_checkpoint(str(tmp_path / "v4"), "deepseek_v4", source_format="fp8_ue8m0", **DEEPSEEK_V4_SIZES)
+    plan = build_plan(trace(str(tmp_path / "v4"), ConvertOptions(), "mlx_vlm"), 1 << 30)
+    assert list(rules(plan)) == ["dropped-family"]  # its MTP head
+    assert 10 < bits_per_weight(plan) < 11  # 8-bit weights, their scales, bf16 norms and embeddings
 
 
 def test_block_scales_dropped_or_crossed_are_errors(checkpoints, tmp_path):
@@ -209,8 +216,6 @@ def test_expert_biases_left_behind_are_an_error(checkpoints, tmp_path):
 
 
 def test_q_with_a_group_size_that_does_not_divide_warns(tmp_path):
-    from sanitrace.fixtures import write_checkpoint
-
     write_checkpoint(str(tmp_path / "m"), "llama", hidden=320, intermediate=384, heads=4, kv_heads=2, head_dim=80)
     found = rules(traced(tmp_path / "m", ConvertOptions(quantize=True, q_group_size=128)))
     assert list(found) == ["left-unquantized"], found

@@ -188,6 +188,18 @@ def _packed_bits(plan: Plan) -> Dict[str, int]:
     return bits
 
 
+def _microscaled_bits(weight, scales) -> int:
+    """The bits of a packed weight whose uint8 scales are one per 32 (mxfp4,
+    mxfp8) or 16 (nvfp4) weights: the pair mlx allows; 0 when neither fits."""
+    if scales.dtype != "uint8" or not scales.shape or not weight.shape:
+        return 0
+    packed_bits = weight.shape[-1] * _PACKED[weight.dtype]
+    for group, allowed in ((32, (4, 8)), (16, (4,))):
+        if packed_bits % (scales.shape[-1] * group) == 0 and packed_bits // (scales.shape[-1] * group) in allowed:
+            return packed_bits // (scales.shape[-1] * group)
+    return 0
+
+
 def bits_per_weight(plan: Plan) -> float:
     """The written output's bits per weight, counted as the library's
     ``[INFO]`` line counts its model's (which it computes before its last
@@ -198,12 +210,12 @@ def bits_per_weight(plan: Plan) -> float:
 
     Returns:
         Output bits over weights: a quantized matrix counts the weights it
-        packs (its bits from its ``mx.quantize``, or from config.json when it
-        comes packed from the source), its scales and biases none, any other
-        tensor its elements.
+        packs (its bits from its ``mx.quantize``, or when it comes packed from
+        the source from config.json, else from its uint8 microscales), its
+        scales and biases none, any other tensor its elements.
     """
     nodes = plan.nodes
-    names = {o.name for o in plan.outputs}
+    names = {o.name: o for o in plan.outputs}
     declared = _packed_bits(plan)
     weights = 0
     for out in plan.outputs:
@@ -215,7 +227,8 @@ def bits_per_weight(plan: Plan) -> float:
             count = count * 32 // bits if out.ref.out == 0 else 0
         elif module + ".scales" in names and part in ("scales", "biases"):
             count = 0
-        elif module + ".scales" in names and out.dtype in _PACKED and declared.get(module, declared.get("")):
-            count = count * _PACKED[out.dtype] // declared.get(module, declared[""])
+        elif module + ".scales" in names and out.dtype in _PACKED:
+            bits = declared.get(module) or declared.get("") or _microscaled_bits(out, names[module + ".scales"])
+            count = count * _PACKED[out.dtype] // bits if bits else count
         weights += count
     return plan.output_bytes * 8 / weights if weights else 0.0
