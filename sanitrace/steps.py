@@ -57,9 +57,13 @@ def run_trace(
     import tempfile
 
     from .hub import fetch_headers
+    from .lint import RULES
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
     from .tracer import trace as trace_conversion
 
+    unknown = sorted(set(allow_lint) - set(RULES))
+    if unknown:  # before the trace, which can take minutes
+        raise TraceError(f"--allow-lint {unknown[0]}: no such rule; the rules are {', '.join(sorted(RULES))}")
     start = time.time()
     source, hf_repo = resolve_source(hf_path, revision)
     with plan_ir.gc_paused(), tempfile.TemporaryDirectory(prefix="sanitrace-hub-") as tmp:
@@ -117,12 +121,9 @@ def check_loads(plan: Plan, allow_unloadable: bool) -> None:
 
 def check_lints(plan: Plan, allow_lint: Sequence[str]) -> None:
     """Print the plan's lint findings; TraceError on the first error-level one
-    whose rule is not in ``allow_lint`` (unknown rule ids are a TraceError too)."""
-    from .lint import RULES, blocking, lint, summary
+    whose rule is not in ``allow_lint``."""
+    from .lint import blocking, lint, summary
 
-    unknown = sorted(set(allow_lint) - set(RULES))
-    if unknown:
-        raise TraceError(f"--allow-lint {unknown[0]}: no such rule; the rules are {', '.join(sorted(RULES))}")
     findings = lint(plan)
     print_lints(findings, summary(findings))
     errors = blocking(findings, allow_lint)
