@@ -23,6 +23,7 @@ from harness import eager_argv, measure
 from sanitrace import plan as plan_ir
 from sanitrace.compare import compare_folders
 from sanitrace.fixtures import write_checkpoint
+from sanitrace.planner.memory import plan_baseline, predicted_peak
 
 
 def main():
@@ -62,7 +63,7 @@ def run_mode(src: str, args, mode: str, flags: list) -> str:
     for folder in (eager_out, ours_out, ours_out + ".partial"):
         shutil.rmtree(folder, ignore_errors=True)
     log = os.path.join(args.work, f"{name}-sanitrace.log")
-    # the drop-in path: one process traces and executes (the plan's baseline covers mlx-lm and the trace)
+    # the drop-in path: one process traces and executes (its baseline adds the library's imports)
     ours = measure(
         "convert",
         [
@@ -84,7 +85,8 @@ def run_mode(src: str, args, mode: str, flags: list) -> str:
     )
     if ours.returncode:
         sys.exit(f"sanitrace convert failed (exit {ours.returncode}); see {log}")
-    predicted = plan_ir.load(plan_path).memory.predicted_peak
+    plan = plan_ir.load(plan_path)
+    predicted, _ = predicted_peak(plan.groups, plan.memory.budget, plan_baseline(plan, library_loaded=True))
     text = open(log).read()
     reads = re.search(r"source reads +(\S+ \S+) \(([\d.]+)x the (\S+ \S+) of source tensors", text)
     chunks = re.search(r"\((\d+) chunks\)", text).group(1)

@@ -141,7 +141,7 @@ def trace(
     plan, _, _ = run_trace(
         hf_path, options, library, memory_budget, revision, allow_unloadable=allow_unloadable, allow_lint=allow_lint
     )
-    warn_budget(plan.groups, plan.memory.budget, plan.memory.predicted_peak)
+    warn_budget(plan.groups, plan.memory.budget, plan.memory.predicted_peak, plan.memory.baseline)
     if plan_out is not None:
         data = plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out} ({len(data)} bytes)")
@@ -270,7 +270,9 @@ def convert(
     if plan_out is not None:
         plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out}")
-    summary, predicted, _ = run_execute(plan, source, mlx_path, memory_budget, resume, None, progress, disk_budget)
+    summary, predicted, _ = run_execute(
+        plan, source, mlx_path, memory_budget, resume, None, progress, disk_budget, library_loaded=True
+    )
     seconds = time.time() - start
     print_result(mlx_path, summary, predicted, seconds, plan)
     if verify or verify_forward:

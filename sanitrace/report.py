@@ -22,14 +22,15 @@ def warn(message: str) -> None:
     print(f"sanitrace: warning: {message}", file=sys.stderr, flush=True)
 
 
-def warn_budget(groups, budget: int, predicted: int) -> None:
-    """Warn when ``predicted`` (the peak at ``budget``) exceeds ``budget``."""
+def warn_budget(groups, budget: int, predicted: int, baseline: int) -> None:
+    """Warn when ``predicted`` (the peak at ``budget`` with ``baseline``
+    resident) exceeds ``budget``."""
     from .planner.memory import smallest_budget
 
     if predicted > budget:
         warn(
             f"the memory budget {human_bytes(budget)} cannot be met (predicted peak {human_bytes(predicted)}); "
-            f"the smallest budget this plan can meet is {human_bytes(smallest_budget(groups))}"
+            f"the smallest budget this plan can meet is {human_bytes(smallest_budget(groups, baseline))}"
         )
 
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from .collapse import collapse, collapse_numbers, human_bytes
 from .plan import Group, Node, Output, OutputFile, Plan, Ref, Slot, dtype_name
-from .planner.memory import chunk_rows
+from .planner.memory import chunk_rows, plan_baseline
 
 _INFIX = {
     "__add__": "+",
@@ -160,8 +160,8 @@ class Renderer:
         return f"{name}({', '.join(args + keywords)})"
 
 
-def _chunking(group: Group, budget: int) -> str:
-    rows = chunk_rows(group, budget)
+def _chunking(group: Group, budget: int, baseline: int) -> str:
+    rows = chunk_rows(group, budget, baseline)
     if rows:
         return f"  [{-(-group.rows // rows)} chunks of {rows} rows]"
     if not group.unit and group.rows > 1:
@@ -194,11 +194,11 @@ def output_lines(plan: Plan, full: bool = False) -> List[str]:
         line), or per output tensor when ``full``, in the plan's group order.
     """
     r = Renderer(plan, collapse_lists=not full)
-    outputs, budget = plan.outputs, plan.memory.budget
+    outputs, budget, baseline = plan.outputs, plan.memory.budget, plan_baseline(plan)
     lines = []
     for group in plan.groups:
         members = [outputs[i] for i in group.outputs]
-        chunk = _chunking(group, budget)
+        chunk = _chunking(group, budget, baseline)
         if full:
             for o in members:
                 where = f"{plan.files[o.file].name}@{o.offset}"

@@ -156,16 +156,18 @@ def run_execute(
     digest: Optional[str],
     progress: bool,
     disk_budget: Optional[int] = None,
+    library_loaded: bool = False,
 ):
     """The executor's summary, the predicted peak and the seconds taken; prints
     the run's first line, and warnings for an unmeetable budget or another mlx."""
     from .executor import execute as execute_plan
-    from .planner.memory import predicted_peak
+    from .planner.memory import plan_baseline, predicted_peak
 
     start = time.time()
     budget = memory_budget or plan.memory.budget
-    predicted, _ = predicted_peak(plan.groups, budget)
-    warn_budget(plan.groups, budget, predicted)
+    baseline = plan_baseline(plan, library_loaded)
+    predicted, _ = predicted_peak(plan.groups, budget, baseline)
+    warn_budget(plan.groups, budget, predicted, baseline)
     installed = installed_version("mlx") or "absent"
     if plan.versions.get("mlx") != installed:
         warn(
@@ -188,5 +190,6 @@ def run_execute(
         progress=progress,
         digest=digest,
         disk_budget=disk_budget,
+        library_loaded=library_loaded,
     )
     return summary, predicted, time.time() - start

@@ -181,7 +181,7 @@ def test_chunks_run_in_the_order_files_are_closed_in(checkpoints, tmp_path):
     plan = build_plan(trace(str(src), ConvertOptions()))
     source = LocalSource(plan, str(src))
     writer = OutputWriter(plan, source, str(tmp_path / "out"), False)
-    chunks, _, order = plan_chunks(plan, plan.memory.budget, writer, source)
+    chunks, _, order = plan_chunks(plan, plan.memory.budget, plan.memory.baseline, writer, source)
     ran = [c.group for c in chunks if c.last]
     assert ran == order.groups
     files_in_output_order = [min(order.reads[g], default=-1) for g in ran]

@@ -24,7 +24,7 @@ from sanitrace.executor.local_source import LocalSource
 from sanitrace.executor.replay import Replayer
 from sanitrace.executor.sources import SourceReader, fill_all
 from sanitrace.planner import build_plan
-from sanitrace.planner.memory import chunk_rows
+from sanitrace.planner.memory import chunk_rows, plan_baseline
 from sanitrace.safetensors_format import read_header
 from sanitrace.tracer import ConvertOptions, trace
 from sanitrace.tracer.proxy import POISON_MESSAGE, Recorder
@@ -105,7 +105,7 @@ def test_2_32_element_tensors_trace_and_their_outputs_chunk(giant, giant_plan, q
         else:
             assert (weight.dtype, weight.shape) == ("bfloat16", shape)
         group = group_of(plan, f"{name}.weight")
-        rows = chunk_rows(group, plan.memory.budget)
+        rows = chunk_rows(group, plan.memory.budget, plan_baseline(plan))
         assert group.rows == shape[0] and group.unit >= 1 and 0 < rows < shape[0], (name, group, rows)
     assert plan.memory.predicted_peak <= plan.memory.budget
     assert plan.accounting.loads == "yes"
@@ -186,7 +186,7 @@ def test_the_same_rule_at_small_sizes_converts_in_chunks_bit_identical_to_eager(
     for proj in ("gate_proj", "up_proj", "down_proj"):
         for layer in (0, 1):
             group = group_of(plan, f"language_model.model.layers.{layer}.mlp.switch_mlp.{proj}.weight")
-            assert group.rows == 8 and 0 < chunk_rows(group, 1) < 8
+            assert group.rows == 8 and 0 < chunk_rows(group, 1, 0) < 8
     out = tmp_path / "out"
     summary = execute(plan, str(folder), str(out), memory_budget=1, progress=False)
     assert summary.chunks > summary.groups

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import copy_tree, make_checkpoint
+from conftest import SHARED, copy_tree, make_checkpoint
 
 from sanitrace import plan as plan_ir
 from sanitrace.plan.format import EXT_REF
@@ -49,6 +49,24 @@ def test_two_traces_are_byte_identical(checkpoints, tmp_path):
     moved = copy_tree(src, tmp_path / "elsewhere")
     assert plan_bytes(moved, quantize=True, quant_predicate="mixed_3_6") == first
     assert str(tmp_path).encode() not in first and str(src).encode() not in first
+
+
+def test_tokenizer_note_names_the_model_folder_not_where_it_is(tmp_path):
+    """A source whose processor the library cannot load: the plan says why, in
+    the library's words, with the folder's name in place of its path."""
+    case = SHARED / "corpus" / "cases" / "vlm-paligemma"
+    if not case.is_dir():
+        pytest.skip("../shared/corpus is not present")
+    plans = []
+    for place in ("one", "two/deeper"):
+        folder = copy_tree(case, tmp_path / place / "model")
+        for name in os.listdir(folder):
+            if name.startswith(("tokenizer", "processor", "preprocessor", "chat_template")):
+                os.remove(folder / name)
+        plans.append(plan_ir.dumps(build_plan(trace(str(folder), ConvertOptions(), library="mlx_vlm"))))
+    assert plans[0] == plans[1]
+    assert str(tmp_path).encode() not in plans[0]
+    assert "Can't load image processor for 'model'" in plan_ir.loads(plans[0]).accounting.tokenizer
 
 
 def test_round_trip(checkpoints):

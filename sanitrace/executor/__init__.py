@@ -27,7 +27,7 @@ from .. import plan as plan_ir
 from ..hub import RemoteRepo
 from ..plan import Output, Plan
 from ..plan.checks import call_guard
-from ..planner.memory import cache_limit, chunk_rows
+from ..planner.memory import cache_limit, chunk_rows, plan_baseline
 from ..regions import NotChunkable
 from .allocator import map_large_buffers
 from .hub_source import DiskBudgetError, HubSource
@@ -148,7 +148,9 @@ def same_value(a, b) -> bool:
     return False
 
 
-def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[List[Chunk], int, Schedule]:
+def plan_chunks(
+    plan: Plan, budget: int, baseline: int, writer: OutputWriter, source
+) -> Tuple[List[Chunk], int, Schedule]:
     """The chunks still to do, how many groups are already done, and the source
     schedule, in whose order the chunks go: output-file order, or for a streaming
     source each source file fetched once, held briefly."""
@@ -164,7 +166,7 @@ def plan_chunks(plan: Plan, budget: int, writer: OutputWriter, source) -> Tuple[
     chunks = []
     for g in order.groups:
         members = [outputs[i] for i in groups[g].outputs]
-        rows = chunk_rows(groups[g], budget)
+        rows = chunk_rows(groups[g], budget, baseline)
         if not rows:
             chunks.append(Chunk(g, members, None, True))
             continue
@@ -184,6 +186,7 @@ def execute(
     progress: bool = True,
     digest: Optional[str] = None,
     disk_budget: Optional[int] = None,
+    library_loaded: bool = False,
 ) -> ExecuteSummary:
     """Write the plan's output into ``out_dir`` (via ``out_dir.partial``).
 
@@ -198,6 +201,8 @@ def execute(
         digest: when given, refuse a plan whose digest is not this hex string.
         disk_budget: a Hub source's downloaded bytes to hold at once (default:
             its two largest files, or more when a group needs more at once).
+        library_loaded: this process also traced the plan (``convert``): the
+            library's imports count against the budget (planner.memory).
 
     Returns:
         An ExecuteSummary.
@@ -219,9 +224,10 @@ def execute(
     written = 0
     finished = False
     bar = None
-    previous_cache_limit = mx.set_cache_limit(cache_limit(budget))
+    baseline = plan_baseline(plan, library_loaded)
+    previous_cache_limit = mx.set_cache_limit(cache_limit(budget, baseline))
     try:
-        chunks, skipped, order = plan_chunks(plan, budget, writer, src)
+        chunks, skipped, order = plan_chunks(plan, budget, baseline, writer, src)
         if src.streams:
             src.start(order)
         bar = progress_bar(total, "execute", 1 if src.streams else 0, progress)

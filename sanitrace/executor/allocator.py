@@ -2,19 +2,20 @@
 
 glibc serves a buffer above its mmap threshold with a mapping of its own, given
 back to the OS when freed; but the threshold grows with the largest such buffer
-freed (up to 32 MiB), and from then on the 1-32 MiB source pieces and chunks
-come from the heap, where freed ones stay resident. Converting Kimi-K2.6's
-layers (7.3 MiB experts) held 0.2 GiB more than mlx did, and the peak varied
-from run to run by as much (1.00 to 1.20 GiB, predicted 0.97). A fixed
-threshold keeps the process at what mlx holds, at the same speed. Elsewhere
-(macOS, musl) this does nothing.
+freed (from 128 KiB up to 32 MiB), and from then on source pieces and chunks
+below it come from the heap, where freed ones stay resident. Converting
+Kimi-K2.6's layers (7.3 MiB experts, 0.9 MiB scales) held 0.2 GiB more than mlx
+did, and the peak varied from run to run by as much (1.00 to 1.20 GiB). Fixing
+the threshold at glibc's own starting value keeps the process at what mlx holds
+(measured 0.96 GiB in every run), at the same speed; at 1 MiB the scales still
+stayed on the heap (1.09-1.13 GiB). Elsewhere (macOS, musl) this does nothing.
 """
 
 import ctypes
 import sys
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter, glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 1 << 20
+MMAP_THRESHOLD_BYTES = 128 << 10  # glibc's DEFAULT_MMAP_THRESHOLD_MIN
 
 
 def map_large_buffers() -> bool:

@@ -17,7 +17,7 @@ from .accounting import account
 from .chunking import plan_groups
 from .graph import canonical_order, source_table
 from .layout import output_files
-from .memory import BASELINE_BYTES, predicted_peak
+from .memory import baseline_bytes, predicted_peak
 
 if TYPE_CHECKING:
     from ..tracer import TraceResult
@@ -53,7 +53,8 @@ def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET
     ]
     out_files += side_files(result.text_files, result.side_bases)
     accounting = accounting._replace(tokenizer=_tokenizer_note(result))
-    peak, worst = predicted_peak(groups, memory_budget)
+    baseline = baseline_bytes(len(rows), len(tensors))
+    peak, worst = predicted_peak(groups, memory_budget, baseline)
     plan = Plan(
         version=VERSION,
         versions=library_versions(),
@@ -66,7 +67,7 @@ def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET
         groups=tuple(groups),
         guards=tuple(guards),
         copy_subdirectories=result.copy_subdirectories,
-        memory=Memory(memory_budget, BASELINE_BYTES, peak, worst),
+        memory=Memory(memory_budget, baseline, peak, worst),
         accounting=accounting,
     )
     return dataclasses.replace(plan, accounting=accounting._replace(loads=load_verdict(plan)))

@@ -8,23 +8,43 @@ peak. The executor imports it: it needs nothing but the plan's types.
 
 from typing import Sequence, Tuple
 
-from ..plan.types import Group
+from ..plan.types import Group, Plan
 
-# Resident size of an executor before it computes (Python, mlx, numpy, the plan;
-# plus mlx-lm and the trace when run by `convert`): the part of a memory budget
-# that chunks cannot use. bench/memory_baseline.py measured 39 MiB idle, 74 MiB
-# with mlx-lm imported (Linux x86-64).
-BASELINE_BYTES = 96 << 20
+# Resident size of an executor before it computes, the part of a memory budget
+# that chunks cannot use: Python, mlx, numpy, the executor and its threads, plus
+# the plan held in memory, which grows with its graph nodes and source tensors.
+# bench/memory_baseline.py measures it (Linux x86-64, 36 plans from 120 nodes to
+# 700,000: 44 MiB for a tiny plan, 360 MiB for Kimi-K2's 700,000 nodes; running
+# adds about 12 MiB); `convert` also holds the library's imports and what is
+# left of the trace, 40-60 MiB (mlx_lm, mlx_vlm).
+EXECUTOR_BYTES = 56 << 20
+NODE_BYTES = 336
+SOURCE_TENSOR_BYTES = 720
+LIBRARY_BYTES = 64 << 20
 
 
-def cache_limit(budget: int) -> int:
+def baseline_bytes(nodes: int, source_tensors: int, library_loaded: bool = False) -> int:
+    """Resident bytes of a process executing a plan of ``nodes`` graph nodes and
+    ``source_tensors`` before it computes; ``library_loaded``: the process also
+    traced it (``convert``)."""
+    held = NODE_BYTES * nodes + SOURCE_TENSOR_BYTES * source_tensors
+    return EXECUTOR_BYTES + held + (LIBRARY_BYTES if library_loaded else 0)
+
+
+def plan_baseline(plan: Plan, library_loaded: bool = False) -> int:
+    """``baseline_bytes`` of ``plan``."""
+    return baseline_bytes(len(plan.graph.rows), len(plan.source.tensors), library_loaded)
+
+
+def cache_limit(budget: int, baseline: int) -> int:
     """mlx buffer cache allowed under ``budget`` (reused across same-size chunks);
     counted as full in predictions, so kept small."""
-    return max(budget - BASELINE_BYTES, 0) // 16
+    return max(budget - baseline, 0) // 16
 
 
-def chunk_rows(group: Group, budget: int) -> int:
-    """Rows per chunk for an output group under a memory ``budget``; 0 = whole.
+def chunk_rows(group: Group, budget: int, baseline: int) -> int:
+    """Rows per chunk for an output group under a memory ``budget`` of which
+    ``baseline`` is resident already; 0 = whole.
 
     A group's memory model is ``max(fixed + per_unit * units)`` over its
     ``peak_lines`` ``[fixed, per_unit]``, where a unit is ``unit`` rows along
@@ -33,7 +53,7 @@ def chunk_rows(group: Group, budget: int) -> int:
     """
     if not group.unit:
         return 0
-    working = budget - BASELINE_BYTES - cache_limit(budget)
+    working = budget - baseline - cache_limit(budget, baseline)
     units = min((working - fixed) // max(per_unit, 1) for fixed, per_unit in group.peak_lines)
     rows = max(int(units), 1) * group.unit
     if rows >= group.rows:
@@ -50,22 +70,23 @@ def group_peak(group: Group, rows: int) -> int:
     return max(fixed + per_unit * units for fixed, per_unit in group.peak_lines)
 
 
-def predicted_peak(groups: Sequence[Group], budget: int) -> Tuple[int, int]:
-    """(predicted peak RSS, index of the group that sets it) under ``budget``."""
+def predicted_peak(groups: Sequence[Group], budget: int, baseline: int) -> Tuple[int, int]:
+    """(predicted peak RSS, index of the group that sets it) under ``budget``
+    with ``baseline`` resident."""
     worst, which = 0, -1
     for i, g in enumerate(groups):
-        peak = group_peak(g, chunk_rows(g, budget))
+        peak = group_peak(g, chunk_rows(g, budget, baseline))
         if peak > worst:
             worst, which = peak, i
-    return BASELINE_BYTES + cache_limit(budget) + worst, which
+    return baseline + cache_limit(budget, baseline) + worst, which
 
 
-def smallest_budget(groups: Sequence[Group]) -> int:
+def smallest_budget(groups: Sequence[Group], baseline: int) -> int:
     """The smallest memory budget whose predicted peak stays within it: every
     group in its smallest chunks (one unit), plus the baseline and the cache
     that budget allows (``cache_limit``)."""
     smallest = max((group_peak(g, g.unit) for g in groups), default=0)
-    budget = BASELINE_BYTES + -(-smallest * 16 // 15)
-    while predicted_peak(groups, budget)[0] > budget:  # rounding in chunk_rows / cache_limit
+    budget = baseline + -(-smallest * 16 // 15)
+    while predicted_peak(groups, budget, baseline)[0] > budget:  # rounding in chunk_rows / cache_limit
         budget += 1 << 20
     return budget

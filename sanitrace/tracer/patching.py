@@ -172,7 +172,11 @@ def tracing(recorder: Recorder, sources: SourceSet, loaders: Sequence[tuple] = (
             except (TraceError, MemoryError):
                 raise
             except Exception as e:  # noqa: BLE001  the library's loader, whatever it raises
-                capture.tokenizer_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                message = " ".join(str(e).split())
+                if args and isinstance(args[0], (str, os.PathLike)):  # the model folder: the plan names it, not where
+                    folder = os.fspath(args[0]).rstrip(os.sep)
+                    message = message.replace(folder, os.path.basename(folder))
+                capture.tokenizer_error = f"{type(e).__name__}: {message[:300]}"
                 return _NoTokenizer()
             finally:
                 capture.watching = True
