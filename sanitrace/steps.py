@@ -4,7 +4,7 @@ plan, verify what was written. Each prints its part of the summary (report.py)."
 
 import os
 import time
-from typing import Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from . import plan as plan_ir
 from .collapse import human_bytes
@@ -13,6 +13,9 @@ from .plan import Plan
 from .report import print_download, print_lints, print_messages, print_trace, warn, warn_budget
 from .tracer import ConvertOptions, TraceError
 from .versions import installed_version
+
+if TYPE_CHECKING:
+    from .lint import Finding
 
 
 def resolve_source(
@@ -57,7 +60,7 @@ def run_trace(
     import tempfile
 
     from .hub import fetch_headers
-    from .lint import RULES
+    from .lint import RULES, lint
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
     from .tracer import trace as trace_conversion
 
@@ -78,10 +81,11 @@ def run_trace(
         # on the trace's graph: the plan's own nodes would be decoded from its encoding (1 s for GLM-5.1)
         quantized_nothing = options.quantize and not any(node.op == "mx.quantize" for node in result.nodes)
         del result
+        findings = lint(plan)  # on the trace's own nodes (build_plan), while the collector is paused
     print_messages(messages)
     print_trace(hf_path, plan, time.time() - start)
     check_loads(plan, allow_unloadable)
-    check_lints(plan, allow_lint)
+    check_lints(findings, allow_lint)
     if isinstance(source, RemoteRepo):
         print_download(plan, source, disk_budget)
     if quantized_nothing:
@@ -119,12 +123,11 @@ def check_loads(plan: Plan, allow_unloadable: bool) -> None:
     )
 
 
-def check_lints(plan: Plan, allow_lint: Sequence[str]) -> None:
-    """Print the plan's lint findings; TraceError on the first error-level one
+def check_lints(findings: List["Finding"], allow_lint: Sequence[str]) -> None:
+    """Print a plan's lint ``findings``; TraceError on the first error-level one
     whose rule is not in ``allow_lint``."""
-    from .lint import blocking, lint, summary
+    from .lint import blocking, summary
 
-    findings = lint(plan)
     print_lints(findings, summary(findings))
     errors = blocking(findings, allow_lint)
     if errors:

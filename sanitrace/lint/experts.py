@@ -22,7 +22,7 @@ def _families(g: PlanGraph):
         roots = [g.root(r.node) for r in node.inputs]
         if None in roots:
             continue
-        split = [split_numbers(g.name(t)) for t in roots if t is not None]
+        split = [g.split(t) for t in roots if t is not None]
         skeletons = {s for s, _ in split}
         if len(skeletons) != 1:
             continue
@@ -46,18 +46,17 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
     """Rule 4: every stack of one family of sources (names that differ in one
     number: the expert index) holds each index of that family in the source
     exactly once, and the other weight parts of each stacked expert are kept."""
-    by_skeleton: Dict[tuple, List[Tuple[int, ...]]] = collections.defaultdict(list)
-    for t in g.tensors:
-        skeleton, numbers = split_numbers(t.name)
-        by_skeleton[skeleton].append(numbers)
     family_index: Dict[tuple, Dict[tuple, Set[int]]] = {}  # (skeleton, column) -> other numbers -> indices
     incomplete: Dict[str, List[str]] = collections.defaultdict(list)  # problems -> the families' names
     stacked_prefixes: Set[str] = set()
     for _, skeleton, column, numbers in _families(g):
         if (skeleton, column) not in family_index:  # once per skeleton and column, not per stack
             index: Dict[tuple, Set[int]] = collections.defaultdict(set)
-            for n in by_skeleton[skeleton]:
-                index[n[:column] + n[column + 1 :]].add(n[column])
+            for t, tensor in enumerate(g.tensors):
+                if tensor.name.endswith(skeleton[-1]) and tensor.name.startswith(skeleton[0]):
+                    other, n = g.split(t)
+                    if other == skeleton:
+                        index[n[:column] + n[column + 1 :]].add(n[column])
             family_index[(skeleton, column)] = index
         present = family_index[(skeleton, column)][numbers[0][:column] + numbers[0][column + 1 :]]
         stacked = [n[column] for n in numbers]

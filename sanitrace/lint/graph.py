@@ -81,6 +81,7 @@ class PlanGraph:
         self.dropped: Dict[str, str] = {d.name: d.reason for d in plan.accounting.dropped}
         self.output_names: Dict[str, int] = {o.name: k for k, o in enumerate(plan.outputs)}
         self._roots: Dict[int, Optional[int]] = {}
+        self._split: Dict[int, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
 
     def source(self, node: int) -> Optional[int]:
         """The source tensor index of a load node, else None."""
@@ -101,6 +102,12 @@ class PlanGraph:
         for p in path:
             self._roots[p] = self._roots[node]
         return self._roots[node]
+
+    def split(self, tensor: int) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+        """``split_numbers`` of a source tensor's name (computed once)."""
+        if tensor not in self._split:
+            self._split[tensor] = split_numbers(self.tensors[tensor].name)
+        return self._split[tensor]
 
     def name(self, tensor: int) -> str:
         """A source tensor's name."""

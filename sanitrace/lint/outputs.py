@@ -2,6 +2,7 @@
 families of sources dropped (rule 6), layers users keep high-precision that
 were quantized (rule 7), and the output's bits per weight (rule 8)."""
 
+import bisect
 import collections
 import json
 import math
@@ -122,6 +123,11 @@ def _prefixes(name: str) -> List[str]:
     return [".".join(parts[:k]) for k in range(1, len(parts))]
 
 
+def _under(names: List[str], prefix: str) -> int:
+    """How many of the sorted ``names`` lie in module ``prefix`` (start with ``prefix + '.'``)."""
+    return bisect.bisect_left(names, prefix + "/") - bisect.bisect_left(names, prefix + ".")  # '/' follows '.'
+
+
 def dropped_families(g: PlanGraph) -> List[Finding]:
     """Rule 6: dropped sources, one note per family: the largest module all of
     whose tensors are dropped (an MTP layer, a vision tower, each layer's
@@ -129,15 +135,18 @@ def dropped_families(g: PlanGraph) -> List[Finding]:
     dropped = g.plan.accounting.dropped
     if not dropped:
         return []
-    total: collections.Counter = collections.Counter()
-    for t in g.tensors:
-        total.update(_prefixes(t.name))
-    lost: collections.Counter = collections.Counter()
-    for d in dropped:
-        lost.update(_prefixes(d.name))
+    every = sorted(t.name for t in g.tensors)
+    lost = sorted(d.name for d in dropped)
+    whole: Dict[str, bool] = {}  # module -> all its tensors dropped
+
+    def all_dropped(prefix: str) -> bool:
+        if prefix not in whole:
+            whole[prefix] = _under(lost, prefix) == _under(every, prefix)
+        return whole[prefix]
+
     families: Dict[str, List[tuple]] = collections.defaultdict(list)  # family -> (name, reason)
     for d in dropped:
-        family = next((p + ".*" for p in _prefixes(d.name) if lost[p] == total[p]), d.name)
+        family = next((p + ".*" for p in _prefixes(d.name) if all_dropped(p)), d.name)
         families[family].append((d.name, d.reason))
     labelled: Dict[str, List[str]] = collections.defaultdict(list)  # label -> families
     for family, named in families.items():
