@@ -19,21 +19,22 @@ def _families(g: PlanGraph):
     for i, node in enumerate(g.nodes):
         if node.op != "mx.stack" or len(node.inputs) < 2:
             continue
-        roots = [g.root(r.node) for r in node.inputs]
-        if None in roots:
+        found = [g.root(r.node) for r in node.inputs]
+        roots = [t for t in found if t is not None]
+        if len(roots) < len(found):
             continue
-        split = [g.split(t) for t in roots if t is not None]
-        skeletons = {s for s, _ in split}
-        if len(skeletons) != 1:
+        skeleton, first = g.split(roots[0])
+        matched = [g.numbers(skeleton, t) for t in roots[1:]]
+        numbers = [first] + [n for n in matched if n is not None]
+        if len(numbers) < len(roots):  # names of another shape
             continue
-        numbers = [n for _, n in split]
         varying = [c for c in range(len(numbers[0])) if len({n[c] for n in numbers}) > 1]
         if len(varying) > 1:
             continue
         column = varying[0] if varying else len(numbers[0]) - 1
         if column < 0:
             continue
-        yield i, skeletons.pop(), column, numbers
+        yield i, skeleton, column, numbers
 
 
 def _name(skeleton: Tuple[str, ...], numbers: Tuple, column: int, value: str) -> str:
@@ -52,11 +53,10 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
     for _, skeleton, column, numbers in _families(g):
         if (skeleton, column) not in family_index:  # once per skeleton and column, not per stack
             index: Dict[tuple, Set[int]] = collections.defaultdict(set)
-            for t, tensor in enumerate(g.tensors):
-                if tensor.name.endswith(skeleton[-1]) and tensor.name.startswith(skeleton[0]):
-                    other, n = g.split(t)
-                    if other == skeleton:
-                        index[n[:column] + n[column + 1 :]].add(n[column])
+            for t in g.same_letters(skeleton):
+                n = g.numbers(skeleton, t)
+                if n is not None:
+                    index[n[:column] + n[column + 1 :]].add(n[column])
             family_index[(skeleton, column)] = index
         present = family_index[(skeleton, column)][numbers[0][:column] + numbers[0][column + 1 :]]
         stacked = [n[column] for n in numbers]

@@ -1,12 +1,19 @@
-"""What the lint rules ask of a plan's graph: consumers, the source a value
+"""What the lint rules ask of a plan's graph: the source a value
 comes from, source names split into their numbers, and how outputs are quantized."""
 
+import collections
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import Node, Plan
 
-_NUMBER = re.compile(r"(\d+)")
+NUMBER = re.compile(r"(\d+)")
+
+
+def letters(name: str) -> bytes:
+    """A name with its digits taken out (fast: bytes.translate)."""
+    return name.encode().translate(None, b"0123456789")
+
 
 # ops that move, select or copy bytes without reading them as numbers
 LAYOUT_OPS = frozenset(
@@ -54,7 +61,7 @@ PERMUTE_OPS = frozenset(
 
 def split_numbers(name: str) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
     """A name's text between its numbers, and its numbers: 'a.3.b' -> (('a.', '.b'), (3,))."""
-    pieces = _NUMBER.split(name)
+    pieces = NUMBER.split(name)
     return tuple(pieces[::2]), tuple(int(p) for p in pieces[1::2])
 
 
@@ -69,10 +76,6 @@ class PlanGraph:
         self.plan = plan
         self.nodes: List[Node] = plan.nodes
         self.tensors = plan.source.tensors
-        self.consumers: List[List[int]] = [[] for _ in self.nodes]
-        for i, node in enumerate(self.nodes):
-            for ref in node.inputs:
-                self.consumers[ref.node].append(i)
         self.output_nodes: Dict[int, List[int]] = {}
         for k, out in enumerate(plan.outputs):
             self.output_nodes.setdefault(out.ref.node, []).append(k)
@@ -82,6 +85,8 @@ class PlanGraph:
         self.output_names: Dict[str, int] = {o.name: k for k, o in enumerate(plan.outputs)}
         self._roots: Dict[int, Optional[int]] = {}
         self._split: Dict[int, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
+        self._letters: Optional[Dict[bytes, List[int]]] = None
+        self._matchers: Dict[Tuple[str, ...], "re.Pattern[str]"] = {}
 
     def source(self, node: int) -> Optional[int]:
         """The source tensor index of a load node, else None."""
@@ -108,6 +113,25 @@ class PlanGraph:
         if tensor not in self._split:
             self._split[tensor] = split_numbers(self.tensors[tensor].name)
         return self._split[tensor]
+
+    def numbers(self, skeleton: Tuple[str, ...], tensor: int) -> Optional[Tuple[int, ...]]:
+        """The numbers of a source tensor's name when it has ``skeleton`` (the
+        text between its numbers, ``split_numbers``), else None."""
+        matcher = self._matchers.get(skeleton)
+        if matcher is None:
+            text = "".join(re.escape(p) + r"(\d+)" for p in skeleton[:-1]) + re.escape(skeleton[-1])
+            matcher = self._matchers[skeleton] = re.compile(text)
+        found = matcher.fullmatch(self.tensors[tensor].name)
+        return tuple(map(int, found.groups())) if found else None
+
+    def same_letters(self, skeleton: Tuple[str, ...]) -> List[int]:
+        """The source tensors whose names have the letters of ``skeleton`` (the
+        text between numbers, ``split_numbers``): all of its names, and few others."""
+        if self._letters is None:
+            self._letters = collections.defaultdict(list)
+            for t, tensor in enumerate(self.tensors):
+                self._letters[letters(tensor.name)].append(t)
+        return self._letters.get(letters("".join(skeleton)), [])
 
     def name(self, tensor: int) -> str:
         """A source tensor's name."""

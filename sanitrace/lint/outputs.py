@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from ..plan import Plan
 from .finding import Finding, finding, pattern
-from .graph import PlanGraph, default_group_size, quantize_params
+from .graph import PlanGraph, letters, default_group_size, quantize_params
 
 _FLOATS = ("float16", "bfloat16", "float32")
 _PACKED = {"uint32": 32, "uint8": 8}  # a packed quantized weight's element bits
@@ -123,9 +123,14 @@ def _prefixes(name: str) -> List[str]:
     return [".".join(parts[:k]) for k in range(1, len(parts))]
 
 
-def _under(names: List[str], prefix: str) -> int:
-    """How many of the sorted ``names`` lie in module ``prefix`` (start with ``prefix + '.'``)."""
-    return bisect.bisect_left(names, prefix + "/") - bisect.bisect_left(names, prefix + ".")  # '/' follows '.'
+def _shared_depth(parts: List[str], other: str) -> int:
+    """How many leading dotted components a name split into ``parts`` shares with ``other``."""
+    depth = 0
+    for mine, theirs in zip(parts, other.split(".")):
+        if mine != theirs:
+            break
+        depth += 1
+    return depth
 
 
 def dropped_families(g: PlanGraph) -> List[Finding]:
@@ -135,22 +140,24 @@ def dropped_families(g: PlanGraph) -> List[Finding]:
     dropped = g.plan.accounting.dropped
     if not dropped:
         return []
-    every = sorted(t.name for t in g.tensors)
-    lost = sorted(d.name for d in dropped)
-    whole: Dict[str, bool] = {}  # module -> all its tensors dropped
-
-    def all_dropped(prefix: str) -> bool:
-        if prefix not in whole:
-            whole[prefix] = _under(lost, prefix) == _under(every, prefix)
-        return whole[prefix]
-
+    # a module's tensors are one run of the sorted names, so it holds a kept tensor
+    # exactly when one of the kept names beside a dropped one (in sorted order) is in it
+    kept = sorted(set(t.name for t in g.tensors) - set(g.dropped))
     families: Dict[str, List[tuple]] = collections.defaultdict(list)  # family -> (name, reason)
     for d in dropped:
-        family = next((p + ".*" for p in _prefixes(d.name) if all_dropped(p)), d.name)
+        at = bisect.bisect_left(kept, d.name)
+        parts = d.name.split(".")
+        shared = max([_shared_depth(parts, kept[k]) for k in (at - 1, at) if 0 <= k < len(kept)], default=0)
+        family = ".".join(parts[: shared + 1]) + ".*" if shared + 1 < len(parts) else d.name
         families[family].append((d.name, d.reason))
     labelled: Dict[str, List[str]] = collections.defaultdict(list)  # label -> families
+    words_of: Dict[bytes, set] = {}  # a name's words do not depend on its numbers
     for family, named in families.items():
-        words = {w for name, _ in named for w in re.split(r"[._]", name.lower())}
+        for name, _ in named:
+            shape = letters(name)
+            if shape not in words_of:
+                words_of[shape] = set(re.split(r"[._]", name.lower()))
+        words = set().union(*(words_of[letters(name)] for name, _ in named))
         labelled[next((label for keys, label in _FAMILIES if words & set(keys)), "source tensors")].append(family)
     findings = []
     for label, members in labelled.items():

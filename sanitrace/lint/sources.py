@@ -50,19 +50,23 @@ def _decodes(node) -> bool:
 def fp8_as_integer(g: PlanGraph) -> List[Finding]:
     """Rule 1: a float8 source reaches a numeric op, or an output, as the uint8
     bytes ``mx.load`` gives, without ``mx.from_fp8`` or a bit view first."""
-    raw = [i for i, n in enumerate(g.nodes) if n.op == "load" and g.tensors[n.args[0]].dtype in FLOAT8]
-    seen: Set[int] = set(raw)
+    seen: Set[int] = set()  # nodes that hold the raw bytes (loads, then layout ops of them)
     misuse: Dict[str, Set[int]] = {}  # what reads the bytes -> the raw nodes it reads
-    while raw:
-        i = raw.pop()
-        for c in g.consumers[i]:
-            op = g.nodes[c].op
-            if op in LAYOUT_OPS:
-                if c not in seen:
-                    seen.add(c)
-                    raw.append(c)
-            elif not _decodes(g.nodes[c]):
-                misuse.setdefault(_op_text(g.nodes[c]), set()).add(i)
+    if not any(t.dtype in FLOAT8 for t in g.tensors):
+        return []
+    for c, node in enumerate(g.nodes):  # topological order: one pass forward
+        if node.op == "load":
+            if g.tensors[node.args[0]].dtype in FLOAT8:
+                seen.add(c)
+            continue
+        raw = [r.node for r in node.inputs if r.node in seen]
+        if not raw:
+            continue
+        if node.op in LAYOUT_OPS:
+            seen.add(c)
+        elif not _decodes(node):
+            misuse.setdefault(_op_text(node), set()).update(raw)
+    for i in seen:
         for k in g.output_nodes.get(i, []):
             out = g.plan.outputs[k]
             if out.name.rsplit(".", 1)[0] + ".scales" not in g.output_names:  # not a packed format kept
