@@ -14,11 +14,13 @@ import pytest
 from conftest import REPO, SHARED, copy_tree, sanitrace_convert
 
 from sanitrace import plan as plan_ir
+from sanitrace.collapse import collapse_numbers
 from sanitrace.cli import main as sanitrace_main
 from sanitrace.diff import diff
 from sanitrace.fixtures import write_checkpoint
 from sanitrace.fixtures.architectures import DEEPSEEK_V4_SIZES
 from sanitrace.lint import RULES, bits_per_weight, lint
+from sanitrace.lint.finding import pattern
 from sanitrace.planner import build_plan
 from sanitrace.show import render, render_json
 from sanitrace.tracer import ConvertOptions, trace
@@ -318,3 +320,19 @@ def test_corpus_has_no_errors_and_no_unexplained_warnings():
                 if f.severity != "note" and not known:
                     problems.append(f"{case['case']} {mode}: {f.text()}")
     assert problems == []
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [f"l.{a}.e.{b}.{p}_proj.w" for a in range(1, 61) for b in range(384) for p in ("down", "gate", "up")],
+        [f"l.{a}.e.{b}.w" for a in range(10) for b in range(10)],  # two columns showing the same set
+        [f"l.{a}.e.{b}.w" for a in range(3, 70, 4) for b in range(8)],
+        [f"l.{a}.e.{b}.w" for a in range(20) for b in range(8) if (a, b) != (3, 4)],  # not a full product
+        [f"m.{a:02d}.x.{b}" for a in range(20) for b in range(8)],  # zero-padded
+    ],
+    ids=["kimi-experts", "same-sets", "strided", "one-missing", "zero-padded"],
+)
+def test_pattern_is_what_collapse_numbers_gives(names):
+    """pattern() renders a full product of numbers column by column; it must read as show's collapse."""
+    assert pattern(names) == ", ".join(sorted(collapse_numbers(sorted(set(names)))))
