@@ -10,7 +10,7 @@ one line naming the file or tensor.
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from . import plan as plan_ir
 from .executor import DiskBudgetError, ExecuteSummary, GuardFailed, OutputError, OutputExists, SourceMismatch
@@ -100,6 +100,7 @@ def trace(
     memory_budget: Optional[int] = None,
     plan_out: Optional[str] = None,
     allow_unloadable: bool = False,
+    allow_lint: Sequence[str] = (),
 ) -> Plan:
     """Trace the library's conversion of ``hf_path`` into a plan, reading headers only.
 
@@ -119,13 +120,16 @@ def trace(
         allow_unloadable: trace an output the library's own loader would
             refuse (load_check.py) instead of failing; it is what the
             library's convert writes.
+        allow_lint: lint rule ids (docs/lints.md) whose error-level findings
+            do not fail the trace; they are still printed.
 
     Returns:
         The Plan.
 
     Raises:
-        TraceError: the conversion cannot be traced, or its output would not
-            load with the library (unless ``allow_unloadable``). Its subclass
+        TraceError: the conversion cannot be traced, its output would not
+            load with the library (unless ``allow_unloadable``), or a lint
+            rule not in ``allow_lint`` finds an error (sanitrace.lint). Its subclass
             UpstreamError: the library's own conversion code raised (eager
             conversion fails the same way); it names the library's file:line.
         HubError, SafetensorsError: the Hub repo or a safetensors header is
@@ -134,7 +138,9 @@ def trace(
     options = ConvertOptions(
         quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize, trust_remote_code
     )
-    plan, _, _ = run_trace(hf_path, options, library, memory_budget, revision, allow_unloadable=allow_unloadable)
+    plan, _, _ = run_trace(
+        hf_path, options, library, memory_budget, revision, allow_unloadable=allow_unloadable, allow_lint=allow_lint
+    )
     warn_budget(plan.groups, plan.memory.budget, plan.memory.predicted_peak, plan.memory.baseline)
     if plan_out is not None:
         data = plan_ir.save(plan, plan_out)
@@ -218,6 +224,7 @@ def convert(
     progress: bool = True,
     disk_budget: Optional[int] = None,
     allow_unloadable: bool = False,
+    allow_lint: Sequence[str] = (),
     verify: bool = True,
     verify_forward: bool = False,
 ) -> ConvertSummary:
@@ -238,6 +245,7 @@ def convert(
         disk_budget: for a Hub repo, the downloaded bytes to hold at once.
         allow_unloadable: convert even when the library's own loader would
             refuse the output (as its convert does); see ``trace``.
+        allow_lint: lint rules whose errors do not stop the conversion; see ``trace``.
         verify, verify_forward: as ``execute``; verify is on by default.
 
     Returns:
@@ -257,7 +265,7 @@ def convert(
         quantize, q_group_size, q_bits, q_mode, quant_predicate, dtype, dequantize, trust_remote_code
     )
     plan, messages, source = run_trace(
-        hf_path, options, library, memory_budget, revision, disk_budget, allow_unloadable
+        hf_path, options, library, memory_budget, revision, disk_budget, allow_unloadable, allow_lint
     )
     if plan_out is not None:
         plan_ir.save(plan, plan_out)

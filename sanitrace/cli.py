@@ -1,4 +1,4 @@
-"""Command line: sanitrace trace | execute | convert | check | show | diff | retrace."""
+"""Command line: sanitrace trace | execute | convert | check | show | lint | diff | retrace."""
 
 import argparse
 import json
@@ -104,7 +104,13 @@ def _run(args) -> int:
     from . import api
 
     if args.command == "trace":
-        api.trace(_model(args), plan_out=args.output, allow_unloadable=args.allow_unloadable, **_convert_kwargs(args))
+        api.trace(
+            _model(args),
+            plan_out=args.output,
+            allow_unloadable=args.allow_unloadable,
+            allow_lint=args.allow_lint,
+            **_convert_kwargs(args),
+        )
     elif args.command == "execute":
         api.execute(
             args.plan,
@@ -128,6 +134,7 @@ def _run(args) -> int:
             progress=not args.no_progress,
             disk_budget=args.disk_budget,
             allow_unloadable=args.allow_unloadable,
+            allow_lint=args.allow_lint,
             verify=args.verify,
             verify_forward=args.verify_forward,
             **_convert_kwargs(args),
@@ -137,6 +144,8 @@ def _run(args) -> int:
     elif args.command == "show":
         sys.stdout.write(_render(args.plan, args.full, args.format))
         sys.stdout.flush()
+    elif args.command == "lint":
+        return _lint(args.plans)
     elif args.command == "diff":
         return _diff(args.old, args.new)
     elif args.command == "retrace":
@@ -168,6 +177,22 @@ def _render(path: str, full: bool = False, form: str = "text") -> str:
     if form == "json":
         return json.dumps(render_json(plan), indent=1) + "\n"
     return render(plan, full)
+
+
+def _lint(paths) -> int:
+    """Each plan's findings under a line of counts; 1 when any has an error."""
+    from . import plan as plan_ir
+    from .lint import bits_per_weight, lint, summary
+
+    errors = 0
+    for path in paths:
+        plan = plan_ir.load(path)
+        findings = lint(plan)
+        errors += sum(f.severity == "error" for f in findings)
+        print(f"{path}: {summary(findings)}; {bits_per_weight(plan):.3f} bits per weight")
+        for f in findings:
+            print(f"  {f.text()}")
+    return 1 if errors else 0
 
 
 def _diff(old_path: str, new_path: str) -> int:

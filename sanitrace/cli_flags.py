@@ -130,6 +130,13 @@ def _add_allow_unloadable(parser: argparse.ArgumentParser):
         help="Write an output the library's own loader would refuse (the trace checks it), "
         "exactly as the library's convert writes it.",
     )
+    parser.add_argument(
+        "--allow-lint",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="Do not fail on this lint rule's errors (repeatable; the rules are in docs/lints.md).",
+    )
 
 
 def _add_execute_flags(parser: argparse.ArgumentParser):
@@ -236,6 +243,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("plan", help="Plan file.")
     p.add_argument("--full", action="store_true", help="Every tensor, with its file and offset.")
     p.add_argument("--format", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("lint", help="Lint plans for silent-corruption patterns (exit status 1 on an error finding).")
+    p.add_argument("plans", nargs="+", metavar="PLAN", help="Plan files.")
 
     p = sub.add_parser("diff", help="Semantic diff of two plans (exit status 1 when they differ).")
     p.add_argument("old")

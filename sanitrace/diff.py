@@ -2,14 +2,15 @@
 
 Outputs are compared by name: added, removed, renamed (same dtype, shape and
 op chain under another name), changed (dtype/shape/op chain/quantization);
-then the dropped sources, the options and library versions, the shards and the
-predicted memory. Lines that differ only in a layer or expert number collapse
-as in ``show``.
+then the dropped sources, the options and library versions, the shards, the
+output's bits per weight (a note) and the predicted memory. Lines that differ
+only in a layer or expert number collapse as in ``show``.
 """
 
 from typing import Dict, List
 
 from .collapse import collapse_numbers, human_bytes
+from .lint import bits_per_weight
 from .plan import Plan
 from .show import Renderer, aval_text
 
@@ -101,6 +102,9 @@ def diff(old: Plan, new: Plan) -> List[str]:
     old_shards, new_shards = _files(old, "safetensors"), _files(new, "safetensors")
     if list(old_shards) != list(new_shards):
         lines.append(f"shards: {len(old_shards)} -> {len(new_shards)}")
+    old_bits, new_bits = bits_per_weight(old), bits_per_weight(new)
+    if f"{old_bits:.3f}" != f"{new_bits:.3f}":
+        lines.append(f"note bits-per-weight: {old_bits:.3f} -> {new_bits:.3f} bits per weight of the output")
     if old.memory.predicted_peak != new.memory.predicted_peak:
         lines.append(
             f"memory: predicted peak {human_bytes(old.memory.predicted_peak)} -> "

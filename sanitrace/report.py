@@ -51,6 +51,14 @@ def print_trace(hf_path: str, plan: Plan, seconds: float) -> None:
     print(f"  predicted peak   {human_bytes(mem.predicted_peak)} (budget {human_bytes(mem.budget)})", flush=True)
 
 
+def print_lints(findings, counts: str) -> None:
+    """The trace summary's lint lines: the counts, then each finding (docs/lints.md)."""
+    print(f"  lints            {counts}")
+    for f in findings:
+        print(f"    {f.text()}")
+    sys.stdout.flush()
+
+
 def print_download(plan: Plan, repo: RemoteRepo, disk_budget: Optional[int]) -> None:
     """Before any weight byte moves: what streaming from ``repo`` downloads and the disk it needs."""
     from .executor.hub_source import disk_needs

@@ -307,10 +307,16 @@ def render(plan: Plan, full: bool = False) -> str:
             instead of collapsing across layers and experts.
 
     Returns:
-        The text: header, outputs, guards, dropped sources (and files when
-        ``full``), ending with a newline.
+        The text: header, lint findings (when there are any), outputs,
+        guards, dropped sources (and files when ``full``), ending with a newline.
     """
-    lines = header_lines(plan) + ["", "## outputs"]
+    from .lint import lint
+
+    findings = lint(plan)
+    lines = header_lines(plan)
+    if findings:
+        lines += ["", "## lints"] + [f.text() for f in findings]
+    lines += ["", "## outputs"]
     outputs = output_lines(plan, full)
     lines += outputs if full else collapse_numbers(outputs)
     if plan.guards:
@@ -357,12 +363,16 @@ def render_json(plan: Plan) -> dict:
         plan: the plan.
 
     Returns:
-        A JSON-serializable dict: the header lines, digest, library, options,
-        versions, memory, and every output, guard and dropped source, uncollapsed.
+        A JSON-serializable dict: the header lines, lint findings, digest,
+        library, options, versions, memory, and every output, guard and
+        dropped source, uncollapsed.
     """
+    from .lint import lint
+
     r = Renderer(plan, collapse_lists=False)
     return {
         "header": header_lines(plan),
+        "lints": [f._asdict() for f in lint(plan)],
         "digest": plan.digest,
         "library": plan.library,
         "options": plan.options,

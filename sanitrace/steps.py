@@ -4,15 +4,18 @@ plan, verify what was written. Each prints its part of the summary (report.py)."
 
 import os
 import time
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from . import plan as plan_ir
 from .collapse import human_bytes
 from .hub import RemoteRepo
 from .plan import Plan
-from .report import print_download, print_messages, print_trace, warn, warn_budget
+from .report import print_download, print_lints, print_messages, print_trace, warn, warn_budget
 from .tracer import ConvertOptions, TraceError
 from .versions import installed_version
+
+if TYPE_CHECKING:
+    from .lint import Finding
 
 
 def resolve_source(
@@ -46,17 +49,24 @@ def run_trace(
     revision: Optional[str] = None,
     disk_budget: Optional[int] = None,
     allow_unloadable: bool = False,
+    allow_lint: Sequence[str] = (),
 ):
     """The plan, the lines the library printed, and the source (a folder, or the
     opened Hub repo: its headers are read by range into a temporary folder);
-    prints those lines, the trace summary, for the Hub what streaming will
-    download and hold, and a warning when -q quantized nothing."""
+    prints those lines, the trace summary with the plan's lint findings, for
+    the Hub what streaming will download and hold, and a warning when -q
+    quantized nothing. TraceError on an error-level finding whose rule is not
+    in ``allow_lint``."""
     import tempfile
 
     from .hub import fetch_headers
+    from .lint import RULES, lint
     from .planner import DEFAULT_MEMORY_BUDGET, build_plan
     from .tracer import trace as trace_conversion
 
+    unknown = sorted(set(allow_lint) - set(RULES))
+    if unknown:  # before the trace, which can take minutes
+        raise TraceError(f"--allow-lint {unknown[0]}: no such rule; the rules are {', '.join(sorted(RULES))}")
     start = time.time()
     source, hf_repo = resolve_source(hf_path, revision)
     with plan_ir.gc_paused(), tempfile.TemporaryDirectory(prefix="sanitrace-hub-") as tmp:
@@ -71,9 +81,11 @@ def run_trace(
         # on the trace's graph: the plan's own nodes would be decoded from its encoding (1 s for GLM-5.1)
         quantized_nothing = options.quantize and not any(node.op == "mx.quantize" for node in result.nodes)
         del result
+        findings = lint(plan)  # on the trace's own nodes (build_plan), while the collector is paused
     print_messages(messages)
     print_trace(hf_path, plan, time.time() - start)
     check_loads(plan, allow_unloadable)
+    check_lints(findings, allow_lint)
     if isinstance(source, RemoteRepo):
         print_download(plan, source, disk_budget)
     if quantized_nothing:
@@ -109,6 +121,18 @@ def check_loads(plan: Plan, allow_unloadable: bool) -> None:
         f"the output would not load with {plan.library}.load, and {plan.library}.convert writes it "
         f"the same way: {problem}; pass --allow-unloadable to write it anyway"
     )
+
+
+def check_lints(findings: List["Finding"], allow_lint: Sequence[str]) -> None:
+    """Print a plan's lint ``findings``; TraceError on the first error-level one
+    whose rule is not in ``allow_lint``."""
+    from .lint import blocking, summary
+
+    print_lints(findings, summary(findings))
+    errors = blocking(findings, allow_lint)
+    if errors:
+        more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
+        raise TraceError(f"lint {errors[0].text()}{more}; pass --allow-lint {errors[0].rule} to write it anyway")
 
 
 def verify_written(plan: Plan, mlx_path: str, forward: bool) -> None:

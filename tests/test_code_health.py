@@ -90,10 +90,10 @@ def test_public_api_docstrings_state_args_and_returns():
     import textwrap
 
     import sanitrace
-    from sanitrace import api, check, collapse, compare, diff, executor, hub, hub_download, retrace, show, verify
+    from sanitrace import api, check, collapse, compare, diff, executor, hub, hub_download, lint, retrace, show, verify
 
     functions = [getattr(api, name) for name in sanitrace.__all__] + [executor.execute]
-    for module in (verify, check, compare, hub, hub_download, retrace, diff, show, collapse):
+    for module in (verify, check, compare, hub, hub_download, retrace, diff, show, collapse, lint):
         functions += [
             obj
             for name, obj in vars(module).items()

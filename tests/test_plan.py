@@ -69,6 +69,14 @@ def test_tokenizer_note_names_the_model_folder_not_where_it_is(tmp_path):
     assert "Can't load image processor for 'model'" in plan_ir.loads(plans[0]).accounting.tokenizer
 
 
+@pytest.mark.parametrize("fixture", ["deepseek_v3", "split_experts", "deepseek_v3_fp8", "gpt_oss_mxfp4"])
+def test_traced_plan_nodes_are_what_decoding_its_bytes_gives(fixture, checkpoints):
+    """build_plan gives a traced plan its nodes from the trace (no decoding pass); they must be the loaded plan's."""
+    plan = build_plan(trace(str(checkpoints[fixture]), ConvertOptions(quantize=True)))
+    assert "nodes" in plan.__dict__
+    assert plan.nodes == plan_ir.loads(plan_ir.dumps(plan)).nodes
+
+
 def test_round_trip(checkpoints):
     data = plan_bytes(checkpoints["deepseek_v3"], quantize=True)
     assert plan_ir.dumps(plan_ir.loads(data)) == data

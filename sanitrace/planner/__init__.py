@@ -15,7 +15,7 @@ from ..plan.format import encode_graph
 from ..versions import installed_version
 from .accounting import account
 from .chunking import plan_groups
-from .graph import canonical_order, source_table
+from .graph import canonical_order, renumbered, source_table
 from .layout import output_files
 from .memory import baseline_bytes, predicted_peak
 
@@ -70,7 +70,9 @@ def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET
         memory=Memory(memory_budget, baseline, peak, worst),
         accounting=accounting,
     )
-    return dataclasses.replace(plan, accounting=accounting._replace(loads=load_verdict(plan)))
+    plan = dataclasses.replace(plan, accounting=accounting._replace(loads=load_verdict(plan)))
+    plan.__dict__["nodes"] = renumbered(result.nodes, order, remap, tensor_index)  # the cached_property
+    return plan
 
 
 def _tokenizer_note(result: "TraceResult") -> str:
