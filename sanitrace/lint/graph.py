@@ -87,6 +87,7 @@ class PlanGraph:
         self._split: Dict[int, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
         self._letters: Optional[Dict[bytes, List[int]]] = None
         self._matchers: Dict[Tuple[str, ...], "re.Pattern[str]"] = {}
+        self._numbers: Dict[Tuple[Tuple[str, ...], int], Optional[Tuple[int, ...]]] = {}
 
     def source(self, node: int) -> Optional[int]:
         """The source tensor index of a load node, else None."""
@@ -117,12 +118,15 @@ class PlanGraph:
     def numbers(self, skeleton: Tuple[str, ...], tensor: int) -> Optional[Tuple[int, ...]]:
         """The numbers of a source tensor's name when it has ``skeleton`` (the
         text between its numbers, ``split_numbers``), else None."""
-        matcher = self._matchers.get(skeleton)
-        if matcher is None:
-            text = "".join(re.escape(p) + r"(\d+)" for p in skeleton[:-1]) + re.escape(skeleton[-1])
-            matcher = self._matchers[skeleton] = re.compile(text)
-        found = matcher.fullmatch(self.tensors[tensor].name)
-        return tuple(map(int, found.groups())) if found else None
+        key = (skeleton, tensor)
+        if key not in self._numbers:
+            matcher = self._matchers.get(skeleton)
+            if matcher is None:
+                text = "".join(re.escape(p) + r"(\d+)" for p in skeleton[:-1]) + re.escape(skeleton[-1])
+                matcher = self._matchers[skeleton] = re.compile(text)
+            found = matcher.fullmatch(self.tensors[tensor].name)
+            self._numbers[key] = tuple(map(int, found.groups())) if found else None
+        return self._numbers[key]
 
     def same_letters(self, skeleton: Tuple[str, ...]) -> List[int]:
         """The source tensors whose names have the letters of ``skeleton`` (the

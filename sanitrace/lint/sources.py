@@ -97,6 +97,8 @@ def fp8_as_integer(g: PlanGraph) -> List[Finding]:
 
 def scale_target(name: str, names: Dict[str, int]) -> Optional[str]:
     """The weight a block scale named ``name`` belongs to, when that weight is a source tensor."""
+    if "scale" not in name:  # every suffix has it: most names are over at once
+        return None
     for suffix, weight in SCALE_SUFFIXES:
         if name.endswith(suffix):
             target = name[: -len(suffix)] + weight
