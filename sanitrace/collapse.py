@@ -85,8 +85,15 @@ def ranges(values: List[int], width: int = 0) -> str:
     return best
 
 
-def _split(line: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-    """A line's text between its numbers, and its numbers."""
+def number_columns(line: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """A line's text between its numbers, and its numbers.
+
+    Args:
+        line: the line; a set already shown (``{0..3}``) is text, not a number.
+
+    Returns:
+        (the texts before, between and after the numbers; the numbers as written).
+    """
     if "{" not in line:
         pieces = _NUMBER.split(line)
         return tuple(pieces[::2]), tuple(pieces[1::2])
@@ -100,8 +107,15 @@ def _split(line: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     return tuple(parts), tuple(numbers)
 
 
-def _width(values: Set[str]) -> Optional[int]:
-    """The zero-padding of a column's numbers; None when neither plain nor all of one width."""
+def zero_padding(values: Set[str]) -> Optional[int]:
+    """The zero-padding of a column's numbers.
+
+    Args:
+        values: the numbers as written.
+
+    Returns:
+        0 when none is zero-padded, their common width when all are, else None.
+    """
     if all(v[0] != "0" or v == "0" for v in values):
         return 0
     lengths = {len(v) for v in values}
@@ -135,7 +149,7 @@ def _collapse_bucket(skeleton: Tuple[str, ...], rows: Dict[Tuple[str, ...], int]
     for j in range(n):
         if len(distinct[j]) > 1:
             leader[j] = next((i for i in range(j) if leader[i] == i and columns[i] == columns[j]), j)
-    widths = [_width(d) for d in distinct]
+    widths = [zero_padding(d) for d in distinct]
     keys = [i for i in range(n) if leader[i] == i]
     free = [k for k, i in enumerate(keys) if widths[i] is not None and len(distinct[i]) > 1]
     if len(free) <= 1 and all(len(distinct[i]) == 1 or widths[i] is not None for i in keys):
@@ -198,7 +212,7 @@ def collapse_numbers(lines: List[str]) -> List[str]:
     buckets: Dict[tuple, Dict[tuple, int]] = {}
     placed: List[Tuple[int, int, str]] = []
     for index, line in enumerate(lines):
-        skeleton, numbers = _split(line)
+        skeleton, numbers = number_columns(line)
         rows = buckets.setdefault(skeleton, {})
         if numbers in rows:
             placed.append((index, len(placed), line))  # a repeat of a line: kept, not merged into its family

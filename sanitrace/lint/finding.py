@@ -3,8 +3,7 @@
 import math
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from ..collapse import collapse_numbers, ranges
-from .graph import NUMBER
+from ..collapse import collapse_numbers, number_columns, ranges, zero_padding
 
 _FAST = 64  # names of one skeleton from which a full product is rendered column by column
 
@@ -43,24 +42,19 @@ def finding(rule: str, tensors: str, why: str) -> Finding:
 
 def pattern(names: Iterable[str]) -> str:
     """Names collapsed as ``show`` collapses them (``layers.{0..60}.mlp.gate.weight``), comma-separated."""
+    by_skeleton: Dict[Tuple[str, ...], List[Tuple[str, Tuple[str, ...]]]] = {}
+    for name in sorted(set(names)):
+        skeleton, numbers = number_columns(name)
+        by_skeleton.setdefault(skeleton, []).append((name, numbers))
     lines: List[str] = []
     rest: List[str] = []
-    for skeleton, rows in _by_skeleton(sorted(set(names))).items():
-        line = _product_line(skeleton, rows)
+    for skeleton, named in by_skeleton.items():
+        line = _product_line(skeleton, [numbers for _, numbers in named])
         if line is None:
-            rest += ["".join(p + n for p, n in zip(skeleton, row + ("",))) for row in rows]
+            rest += [name for name, _ in named]
         else:
             lines.append(line)
     return ", ".join(sorted(lines + collapse_numbers(rest)))
-
-
-def _by_skeleton(names: List[str]) -> Dict[Tuple[str, ...], List[Tuple[str, ...]]]:
-    """Names by their text between numbers -> their numbers (as written)."""
-    groups: Dict[Tuple[str, ...], List[Tuple[str, ...]]] = {}
-    for name in names:
-        pieces = NUMBER.split(name)
-        groups.setdefault(tuple(pieces[::2]), []).append(tuple(pieces[1::2]))
-    return groups
 
 
 def _product_line(skeleton: Tuple[str, ...], rows: List[Tuple[str, ...]]) -> Optional[str]:
@@ -70,10 +64,11 @@ def _product_line(skeleton: Tuple[str, ...], rows: List[Tuple[str, ...]]) -> Opt
     shows the set another does (collapse_numbers decides those)."""
     if len(rows) < _FAST or not rows[0]:
         return None
-    columns = [sorted({int(row[c]) for row in rows}) for c in range(len(rows[0]))]
-    if math.prod(len(c) for c in columns) != len(rows):
+    written = [{row[c] for row in rows} for c in range(len(rows[0]))]
+    if any(zero_padding(values) != 0 for values in written):
         return None
-    if any(len(n) > 1 and n[0] == "0" for row in rows for n in row):
+    columns = [sorted(int(v) for v in values) for values in written]
+    if math.prod(len(c) for c in columns) != len(rows):
         return None
     texts = [str(c[0]) if len(c) == 1 else "{" + ranges(c) + "}" for c in columns]
     if len({t for t in texts if t.startswith("{")}) != sum(t.startswith("{") for t in texts):

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import Node, Plan
 
-NUMBER = re.compile(r"(\d+)")
+_NUMBER = re.compile(r"(\d+)")
 
 
 def letters(name: str) -> bytes:
@@ -61,7 +61,7 @@ PERMUTE_OPS = frozenset(
 
 def split_numbers(name: str) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
     """A name's text between its numbers, and its numbers: 'a.3.b' -> (('a.', '.b'), (3,))."""
-    pieces = NUMBER.split(name)
+    pieces = _NUMBER.split(name)
     return tuple(pieces[::2]), tuple(int(p) for p in pieces[1::2])
 
 
@@ -88,11 +88,6 @@ class PlanGraph:
         self._letters: Optional[Dict[bytes, List[int]]] = None
         self._matchers: Dict[Tuple[str, ...], "re.Pattern[str]"] = {}
         self._numbers: Dict[Tuple[Tuple[str, ...], int], Optional[Tuple[int, ...]]] = {}
-
-    def source(self, node: int) -> Optional[int]:
-        """The source tensor index of a load node, else None."""
-        n = self.nodes[node]
-        return n.args[0] if n.op == "load" else None
 
     def root(self, node: int) -> Optional[int]:
         """The one source tensor a value is computed from along a chain of
