@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import mlx.core as mx
+import msgpack
 import pytest
 from conftest import REPO, SHARED, copy_tree, sanitrace_convert
 
@@ -274,6 +275,21 @@ def test_lint_and_allow_lint_bad_input_is_one_line(tmp_path, capsys, checkpoints
     assert sanitrace_main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--allow-lint no-such-rule: no such rule" in err[0]
+
+
+@pytest.mark.parametrize("depth", [900, 3000], ids=["parsed-but-deep", "past-json"])
+def test_plan_whose_config_nests_deeply_lints_and_diffs_without_a_traceback(tmp_path, capsys, depth):
+    """A plan is untrusted: its config.json (read for bits per weight) may nest
+    as deep as json.loads allows (900 levels parse here), or deeper."""
+    raw = msgpack.unpackb((REPO / "plans" / "tiny-qwen3-moe-q4.msgpack").read_bytes(), raw=False, strict_map_key=False)
+    config = next(f for f in raw["files"] if f["name"] == "config.json")
+    config["data"] = b'{"quantization": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b"}"
+    path = tmp_path / "deep.msgpack"
+    path.write_bytes(msgpack.packb(raw, use_bin_type=True))
+    assert sanitrace_main(["lint", str(path)]) == 0
+    assert "bits per weight" in capsys.readouterr().out
+    assert sanitrace_main(["diff", str(REPO / "plans" / "tiny-qwen3-moe-q4.msgpack"), str(path)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_lints_never_change_the_plan(checkpoints):

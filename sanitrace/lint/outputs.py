@@ -175,14 +175,21 @@ def dropped_families(g: PlanGraph) -> List[Finding]:
 
 
 def _declared_bits(value) -> int:
-    """The first ``bits`` / ``num_bits`` integer in a nested config value, else 0."""
-    if isinstance(value, dict):
-        for key in ("bits", "num_bits"):
-            if isinstance(value.get(key), int):
-                return value[key]
-        value = list(value.values())
-    if isinstance(value, list):
-        return next((b for b in map(_declared_bits, value) if b), 0)
+    """The first non-zero ``bits`` / ``num_bits`` integer in a nested config
+    value (depth first, in order), else 0. Iterative: a plan's config.json is
+    untrusted and may nest as deep as json.loads allows."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            found = next((value[k] for k in ("bits", "num_bits") if isinstance(value.get(k), int)), None)
+            if found is not None:
+                if found:
+                    return found
+                continue  # a dict that says 0 bits: none below it counts
+            value = list(value.values())
+        if isinstance(value, list):
+            stack.extend(reversed(value))
     return 0
 
 
@@ -193,7 +200,7 @@ def _packed_bits(plan: Plan) -> Dict[str, int]:
     text = next((f.data for f in plan.files if f.name == "config.json" and f.kind == "text"), b"")
     try:
         config = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
         return {}
     if not isinstance(config, dict):
         return {}
