@@ -17,6 +17,7 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 # a number, or a set collapsed already (a list's items in a line), which is text
 _TOKEN = re.compile(r"\{[\d.,]+\}|\d+")
 _NUMBER = re.compile(r"(\d+)")
+_DIGITS_ONLY = bytes(c if 48 <= c <= 57 else 32 for c in range(256))  # ASCII digits kept, other bytes -> space
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _ORDERS = 4  # with more varying numbers than this, one collapsing order instead of every one
 _PERIODS = 64  # the longest period of a repeating pattern of numbers looked for
@@ -105,6 +106,59 @@ def number_columns(line: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
             last = match.end()
     parts.append(line[last:])
     return tuple(parts), tuple(numbers)
+
+
+def one_skeleton(lines: List[str]) -> Optional[Tuple[Tuple[str, ...], List[Tuple[str, ...]]]]:
+    """``number_columns`` of lines that all have one skeleton, in a few passes
+    over their joined text instead of a regex call per line.
+
+    Args:
+        lines: the lines (Kimi-K2.6's 69,120 expert names, say).
+
+    Returns:
+        (the skeleton, each line's numbers as written), or None when the lines
+        are not all of the first line's skeleton, or are not plain ASCII
+        without braces and newlines (then ``number_columns`` each).
+    """
+    joined = "\n".join(lines)
+    if not lines or not joined.isascii() or "{" in joined or joined.count("\n") != len(lines) - 1:
+        return None
+    skeleton, first = number_columns(lines[0])
+    width, count = len(first), len(lines)
+    numbers = joined.encode().translate(_DIGITS_ONLY).decode().split()
+    if len(numbers) != width * count:
+        return None
+    step = 2 * width + 2  # a line rebuilt: its skeleton and numbers interleaved, then a newline
+    pieces = [""] * (step * count)
+    for k, text in enumerate(skeleton):
+        pieces[2 * k :: step] = [text] * count
+    for k in range(width):
+        pieces[2 * k + 1 :: step] = numbers[k::width]
+    pieces[step - 1 :: step] = ["\n"] * count
+    if "".join(pieces) != joined + "\n":
+        return None
+    return skeleton, list(zip(*[iter(numbers)] * width)) if width else [()] * count
+
+
+def skeletons(lines: List[str]) -> Dict[Tuple[str, ...], List[Tuple[int, Tuple[str, ...]]]]:
+    """``number_columns`` of every line, grouped: skeleton -> (the line's position
+    in ``lines``, its numbers as written), skeletons in the order of their first
+    line. Lines with the same letters are tried as one skeleton (``one_skeleton``)."""
+    by_letters: Dict[bytes, List[int]] = {}
+    for i, line in enumerate(lines):
+        by_letters.setdefault(line.encode().translate(None, b"0123456789"), []).append(i)
+    grouped: Dict[Tuple[str, ...], List[Tuple[int, Tuple[str, ...]]]] = {}
+    for positions in by_letters.values():
+        found = one_skeleton([lines[i] for i in positions])
+        if found is not None:
+            grouped.setdefault(found[0], []).extend(zip(positions, found[1]))
+            continue
+        for i in positions:
+            skeleton, numbers = number_columns(lines[i])
+            grouped.setdefault(skeleton, []).append((i, numbers))
+    for rows in grouped.values():  # one skeleton's lines can have different letters: other digits than ASCII
+        rows.sort()
+    return dict(sorted(grouped.items(), key=lambda item: item[1][0][0]))
 
 
 def zero_padding(values: Set[str]) -> Optional[int]:

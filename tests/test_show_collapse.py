@@ -15,7 +15,7 @@ from conftest import REPO, SHARED
 from test_review import expand
 
 from sanitrace import plan as plan_ir
-from sanitrace.collapse import collapse, collapse_numbers, ranges
+from sanitrace.collapse import collapse, collapse_numbers, number_columns, one_skeleton, ranges, skeletons
 from sanitrace.plan import Dropped
 from sanitrace.planner import build_plan
 from sanitrace.show import dropped_lines, output_lines, render
@@ -108,6 +108,34 @@ def test_numbers_of_other_widths_repeats_and_lists():
     assert_collapses(["b.1", "b.2", "b.1"], ["b.{1..2}", "b.1"])  # a repeated line is kept as often
     assert collapse([f"experts.{e}.w" for e in range(8)]) == "experts.{0..7}.w"
     assert collapse(["x.1", "x.2"]) == "x.1, x.2"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [f"layers.{layer}.experts.{e}.w{k}.weight" for layer in range(3) for e in range(40) for k in (1, 3)],
+        ["a.07.b", "a.7.b", "a.10.b"],  # zero-padded numbers, as written
+        ["a1b2c", "ab1c2", "a3b4c"],  # the same letters, two skeletons
+        ["x", "x", "y"],  # no numbers
+        ["a.\u0663.b", "a.3.b"],  # a digit other than ASCII
+        ["a.{0..3}.b", "a.4.b"],  # a set already shown is text
+        ["a.1\nb.2", "a.3"],  # a newline inside a name
+        ["7", "8.x"],
+    ],
+)
+def test_names_split_together_as_one_by_one(lines):
+    """``skeletons`` groups lines exactly as ``number_columns`` of each line does."""
+    expected = {}
+    for i, line in enumerate(lines):
+        skeleton, numbers = number_columns(line)
+        expected.setdefault(skeleton, []).append((i, numbers))
+    assert list(skeletons(lines).items()) == list(expected.items())
+    plain = all(line.isascii() and "{" not in line and "\n" not in line for line in lines)
+    if len(expected) == 1 and plain:  # one skeleton: split together
+        ((skeleton, rows),) = expected.items()
+        assert one_skeleton(lines) == (skeleton, [numbers for _, numbers in rows])
+    else:
+        assert one_skeleton(lines) is None
 
 
 def test_dropped_sources_collapse_by_family_with_the_reason_once():

@@ -23,9 +23,9 @@ def _families(g: PlanGraph):
         roots = [t for t in found if t is not None]
         if len(roots) < len(found):
             continue
-        skeleton, first = g.split(roots[0])
-        matched = [g.numbers(skeleton, t) for t in roots[1:]]
-        numbers = [first] + [n for n in matched if n is not None]
+        skeleton, _ = g.split(roots[0])
+        family = g.family(skeleton)
+        numbers = [family[t] for t in roots if t in family]
         if len(numbers) < len(roots):  # names of another shape
             continue
         varying = [c for c in range(len(numbers[0])) if len({n[c] for n in numbers}) > 1]
@@ -49,14 +49,13 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
     exactly once, and the other weight parts of each stacked expert are kept."""
     family_index: Dict[tuple, Dict[tuple, Set[int]]] = {}  # (skeleton, column) -> other numbers -> indices
     incomplete: Dict[str, List[str]] = collections.defaultdict(list)  # problems -> the families' names
-    stacked_prefixes: Set[str] = set()
+    # (skeleton up to the expert index, the numbers before it) -> the indices stacked
+    stacked_experts: Dict[tuple, Set[int]] = collections.defaultdict(set)
     for _, skeleton, column, numbers in _families(g):
         if (skeleton, column) not in family_index:  # once per skeleton and column, not per stack
             index: Dict[tuple, Set[int]] = collections.defaultdict(set)
-            for t in g.same_letters(skeleton):
-                n = g.numbers(skeleton, t)
-                if n is not None:
-                    index[n[:column] + n[column + 1 :]].add(n[column])
+            for n in g.family(skeleton).values():
+                index[n[:column] + n[column + 1 :]].add(n[column])
             family_index[(skeleton, column)] = index
         present = family_index[(skeleton, column)][numbers[0][:column] + numbers[0][column + 1 :]]
         stacked = [n[column] for n in numbers]
@@ -73,9 +72,7 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
         if problems:
             names = [_name(skeleton, numbers[0], column, str(e)) for e in present | set(stacked)]
             incomplete["; ".join(problems)] += names
-        prefix = "".join(p + str(n) for p, n in zip(skeleton, numbers[0][:column]))
-        for e in set(stacked):
-            stacked_prefixes.add(prefix + skeleton[column] + f"{e}.")
+        stacked_experts[(skeleton[: column + 1], numbers[0][:column])].update(stacked)
     findings = [
         finding("expert-set-incomplete", pattern(names), f"{problems}: the layer routes tokens to the wrong weights")
         for problems, names in sorted(incomplete.items())
@@ -88,12 +85,8 @@ def expert_stacks(g: PlanGraph) -> List[Finding]:
         if target is not None and g.names[target] in g.loaded:
             continue  # a block scale: rule 2 (scale-dropped) names it
         skeleton, numbers = split_numbers(name)
-        prefix = ""
-        for k, value in enumerate(numbers):
-            prefix += skeleton[k] + str(value)
-            if prefix + "." in stacked_prefixes:
-                left.append(name)
-                break
+        if any(numbers[k] in stacked_experts.get((skeleton[: k + 1], numbers[:k]), ()) for k in range(len(numbers))):
+            left.append(name)
     if left:
         findings.append(
             finding(

@@ -1,9 +1,9 @@
 """A lint finding and the rules that make them."""
 
 import math
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
-from ..collapse import collapse_numbers, number_columns, ranges, zero_padding
+from ..collapse import collapse_numbers, ranges, skeletons, zero_padding
 
 _FAST = 64  # names of one skeleton from which a full product is rendered column by column
 
@@ -42,16 +42,13 @@ def finding(rule: str, tensors: str, why: str) -> Finding:
 
 def pattern(names: Iterable[str]) -> str:
     """Names collapsed as ``show`` collapses them (``layers.{0..60}.mlp.gate.weight``), comma-separated."""
-    by_skeleton: Dict[Tuple[str, ...], List[Tuple[str, Tuple[str, ...]]]] = {}
-    for name in sorted(set(names)):
-        skeleton, numbers = number_columns(name)
-        by_skeleton.setdefault(skeleton, []).append((name, numbers))
+    ordered = sorted(set(names))
     lines: List[str] = []
     rest: List[str] = []
-    for skeleton, named in by_skeleton.items():
-        line = _product_line(skeleton, [numbers for _, numbers in named])
+    for skeleton, rows in skeletons(ordered).items():
+        line = _product_line(skeleton, [numbers for _, numbers in rows])
         if line is None:
-            rest += [name for name, _ in named]
+            rest += [ordered[i] for i, _ in rows]
         else:
             lines.append(line)
     return ", ".join(sorted(lines + collapse_numbers(rest)))

@@ -5,6 +5,7 @@ import collections
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
+from ..collapse import one_skeleton
 from ..plan import Node, Plan
 
 _NUMBER = re.compile(r"(\d+)")
@@ -86,8 +87,7 @@ class PlanGraph:
         self._roots: Dict[int, Optional[int]] = {}
         self._split: Dict[int, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
         self._letters: Optional[Dict[bytes, List[int]]] = None
-        self._matchers: Dict[Tuple[str, ...], "re.Pattern[str]"] = {}
-        self._numbers: Dict[Tuple[Tuple[str, ...], int], Optional[Tuple[int, ...]]] = {}
+        self._families: Dict[Tuple[str, ...], Dict[int, Tuple[int, ...]]] = {}
 
     def root(self, node: int) -> Optional[int]:
         """The one source tensor a value is computed from along a chain of
@@ -110,26 +110,42 @@ class PlanGraph:
             self._split[tensor] = split_numbers(self.tensors[tensor].name)
         return self._split[tensor]
 
-    def numbers(self, skeleton: Tuple[str, ...], tensor: int) -> Optional[Tuple[int, ...]]:
-        """The numbers of a source tensor's name when it has ``skeleton`` (the
-        text between its numbers, ``split_numbers``), else None."""
-        key = (skeleton, tensor)
-        if key not in self._numbers:
-            matcher = self._matchers.get(skeleton)
-            if matcher is None:
-                text = "".join(re.escape(p) + r"(\d+)" for p in skeleton[:-1]) + re.escape(skeleton[-1])
-                matcher = self._matchers[skeleton] = re.compile(text)
-            found = matcher.fullmatch(self.tensors[tensor].name)
-            self._numbers[key] = tuple(map(int, found.groups())) if found else None
-        return self._numbers[key]
+    def family(self, skeleton: Tuple[str, ...]) -> Dict[int, Tuple[int, ...]]:
+        """Source tensor -> the numbers of its name, for every source tensor whose
+        name has ``skeleton`` (the text between its numbers, ``split_numbers``);
+        computed once per skeleton."""
+        found = self._families.get(skeleton)
+        if found is None:
+            found = self._families[skeleton] = self._numbered(skeleton, self.same_letters(skeleton))
+        return found
+
+    def _numbered(self, skeleton: Tuple[str, ...], tensors: List[int]) -> Dict[int, Tuple[int, ...]]:
+        """``family``'s map over the candidates ``tensors``: split together when all
+        of them have ``skeleton`` (``one_skeleton``), else one match per name."""
+        names = [self.tensors[t].name for t in tensors]
+        together = one_skeleton(names)
+        if together is not None and together[0] == skeleton:
+            return {t: tuple(map(int, numbers)) for t, numbers in zip(tensors, together[1])}
+        text = "".join(re.escape(p) + r"(\d+)" for p in skeleton[:-1]) + re.escape(skeleton[-1])
+        matcher = re.compile(text)
+        found = {}
+        for t, name in zip(tensors, names):
+            match = matcher.fullmatch(name)
+            if match:
+                found[t] = tuple(map(int, match.groups()))
+        return found
 
     def same_letters(self, skeleton: Tuple[str, ...]) -> List[int]:
         """The source tensors whose names have the letters of ``skeleton`` (the
         text between numbers, ``split_numbers``): all of its names, and few others."""
         if self._letters is None:
             self._letters = collections.defaultdict(list)
-            for t, tensor in enumerate(self.tensors):
-                self._letters[letters(tensor.name)].append(t)
+            names = [t.name for t in self.tensors]
+            keys = "\n".join(names).encode().translate(None, b"0123456789").split(b"\n")
+            if len(keys) != len(names):  # a name with a newline
+                keys = [letters(name) for name in names]
+            for t, key in enumerate(keys):
+                self._letters[key].append(t)
         return self._letters.get(letters("".join(skeleton)), [])
 
     def name(self, tensor: int) -> str:

@@ -142,23 +142,30 @@ def dropped_families(g: PlanGraph) -> List[Finding]:
         return []
     # a module's tensors are one run of the sorted names, so it holds a kept tensor
     # exactly when one of the kept names beside a dropped one (in sorted order) is in it
-    kept = sorted(set(t.name for t in g.tensors) - set(g.dropped))
+    kept = sorted(t.name for t in g.tensors if t.name not in g.dropped)
     families: Dict[str, List[tuple]] = collections.defaultdict(list)  # family -> (name, reason)
     for d in dropped:
         at = bisect.bisect_left(kept, d.name)
+        module = d.name[: d.name.rfind(".") + 1]
+        beside = kept[max(at - 1, 0) : at + 1]
+        if module and any(k.startswith(module) for k in beside):  # its own module keeps a tensor
+            families[d.name].append((d.name, d.reason))
+            continue
         parts = d.name.split(".")
-        shared = max([_shared_depth(parts, kept[k]) for k in (at - 1, at) if 0 <= k < len(kept)], default=0)
+        shared = max([_shared_depth(parts, k) for k in beside], default=0)
         family = ".".join(parts[: shared + 1]) + ".*" if shared + 1 < len(parts) else d.name
         families[family].append((d.name, d.reason))
     labelled: Dict[str, List[str]] = collections.defaultdict(list)  # label -> families
-    words_of: Dict[bytes, set] = {}  # a name's words do not depend on its numbers
+    kinds: Dict[bytes, int] = {}  # a name's words do not depend on its numbers: its first family's index
     for family, named in families.items():
+        kind = len(_FAMILIES)
         for name, _ in named:
             shape = letters(name)
-            if shape not in words_of:
-                words_of[shape] = set(re.split(r"[._]", name.lower()))
-        words = set().union(*(words_of[letters(name)] for name, _ in named))
-        labelled[next((label for keys, label in _FAMILIES if words & set(keys)), "source tensors")].append(family)
+            if shape not in kinds:
+                words = set(re.split(r"[._]", name.lower()))
+                kinds[shape] = next((k for k, (keys, _) in enumerate(_FAMILIES) if words & set(keys)), len(_FAMILIES))
+            kind = min(kind, kinds[shape])
+        labelled[_FAMILIES[kind][1] if kind < len(_FAMILIES) else "source tensors"].append(family)
     findings = []
     for label, members in labelled.items():
         reasons = collections.Counter(reason for family in members for _, reason in families[family])
