@@ -27,7 +27,7 @@ def record(fn, arrays, tmp_path):
 def through_plan_file(nodes, num_sources):
     """``nodes`` after the plan file's encoding and decoding (literals must survive it)."""
     identity = list(range(len(nodes)))
-    signatures, rows = format.encode_graph(nodes, identity, identity)
+    signatures, rows, _ = format.encode_graph(nodes, identity, identity)
     return format.decode_graph(*format.unpack(format.pack([signatures, rows])), num_sources)
 
 

@@ -182,14 +182,18 @@ def _slot_count(value) -> int:
 
 def encode_graph(
     nodes: List[Node], order: List[int], remap: List[int], tensor_index: Optional[dict] = None
-) -> Tuple[list, list]:
+) -> Tuple[list, list, List[Node]]:
     """(signatures, rows) of the nodes ``order`` lists, numbered by ``remap``
-    (node id -> position in ``order``). A load node's args are ``[file, name]``,
-    looked up in ``tensor_index``, or without one ``[source tensor index]``."""
+    (node id -> position in ``order``), and those nodes as ``decode_graph`` gives
+    them back (a traced plan's ``nodes`` without a decoding pass). A load node's
+    args are ``[file, name]``, looked up in ``tensor_index``, or without one
+    ``[source tensor index]``."""
     index: Dict[Any, int] = {}
     signatures: List[list] = []
     rows: List[list] = []
-    append = rows.append
+    planned: List[Node] = []
+    append, place = rows.append, planned.append
+    new = tuple.__new__  # Node(...) without NamedTuple's Python-level __new__
     outs_keys: Dict[int, str] = {}  # id -> repr of the outs lists, which the tracer shares between nodes
     for i, old in enumerate(order):
         op, inputs, args, kwargs, outs = nodes[old]
@@ -201,7 +205,9 @@ def encode_graph(
             if s is None:
                 s = index[outs_key] = len(signatures)
                 signatures.append([op, [], {}, outs])
-            append([s, args[0] if tensor_index is None else tensor_index[(args[0], args[1])]])
+            tensor = args[0] if tensor_index is None else tensor_index[(args[0], args[1])]
+            append([s, tensor])
+            place(new(Node, (op, [], [tensor], {}, outs)))
             continue
         key = (op, repr((args, kwargs) if kwargs else args), outs_key)
         s = index.get(key)
@@ -209,10 +215,14 @@ def encode_graph(
             s = index[key] = len(signatures)
             signatures.append([op, args, kwargs, outs])
         if len(inputs) == 1 and inputs[0].out == 0:  # most nodes
-            append([s, i - remap[inputs[0].node]])
+            at = remap[inputs[0].node]
+            append([s, i - at])
+            place(new(Node, (op, [Ref(at)], args, kwargs, outs)))
         else:
-            append([s] + [i - remap[r.node] if r.out == 0 else [i - remap[r.node], r.out] for r in inputs])
-    return _sorted(signatures), rows
+            refs = [Ref(remap[r.node], r.out) for r in inputs]
+            append([s] + [i - r.node if r.out == 0 else [i - r.node, r.out] for r in refs])
+            place(new(Node, (op, refs, args, kwargs, outs)))
+    return _sorted(signatures), rows, planned
 
 
 def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:

@@ -15,7 +15,7 @@ from ..plan.format import encode_graph
 from ..versions import installed_version
 from .accounting import account
 from .chunking import plan_groups
-from .graph import canonical_order, renumbered, source_table
+from .graph import canonical_order, source_table
 from .layout import output_files
 from .memory import baseline_bytes, predicted_peak
 
@@ -45,7 +45,7 @@ def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET
     groups = plan_groups(result.nodes, outputs)  # numbering-independent: on the trace's graph
     roots = [o.ref for o in outputs] + [g["ref"] for g in result.guards]
     order, remap = canonical_order(result.nodes, roots)
-    signatures, rows = encode_graph(result.nodes, order, remap, tensor_index)
+    signatures, rows, nodes = encode_graph(result.nodes, order, remap, tensor_index)
     accounting = account(result.nodes, remap, tensor_index, result.loaded_keys, outputs)
     outputs = [o._replace(ref=Ref(remap[o.ref.node], o.ref.out)) for o in outputs]
     guards = [
@@ -71,7 +71,7 @@ def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET
         accounting=accounting,
     )
     plan = dataclasses.replace(plan, accounting=accounting._replace(loads=load_verdict(plan)))
-    plan.__dict__["nodes"] = renumbered(result.nodes, order, remap, tensor_index)  # the cached_property
+    plan.__dict__["nodes"] = nodes  # the cached_property, without decoding the graph just encoded
     return plan
 
 

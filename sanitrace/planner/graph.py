@@ -58,18 +58,3 @@ def canonical_order(nodes: List[Node], roots: List[Ref]) -> Tuple[List[int], Lis
                 remap[old] = len(order)
                 place(old)
     return order, remap
-
-
-def renumbered(nodes: List[Node], order: List[int], remap: List[int], tensor_index: dict) -> List[Node]:
-    """The nodes ``order`` lists, numbered by ``remap``, load nodes by source
-    tensor index: the ``Node``s decoding the plan's graph gives, built from the
-    trace's own (a traced plan's ``plan.nodes`` without a decoding pass)."""
-    planned: List[Node] = []
-    append = planned.append
-    for old in order:
-        op, inputs, args, kwargs, outs = nodes[old]
-        if op == "load":
-            append(Node(op, [], [tensor_index[(args[0], args[1])]], {}, outs))
-        else:
-            append(Node(op, [Ref(remap[r.node], r.out) for r in inputs], args, kwargs, outs))
-    return planned
