@@ -84,7 +84,7 @@ class PlanGraph:
         self.names: Dict[str, int] = {t.name: i for i, t in enumerate(self.tensors)}
         self.dropped: Dict[str, str] = {d.name: d.reason for d in plan.accounting.dropped}
         self.output_names: Dict[str, int] = {o.name: k for k, o in enumerate(plan.outputs)}
-        self._roots: Dict[int, Optional[int]] = {}
+        self._roots: Optional[List[Optional[int]]] = None
         self._split: Dict[int, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
         self._letters: Optional[Dict[bytes, List[int]]] = None
         self._families: Dict[Tuple[str, ...], Dict[int, Tuple[int, ...]]] = {}
@@ -92,16 +92,14 @@ class PlanGraph:
     def root(self, node: int) -> Optional[int]:
         """The one source tensor a value is computed from along a chain of
         single-input ops (casts, reshapes, slices, from_fp8, ...), else None."""
-        path = []
-        while node not in self._roots:
-            n = self.nodes[node]
-            if n.op == "load" or len(n.inputs) != 1:
-                self._roots[node] = n.args[0] if n.op == "load" else None
-                break
-            path.append(node)
-            node = n.inputs[0].node
-        for p in path:
-            self._roots[p] = self._roots[node]
+        if self._roots is None:  # one pass forward (the nodes are in topological order)
+            roots: List[Optional[int]] = []
+            for n in self.nodes:
+                if n.op == "load":
+                    roots.append(n.args[0])
+                else:
+                    roots.append(roots[n.inputs[0].node] if len(n.inputs) == 1 else None)
+            self._roots = roots
         return self._roots[node]
 
     def split(self, tensor: int) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:

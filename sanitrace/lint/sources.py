@@ -59,9 +59,15 @@ def fp8_as_integer(g: PlanGraph) -> List[Finding]:
             if g.tensors[node.args[0]].dtype in FLOAT8:
                 seen.add(c)
             continue
-        raw = [r.node for r in node.inputs if r.node in seen]
-        if not raw:
-            continue
+        inputs = node.inputs
+        if len(inputs) == 1:  # most nodes: no list made
+            if inputs[0].node not in seen:
+                continue
+            raw = [inputs[0].node]
+        else:
+            raw = [r.node for r in inputs if r.node in seen]
+            if not raw:
+                continue
         if node.op in LAYOUT_OPS:
             seen.add(c)
         elif not _decodes(node):
