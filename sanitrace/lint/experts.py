@@ -16,10 +16,11 @@ WEIGHT_PARTS = frozenset({"weight", "bias", "scales", "biases", "weight_scale_in
 def _families(g: PlanGraph):
     """(stack node, skeleton, varying column, stacked numbers) of each mx.stack
     whose inputs come from sources whose names differ in exactly one number."""
+    sources = g.roots
     for i, node in enumerate(g.nodes):
         if node.op != "mx.stack" or len(node.inputs) < 2:
             continue
-        found = [g.root(r.node) for r in node.inputs]
+        found = [sources[r.node] for r in node.inputs]
         roots = [t for t in found if t is not None]
         if len(roots) < len(found):
             continue

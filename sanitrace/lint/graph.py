@@ -2,6 +2,8 @@
 comes from, source names split into their numbers, and how outputs are quantized."""
 
 import collections
+import functools
+import itertools
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -84,23 +86,26 @@ class PlanGraph:
         self.names: Dict[str, int] = {t.name: i for i, t in enumerate(self.tensors)}
         self.dropped: Dict[str, str] = {d.name: d.reason for d in plan.accounting.dropped}
         self.output_names: Dict[str, int] = {o.name: k for k, o in enumerate(plan.outputs)}
-        self._roots: Optional[List[Optional[int]]] = None
         self._split: Dict[int, Tuple[Tuple[str, ...], Tuple[int, ...]]] = {}
         self._letters: Optional[Dict[bytes, List[int]]] = None
         self._families: Dict[Tuple[str, ...], Dict[int, Tuple[int, ...]]] = {}
 
+    @functools.cached_property
+    def roots(self) -> List[Optional[int]]:
+        """Per node, the one source tensor its value is computed from along a chain
+        of single-input ops (casts, reshapes, slices, from_fp8, ...), else None:
+        one pass forward, the nodes being in topological order."""
+        roots: List[Optional[int]] = []
+        for n in self.nodes:
+            if n.op == "load":
+                roots.append(n.args[0])
+            else:
+                roots.append(roots[n.inputs[0].node] if len(n.inputs) == 1 else None)
+        return roots
+
     def root(self, node: int) -> Optional[int]:
-        """The one source tensor a value is computed from along a chain of
-        single-input ops (casts, reshapes, slices, from_fp8, ...), else None."""
-        if self._roots is None:  # one pass forward (the nodes are in topological order)
-            roots: List[Optional[int]] = []
-            for n in self.nodes:
-                if n.op == "load":
-                    roots.append(n.args[0])
-                else:
-                    roots.append(roots[n.inputs[0].node] if len(n.inputs) == 1 else None)
-            self._roots = roots
-        return self._roots[node]
+        """``roots`` of one node."""
+        return self.roots[node]
 
     def split(self, tensor: int) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
         """``split_numbers`` of a source tensor's name (computed once)."""
@@ -123,7 +128,9 @@ class PlanGraph:
         names = [self.tensors[t].name for t in tensors]
         together = one_skeleton(names)
         if together is not None and together[0] == skeleton:
-            return {t: tuple(map(int, numbers)) for t, numbers in zip(tensors, together[1])}
+            width = len(skeleton) - 1
+            numbers = map(int, itertools.chain.from_iterable(together[1]))
+            return dict(zip(tensors, zip(*[numbers] * width))) if width else dict.fromkeys(tensors, ())
         text = "".join(re.escape(p) + r"(\d+)" for p in skeleton[:-1]) + re.escape(skeleton[-1])
         matcher = re.compile(text)
         found = {}

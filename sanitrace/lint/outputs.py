@@ -148,7 +148,8 @@ def dropped_families(g: PlanGraph) -> List[Finding]:
         at = bisect.bisect_left(kept, d.name)
         module = d.name[: d.name.rfind(".") + 1]
         beside = kept[max(at - 1, 0) : at + 1]
-        if module and any(k.startswith(module) for k in beside):  # its own module keeps a tensor
+        # its own module keeps a tensor: the family is this tensor alone
+        if module and beside and (beside[0].startswith(module) or beside[-1].startswith(module)):
             families[d.name].append((d.name, d.reason))
             continue
         parts = d.name.split(".")
@@ -156,7 +157,7 @@ def dropped_families(g: PlanGraph) -> List[Finding]:
         family = ".".join(parts[: shared + 1]) + ".*" if shared + 1 < len(parts) else d.name
         families[family].append((d.name, d.reason))
     labelled: Dict[str, List[str]] = collections.defaultdict(list)  # label -> families
-    kinds: Dict[bytes, int] = {}  # a name's words do not depend on its numbers: its first family's index
+    kinds: Dict[bytes, int] = {}  # letters -> the first _FAMILIES entry its words meet (numbers aside)
     for family, named in families.items():
         kind = len(_FAMILIES)
         for name, _ in named:
