@@ -47,13 +47,17 @@ def groups_of(nodes: List[Node], outputs: List[Output]) -> List[List[int]]:
         stack = [out.ref.node]
         while stack:
             n = stack.pop()
-            if nodes[n].op in ("load", "const"):
+            op, inputs = nodes[n][:2]
+            if op == "load" or op == "const":
                 continue
             if n in owner:  # walked before, with everything below it: just join
                 parent[find(i)] = find(owner[n])
                 continue
             owner[n] = i
-            stack.extend(r.node for r in nodes[n].inputs)
+            if len(inputs) == 1:  # most nodes
+                stack.append(inputs[0].node)
+            else:
+                stack.extend([r.node for r in inputs])
     members: Dict[int, List[int]] = {}
     for i in range(len(outputs)):
         members.setdefault(find(i), []).append(i)
