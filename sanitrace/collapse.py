@@ -141,9 +141,16 @@ def one_skeleton(lines: List[str]) -> Optional[Tuple[Tuple[str, ...], List[Tuple
 
 
 def skeletons(lines: List[str]) -> Dict[Tuple[str, ...], List[Tuple[int, Tuple[str, ...]]]]:
-    """``number_columns`` of every line, grouped: skeleton -> (the line's position
-    in ``lines``, its numbers as written), skeletons in the order of their first
-    line. Lines with the same letters are tried as one skeleton (``one_skeleton``)."""
+    """``number_columns`` of every line, grouped by skeleton. Lines with the same
+    letters are tried as one skeleton (``one_skeleton``), else split one by one.
+
+    Args:
+        lines: the lines.
+
+    Returns:
+        skeleton -> (the line's position in ``lines``, its numbers as written),
+        skeletons in the order of their first line, each one's lines in order.
+    """
     by_letters: Dict[bytes, List[int]] = {}
     for i, line in enumerate(lines):
         by_letters.setdefault(line.encode().translate(None, b"0123456789"), []).append(i)
