@@ -130,7 +130,7 @@ class Header:
 
     def in_data_order(self) -> List[TensorInfo]:
         """The tensors in file order (by offset, then name): a plan's source table order."""
-        return sorted(self.tensors.values(), key=lambda t: (t.begin, t.name))
+        return sorted(self.tensors.values(), key=_BY_BEGIN_NAME)
 
     @property
     def expected_size(self) -> int:
@@ -186,6 +186,7 @@ def open_regular(path: str, error=SafetensorsError) -> BinaryIO:
 
 
 _BY_OFFSETS = operator.itemgetter(3, 4)  # TensorInfo (begin, end)
+_BY_BEGIN_NAME = operator.itemgetter(3, 0)  # TensorInfo (begin, name)
 _ints = {int}.issuperset  # of map(type, ...): JSON true and 1.0 are no sizes
 
 

@@ -21,12 +21,13 @@ def source_table(headers: Dict[str, Header]) -> Tuple[List[SourceFile], List[Sou
     files: List[SourceFile] = []
     tensors: List[SourceTensor] = []
     index: Dict[Tuple[str, str], int] = {}
+    new = tuple.__new__  # SourceTensor(...) without NamedTuple's Python-level __new__ (Kimi-K2.6: 208,550)
     for f, name in enumerate(sorted(headers)):
         header = headers[name]
         files.append(SourceFile(name, header.expected_size, header.sha256, len(header.header_bytes), header.metadata))
         for t in header.in_data_order():
             index[(name, t.name)] = len(tensors)
-            tensors.append(SourceTensor(f, t.name, t.dtype, tuple(t.shape), t.begin, t.end))
+            tensors.append(new(SourceTensor, (f, *t)))  # TensorInfo's fields (shape a tuple) after the file
     return files, tensors, index
 
 
