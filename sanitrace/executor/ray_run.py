@@ -140,7 +140,7 @@ def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
     pending: Dict[object, List[int]] = {}
     for batch in batches(plan, groups, slots):
         need = predicted_peak([plan.groups[g] for g in batch], budget, baseline)[0]
-        _check_feasible(nodes, need, use_mlx)
+        check_feasible(nodes, need, use_mlx)
         resources = {MLX_RESOURCE: 1} if use_mlx else {}
         ref = remote.options(num_cpus=1, memory=need, resources=resources, max_retries=3).remote(
             plan_ref, plan.digest, os.path.abspath(source_dir), writer.partial, batch, budget, baseline, identity
@@ -154,7 +154,7 @@ def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
             if not done:
-                _check_feasible([n for n in ray.nodes() if n.get("Alive")], 0, use_mlx)
+                check_feasible([n for n in ray.nodes() if n.get("Alive")], 0, use_mlx)
                 continue
             ref = done[0]
             batch = pending.pop(ref)
@@ -202,7 +202,7 @@ def _names(plan: Plan, batch: List[int]) -> str:
     return f"{len(batch)} output groups from {first}"
 
 
-def _check_feasible(nodes: List[dict], need: int, use_mlx: bool) -> None:
+def check_feasible(nodes: List[dict], need: int, use_mlx: bool) -> None:
     """RayError when no alive node can run a task needing ``need`` bytes (Ray
     would leave it pending forever)."""
     able = [n for n in nodes if not use_mlx or n["Resources"].get(MLX_RESOURCE, 0) >= 1]

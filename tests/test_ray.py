@@ -1,0 +1,196 @@
+"""execute --ray on a real two-node Ray cluster on this machine (tests/ray_cluster.py):
+the same bytes as local execution and as the library's own conversion, with a
+worker killed mid-task and with the driver killed and resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, MODES, REPO, make_checkpoint, sanitrace_convert
+
+from sanitrace import plan as plan_ir
+from sanitrace.compare import compare_folders
+from sanitrace.executor import RayError, RayOptions, execute
+from sanitrace.executor.journal import JOURNAL
+from sanitrace.executor.ray_run import batches, check_feasible
+from sanitrace.planner import build_plan
+from sanitrace.tracer import ConvertOptions, trace
+
+from ray_cluster import RayCluster  # noqa: E402  (sets Ray's auth token before ray is imported)
+
+pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = RayCluster(nodes=2, cpus=1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A bf16 MoE checkpoint of ~110 MB: several tasks, each long enough to be killed in."""
+    base = tmp_path_factory.mktemp("ray-big")
+    src = make_checkpoint(base / "src", "qwen3_moe", layers=4, experts=32, hidden=512, moe_intermediate=512)
+    plan = build_plan(trace(str(src), ConvertOptions()))
+    local = base / "local"
+    execute(plan, str(src), str(local), progress=False)
+    data = plan_ir.save(plan, str(base / "plan.msgpack"))
+    return {"src": src, "plan": plan, "local": local, "path": base / "plan.msgpack", "bytes": len(data)}
+
+
+def options(flags: list) -> ConvertOptions:
+    quantize = "-q" in flags
+    bits = int(flags[flags.index("--q-bits") + 1]) if "--q-bits" in flags else None
+    mode = flags[flags.index("--q-mode") + 1] if "--q-mode" in flags else "affine"
+    predicate = flags[flags.index("--quant-predicate") + 1] if "--quant-predicate" in flags else None
+    return ConvertOptions(quantize=quantize, q_bits=bits, q_mode=mode, quant_predicate=predicate)
+
+
+def same_files(a: Path, b: Path) -> list:
+    """Relative paths whose bytes differ between folders ``a`` and ``b`` (or exist in one only)."""
+    names = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+    names |= {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+    return sorted(
+        str(n)
+        for n in names
+        if not ((a / n).is_file() and (b / n).is_file()) or (a / n).read_bytes() != (b / n).read_bytes()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("fixture", sorted(FIXTURES))
+def test_ray_output_is_local_output_and_eager(fixture, mode, cluster, checkpoints, eager, tmp_path):
+    src = checkpoints[fixture]
+    plan = build_plan(trace(str(src), options(MODES[mode])))
+    execute(plan, str(src), str(tmp_path / "local"), progress=False)
+    # the smallest chunks: every task cuts its groups as local execution does
+    summary = execute(
+        plan, str(src), str(tmp_path / "ray"), memory_budget=1, progress=False, ray=RayOptions(cluster.address)
+    )
+    assert same_files(tmp_path / "local", tmp_path / "ray") == []
+    assert compare_folders(str(eager(src, MODES[mode])), str(tmp_path / "ray")) == []
+    assert summary.ray is not None and summary.ray.tasks >= 1
+    assert sum(n.bytes_written for n in summary.ray.nodes) == plan.output_bytes
+
+
+@pytest.mark.slow
+def test_convert_with_ray_flag_matches_eager(cluster, checkpoints, eager, tmp_path):
+    src = checkpoints["deepseek_v3"]
+    out = sanitrace_convert(src, tmp_path / "out", ["-q", "--ray", cluster.address], budget="1")
+    assert compare_folders(str(eager(src, ["-q"])), str(out)) == []
+
+
+def test_tasks_spread_over_both_nodes_and_return_only_checksums(cluster, big, tmp_path):
+    summary = execute(
+        big["plan"],
+        str(big["src"]),
+        str(tmp_path / "out"),
+        memory_budget=1,
+        progress=False,
+        ray=RayOptions(cluster.address),
+    )
+    assert same_files(big["local"], tmp_path / "out") == []
+    run = summary.ray
+    assert run is not None and run.tasks == len(batches(big["plan"], range(len(big["plan"].groups)), 2)) >= 2
+    assert len(run.nodes) == 2  # both nodes did work
+    # through Ray's object store: the plan, once; every result came back inline (checksums)
+    assert big["bytes"] <= run.object_store_bytes <= big["bytes"] + 64  # its serialization
+    assert run.result_bytes < 2000 * len(big["plan"].groups)
+    assert run.result_bytes + run.object_store_bytes < big["plan"].output_bytes / 1000
+
+
+def test_worker_killed_mid_task_is_retried_with_identical_output(cluster, big, tmp_path):
+    result = {}
+
+    def drive():
+        try:
+            result["summary"] = execute(
+                big["plan"],
+                str(big["src"]),
+                str(tmp_path / "out"),
+                memory_budget=1,
+                progress=False,
+                ray=RayOptions(cluster.address),
+            )
+        except BaseException as e:  # noqa: BLE001  reported by the assertion below
+            result["error"] = e
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    killed = None
+    while driver.is_alive() and killed is None:
+        running = cluster.task_processes("run_batch")
+        if running:
+            killed = running[0].pid
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.005)
+    driver.join(timeout=600)
+    assert killed is not None, "no task was caught running"
+    assert "error" not in result, result.get("error")
+    assert killed not in {p for n in result["summary"].ray.nodes for p in n.processes}
+    assert same_files(big["local"], tmp_path / "out") == []
+
+
+def test_driver_killed_then_resumed_on_ray(cluster, big, tmp_path):
+    out = tmp_path / "out"
+    journal = Path(f"{out}.partial") / JOURNAL
+    argv = [
+        sys.executable,
+        "-m",
+        "sanitrace",
+        "execute",
+        str(big["path"]),
+        "--source",
+        str(big["src"]),
+        "--out",
+        str(out),
+    ]
+    argv += ["--memory-budget", "1", "--no-progress", "--ray", cluster.address]
+    driver = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    groups = len(big["plan"].groups)
+    while driver.poll() is None and time.time() < deadline:
+        lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
+        if 1 < lines < groups:  # some groups journaled, not all
+            driver.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    summary = execute(
+        big["plan"],
+        str(big["src"]),
+        str(out),
+        memory_budget=1,
+        resume=True,
+        progress=False,
+        ray=RayOptions(cluster.address),
+    )
+    assert 0 < summary.skipped_groups < groups
+    assert same_files(big["local"], out) == []
+
+
+def test_a_task_no_node_can_hold_is_refused_in_one_line(cluster):
+    with pytest.raises(RayError) as e:
+        check_feasible(cluster.alive_nodes(), 4 << 30, use_mlx=True)
+    assert "needs 4.0 GiB of Ray memory and the largest node offers 3.0 GiB" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_batches_cut_groups_in_order_by_bytes(big):
+    plan = big["plan"]
+    order = list(range(len(plan.groups)))
+    for slots in (1, 2, 16):
+        cut = batches(plan, order, slots)
+        assert [g for b in cut for g in b] == order
+        sizes = [sum(plan.outputs[i].nbytes for g in b for i in plan.groups[g].outputs) for b in cut]
+        assert all(s >= 64 << 20 for s in sizes[:-1])
+    assert len(batches(plan, order, 16)) >= len(batches(plan, order, 1))
