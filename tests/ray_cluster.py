@@ -114,21 +114,22 @@ class RayCluster:
         return [n for n in ray.nodes() if n.get("Alive")]
 
     def session_pids(self, node: int) -> List[int]:
-        """Every live process of node ``node``'s session."""
+        """Every live process of node ``node``'s session (zombies left out)."""
         sid = self.procs[node].pid
         pids = []
-        for p in psutil.process_iter(["pid"]):
+        for p in psutil.process_iter(["pid", "status"]):
             try:
-                if os.getsid(p.info["pid"]) == sid:
+                if p.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(p.info["pid"]) == sid:
                     pids.append(p.info["pid"])
             except (ProcessLookupError, PermissionError):
                 continue
         return pids
 
-    def task_processes(self, name: str) -> List[psutil.Process]:
-        """Worker processes of this cluster running a task of function ``name`` (Ray's process title)."""
+    def task_processes(self, name: str, nodes: Optional[List[int]] = None) -> List[psutil.Process]:
+        """Worker processes of this cluster (or of ``nodes``) running a task of
+        function ``name`` (Ray's process title)."""
         found = []
-        for node in range(len(self.procs)):
+        for node in range(len(self.procs)) if nodes is None else nodes:
             for pid in self.session_pids(node):
                 try:
                     proc = psutil.Process(pid)

@@ -194,3 +194,35 @@ def test_batches_cut_groups_in_order_by_bytes(big):
         sizes = [sum(plan.outputs[i].nbytes for g in b for i in plan.groups[g].outputs) for b in cut]
         assert all(s >= 64 << 20 for s in sizes[:-1])
     assert len(batches(plan, order, 16)) >= len(batches(plan, order, 1))
+
+
+def test_node_lost_mid_task_is_retried_on_the_other_node(cluster, big, tmp_path):
+    """Last in this module: the cluster keeps one node afterwards."""
+    result = {}
+
+    def drive():
+        try:
+            result["summary"] = execute(
+                big["plan"],
+                str(big["src"]),
+                str(tmp_path / "out"),
+                memory_budget=1,
+                progress=False,
+                ray=RayOptions(cluster.address),
+            )
+        except BaseException as e:  # noqa: BLE001  reported by the assertion below
+            result["error"] = e
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    lost = False
+    while driver.is_alive() and not lost:
+        if cluster.task_processes("run_batch", nodes=[1]):
+            cluster.kill_node(1)
+            lost = True
+        time.sleep(0.005)
+    driver.join(timeout=600)
+    assert lost, "no task was caught running on the second node"
+    assert "error" not in result, result.get("error")
+    assert cluster.session_pids(1) == []  # the node is gone, not just its worker
+    assert same_files(big["local"], tmp_path / "out") == []
