@@ -37,7 +37,8 @@ def same_bytes(a: str, b: str) -> bool:
 
 def worker_peaks(log: str) -> list:
     with open(log) as f:
-        return [parse_size(m.replace(" ", "")) for m in re.findall(r"worker peak ([\d.]+ [KMG]iB)", f.read())]
+        lines = re.findall(r"worker peaks ([^\n]*)", f.read())
+    return [parse_size(p.replace(" ", "")) for line in lines for p in line.split(", ")]
 
 
 def object_store(log: str) -> str:

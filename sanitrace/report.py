@@ -108,7 +108,7 @@ def print_result(mlx_path: str, summary: ExecuteSummary, predicted: int, seconds
             f"  peak memory      predicted {human_bytes(predicted)} per Ray worker, measured {human_bytes(worst)} "
             f"(largest worker RSS); driver {human_bytes(peak_rss())}"
         )
-        for label, text in node_lines(summary.ray, seconds):
+        for label, text in node_lines(summary.ray):
             print(f"  {label:<16} {text}")
     print(f"  wall time        {seconds:.1f}s ({summary.chunks} chunks)")
     print(f"  plan digest      {plan.digest}", flush=True)

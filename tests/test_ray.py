@@ -135,7 +135,7 @@ def test_worker_killed_mid_task_is_retried_with_identical_output(cluster, big, t
     driver.join(timeout=600)
     assert killed is not None, "no task was caught running"
     assert "error" not in result, result.get("error")
-    assert killed not in {p for n in result["summary"].ray.nodes for p in n.processes}
+    assert killed not in {p for n in result["summary"].ray.nodes for p in n.peaks}
     assert same_files(big["local"], tmp_path / "out") == []
 
 

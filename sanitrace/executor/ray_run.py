@@ -18,7 +18,7 @@ time) and a CPU node with ``'{"mlx": N}'``. A local instance gets it set so.
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import plan as plan_ir
 from ..collapse import human_bytes
@@ -54,8 +54,12 @@ class NodeStats:
     bytes_written: int = 0
     source_bytes_read: int = 0
     seconds: float = 0.0  # summed task time (over its worker processes)
-    peak_rss: int = 0  # the largest worker process peak seen
-    processes: Set[int] = field(default_factory=set)
+    peaks: Dict[int, int] = field(default_factory=dict)  # worker pid -> its peak RSS
+
+    @property
+    def peak_rss(self) -> int:
+        """The largest worker process peak on this node."""
+        return max(self.peaks.values(), default=0)
 
 
 @dataclass
@@ -169,8 +173,7 @@ def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
             node.bytes_written += result.bytes_written
             node.source_bytes_read += result.source_bytes_read
             node.seconds += result.seconds
-            node.peak_rss = max(node.peak_rss, result.peak_rss)
-            node.processes.add(result.pid)
+            node.peaks[result.pid] = max(node.peaks.get(result.pid, 0), result.peak_rss)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -227,16 +230,18 @@ def _result_size(ray, ref) -> int:
     return int(location.get("object_size") or 0)
 
 
-def node_lines(run: RayRun, wall: float) -> List[Tuple[str, str]]:
-    """Summary lines: per node, tasks, processes, bytes, throughput and peak RSS."""
+def node_lines(run: RayRun) -> List[Tuple[str, str]]:
+    """Summary lines: per node, tasks, processes, bytes, per-worker throughput and peak RSS."""
     lines = []
     for n in run.nodes:
-        rate = n.bytes_written / max(wall, 1e-9)
+        busy = n.source_bytes_read / max(n.seconds, 1e-9)
+        peaks = ", ".join(human_bytes(p) for _, p in sorted(n.peaks.items()))
         lines.append(
             (
                 "ray node",
-                f"{n.host} {n.node[:8]}: {n.tasks} tasks in {len(n.processes)} processes, {human_bytes(n.bytes_written)} written, "
-                f"{human_bytes(rate)}/s over the run, worker peak {human_bytes(n.peak_rss)}",
+                f"{n.host} {n.node[:8]}: {n.tasks} tasks in {len(n.peaks)} processes, {human_bytes(n.bytes_written)} "
+                f"written, {human_bytes(n.source_bytes_read)} read at {human_bytes(busy)}/s per busy worker, "
+                f"worker peaks {peaks}",
             )
         )
     lines.append(
