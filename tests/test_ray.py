@@ -17,7 +17,12 @@ from sanitrace import plan as plan_ir
 from sanitrace.compare import compare_folders
 from sanitrace.executor import RayError, RayOptions, execute
 from sanitrace.executor.journal import JOURNAL
+from sanitrace.executor import ray_run
+from sanitrace.executor.local_source import LocalSource
+from sanitrace.executor.progress import progress_bar
 from sanitrace.executor.ray_run import batches, check_feasible
+from sanitrace.executor.sources import SourceMismatch
+from sanitrace.executor.writer import OutputWriter
 from sanitrace.planner import build_plan
 from sanitrace.tracer import ConvertOptions, trace
 
@@ -176,6 +181,32 @@ def test_driver_killed_then_resumed_on_ray(cluster, big, tmp_path):
     )
     assert 0 < summary.skipped_groups < groups
     assert same_files(big["local"], out) == []
+
+
+def test_a_source_changed_under_a_task_is_its_one_line_error(cluster, big, tmp_path):
+    """A task checks the size and mtime of what it reads against the driver's
+    view; its SourceMismatch reaches the caller as itself, in one line."""
+    plan, src = big["plan"], big["src"]
+    source = LocalSource(plan, str(src))
+    identity = {name: [size + 1, mtime] + rest for name, (size, mtime, *rest) in source.identity().items()}
+    writer = OutputWriter(plan, source, str(tmp_path / "out"), resume=False)
+    try:
+        with pytest.raises(SourceMismatch) as e:
+            ray_run.run(
+                plan,
+                list(range(len(plan.groups))),
+                writer,
+                str(src),
+                identity,
+                progress_bar(0, "", enabled=False),
+                1 << 30,
+                0,
+                RayOptions(cluster.address),
+            )
+    finally:
+        writer.close()
+    assert "changed since the run started (size or mtime differs on this node)" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_a_task_no_node_can_hold_is_refused_in_one_line(cluster):

@@ -73,7 +73,7 @@ class RayRun:
 def batches(plan: Plan, groups: Sequence[int], slots: int) -> List[List[int]]:
     """``groups`` (in execution order) cut into consecutive runs of about
     ``1/(4 * slots)`` of their output bytes each, within 64 MiB .. 2 GiB."""
-    sizes = [sum(plan.outputs[i].nbytes for i in plan.groups[g].outputs) for g in groups]
+    sizes = [_output_bytes(plan, [g]) for g in groups]
     target = min(max(sum(sizes) // max(slots * _BATCHES_PER_SLOT, 1), _MIN_BATCH), _MAX_BATCH)
     out: List[List[int]] = []
     current: List[int] = []
@@ -87,6 +87,10 @@ def batches(plan: Plan, groups: Sequence[int], slots: int) -> List[List[int]]:
     if current:
         out.append(current)
     return out
+
+
+def _output_bytes(plan: Plan, batch: Sequence[int]) -> int:
+    return sum(plan.outputs[i].nbytes for g in batch for i in plan.groups[g].outputs)
 
 
 def connect(options: RayOptions):
@@ -142,7 +146,8 @@ def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
     plan_ref = ray.put(plan_ir.dumps(plan))
     remote = ray.remote(run_batch)
     pending: Dict[object, List[int]] = {}
-    for batch in batches(plan, groups, slots):
+    # largest first, so the run does not end waiting on one big task started last
+    for batch in sorted(batches(plan, groups, slots), key=lambda b: -_output_bytes(plan, b)):
         need = predicted_peak([plan.groups[g] for g in batch], budget, baseline)[0]
         check_feasible(nodes, need, use_mlx)
         resources = {MLX_RESOURCE: 1} if use_mlx else {}
@@ -189,9 +194,10 @@ def _result(ray, ref, batch: List[int], plan: Plan) -> TaskResult:
         cause = e.cause
         if isinstance(cause, (plan_ir.PlanError, SourceMismatch, OutputError)):
             raise cause from None
-        raise RayError(f"a Ray task failed on {_names(plan, batch)}: {type(cause).__name__}: {cause}") from None
+        what = (str(cause).strip().splitlines() or [""])[0][:300]
+        raise RayError(f"a Ray task failed on {_names(plan, batch)}: {type(cause).__name__}: {what}") from None
     except ray.exceptions.RayError as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        first = (str(e).strip().splitlines() or [""])[0][:300]
         raise RayError(
             f"Ray gave up on {_names(plan, batch)} ({type(e).__name__}: {first}); OUT.partial is kept: rerun with --resume"
         ) from None
