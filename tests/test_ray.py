@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, MODES, REPO, make_checkpoint, sanitrace_convert
+from hub_server import HubServer
 
 from sanitrace import plan as plan_ir
 from sanitrace.compare import compare_folders
@@ -20,9 +21,11 @@ from sanitrace.executor.journal import JOURNAL
 from sanitrace.executor import ray_run
 from sanitrace.executor.local_source import LocalSource
 from sanitrace.executor.progress import progress_bar
+from sanitrace.executor.schedule import schedule
 from sanitrace.executor.ray_run import batches, check_feasible
 from sanitrace.executor.sources import SourceMismatch
 from sanitrace.executor.writer import OutputWriter
+from sanitrace.fixtures import write_checkpoint
 from sanitrace.planner import build_plan
 from sanitrace.tracer import ConvertOptions, trace
 
@@ -183,26 +186,24 @@ def test_driver_killed_then_resumed_on_ray(cluster, big, tmp_path):
     assert same_files(big["local"], out) == []
 
 
+class _Grown(LocalSource):
+    """A folder whose files the driver saw one byte longer than they are now."""
+
+    def identity(self):
+        return {name: [size + 1, *rest] for name, (size, *rest) in super().identity().items()}
+
+
 def test_a_source_changed_under_a_task_is_its_one_line_error(cluster, big, tmp_path):
     """A task checks the size and mtime of what it reads against the driver's
     view; its SourceMismatch reaches the caller as itself, in one line."""
     plan, src = big["plan"], big["src"]
-    source = LocalSource(plan, str(src))
-    identity = {name: [size + 1, mtime] + rest for name, (size, mtime, *rest) in source.identity().items()}
+    source = _Grown(plan, str(src))
     writer = OutputWriter(plan, source, str(tmp_path / "out"), resume=False)
+    order = schedule(plan, range(len(plan.groups)), {}, streams=False)
+    bar = progress_bar(0, "", enabled=False)
     try:
         with pytest.raises(SourceMismatch) as e:
-            ray_run.run(
-                plan,
-                list(range(len(plan.groups))),
-                writer,
-                str(src),
-                identity,
-                progress_bar(0, "", enabled=False),
-                1 << 30,
-                0,
-                RayOptions(cluster.address),
-            )
+            ray_run.run(plan, order, writer, source, bar, 1 << 30, 0, RayOptions(cluster.address))
     finally:
         writer.close()
     assert "changed since the run started (size or mtime differs on this node)" in str(e.value)
@@ -225,6 +226,41 @@ def test_batches_cut_groups_in_order_by_bytes(big):
         sizes = [sum(plan.outputs[i].nbytes for g in b for i in plan.groups[g].outputs) for b in cut]
         assert all(s >= 64 << 20 for s in sizes[:-1])
     assert len(batches(plan, order, 16)) >= len(batches(plan, order, 1))
+
+
+@pytest.mark.slow
+def test_convert_from_the_hub_on_ray_is_the_local_hub_conversion(cluster, tmp_path):
+    """A Hub repo on Ray: the driver stages each shard in OUT.partial (which every
+    node sees) within the disk budget; tasks read them there. Same bytes as the
+    same conversion without --ray, each shard fetched once."""
+    folder = Path(write_checkpoint(str(tmp_path / "tiny-moe"), "qwen3_moe", shards=4, split_experts=True))
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny-moe\n")
+    budget = max(p.stat().st_size for p in folder.glob("*.safetensors")) * 2
+    with HubServer({"org/tiny-moe": str(folder)}) as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        env.pop("HF_TOKEN", None)
+        env.pop("HF_HUB_OFFLINE", None)
+        outputs = {}
+        for name, extra in (("local", []), ("ray", ["--ray", cluster.address])):
+            hub.reset_log()
+            argv = ["convert", "--hf-path", "org/tiny-moe", "--mlx-path", str(tmp_path / name), "-q"]
+            argv += ["--memory-budget", "1", "--disk-budget", str(budget), "--no-progress", *extra]
+            proc = subprocess.run(
+                [sys.executable, "-m", "sanitrace", *argv],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            sizes = {p.name: p.stat().st_size for p in folder.glob("*.safetensors")}
+            gets = [r for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+            whole = sorted(r.path.rsplit("/", 1)[-1] for r in gets if sizes.get(r.path.rsplit("/", 1)[-1]) == r.nbytes)
+            outputs[name] = (tmp_path / name, whole)
+    assert "ray node" in proc.stdout
+    assert same_files(outputs["local"][0], outputs["ray"][0]) == []
+    assert outputs["ray"][1] == sorted(p.name for p in folder.glob("*.safetensors"))  # each shard fetched once, whole
 
 
 def test_node_lost_mid_task_is_retried_on_the_other_node(cluster, big, tmp_path):

@@ -218,8 +218,9 @@ def execute(
             its two largest files, or more when a group needs more at once).
         library_loaded: this process also traced the plan (``convert``): the
             library's imports count against the budget (planner.memory).
-        ray: run the output groups as Ray tasks (ray_run.py); the source must be
-            a folder every Ray node sees, and so must ``out_dir``.
+        ray: run the output groups as Ray tasks (ray_run.py); ``out_dir`` and a
+            source folder must be paths every Ray node sees (a Hub repo is
+            staged in ``out_dir.partial``).
 
     Returns:
         An ExecuteSummary.
@@ -228,10 +229,11 @@ def execute(
         raise plan_ir.PlanError(f"plan digest {plan.digest} is not the approved {digest}")
     budget = memory_budget or plan.memory.budget
     map_large_buffers()  # what mlx frees leaves the process, as the memory model assumes
-    if ray is not None and isinstance(source, RemoteRepo):
-        raise RayError("--ray reads the source from a folder every node sees; download the Hub repo first")
     if isinstance(source, RemoteRepo):
-        src: Union[HubSource, LocalSource] = HubSource(plan, source, out_dir, disk_budget, progress)
+        # on Ray every file is staged in OUT.partial, which every node sees
+        src: Union[HubSource, LocalSource] = HubSource(
+            plan, source, out_dir, disk_budget, progress, read_cache=ray is None
+        )
     else:
         src = LocalSource(plan, source)
     src.check()
@@ -257,8 +259,7 @@ def execute(
         written = sum(o.nbytes for c in chunks if c.last for o in c.outputs)  # resumed groups are not redone
         bar.update(total - written)
         if ray is not None:
-            assert isinstance(src, LocalSource)
-            ray_run = ray_execute(plan, order.groups, writer, src.folder, src.identity(), bar, budget, baseline, ray)
+            ray_run = ray_execute(plan, order, writer, src, bar, budget, baseline, ray)
         else:
             position = {g: p for p, g in enumerate(order.groups)}
             sink = _Sink(writer, bar, lambda g: _release(src, reader, order, position[g]))

@@ -4,8 +4,10 @@ The driver (this process) does what local execution does around the compute:
 it checks the source, creates and preallocates ``OUT.partial``, checks the
 guards, keeps the journal and finishes the folder (executor.execute). Ray runs
 the tasks on any node: each reads its own source pieces from SRC (a path every
-node sees), pwrites into the shards and returns only checksums, which the
-driver journals. So ``--resume`` and every guarantee of local execution hold:
+node sees; a Hub repo is downloaded by the driver into ``OUT.partial``, in the
+schedule's order within the disk budget, and each batch submitted once its
+files are there), pwrites into the shards and returns only checksums, which
+the driver journals. So ``--resume`` and every guarantee of local execution hold:
 a task killed mid-way (worker or node lost) is retried by Ray and writes the
 same bytes again; a killed driver leaves a journal of finished groups.
 
@@ -18,13 +20,14 @@ time) and a CPU node with ``'{"mlx": N}'``. A local instance gets it set so.
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from .. import plan as plan_ir
 from ..collapse import human_bytes
 from ..plan import Plan
 from ..planner.memory import predicted_peak
 from .ray_task import TaskResult, run_batch
+from .schedule import Schedule
 from .sources import SourceMismatch
 from .writer import OutputError, OutputWriter
 
@@ -120,48 +123,66 @@ def connect(options: RayOptions):
 
 def run(
     plan: Plan,
-    groups: Sequence[int],
+    order: Schedule,
     writer: OutputWriter,
-    source_dir: str,
-    identity: Dict[str, list],
+    source,
     bar,
     budget: int,
     baseline: int,
     options: RayOptions,
 ) -> RayRun:
-    """Run ``groups`` as Ray tasks; journal each group as its checksums arrive.
-    ``baseline``: a Ray worker's (planner.memory.plan_baseline with ray_worker)."""
+    """Run ``order``'s groups as Ray tasks; journal each group as its checksums
+    arrive. ``source``: a LocalSource, or a HubSource staging files in
+    OUT.partial (a batch is submitted once its files are there; a file is let
+    go once every group reading it is journaled). ``baseline``: a Ray
+    worker's (planner.memory.plan_baseline with ray_worker)."""
     ray, started = connect(options)
     try:
-        return _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
+        return _run(ray, plan, order, writer, source, bar, budget, baseline)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline) -> RayRun:
+def _run(ray, plan: Plan, order: Schedule, writer: OutputWriter, source, bar, budget: int, baseline: int) -> RayRun:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     slots = sum(int(n["Resources"].get(MLX_RESOURCE, n["Resources"].get("CPU", 1))) for n in nodes)
     use_mlx = any(MLX_RESOURCE in n["Resources"] for n in nodes)
+    if source.streams:  # one group a task: the disk budget holds what one group reads, not a batch
+        queue = [[g] for g in order.groups]
+    else:  # largest first, so the run does not end waiting on one big task started last
+        queue = sorted(batches(plan, order.groups, slots), key=lambda b: -_output_bytes(plan, b))
+    for batch in queue:
+        check_feasible(nodes, predicted_peak([plan.groups[g] for g in batch], budget, baseline)[0], use_mlx)
+    # what a task checks before reading: the size (and a folder's mtime) the driver saw
+    keep, identity = 1 if source.streams else 2, source.identity()
+    expected = {i: identity[f.name][:keep] for i, f in enumerate(plan.source.files)}
+    paths = [os.path.abspath(p) for p in source.paths]
+    readers: Dict[int, int] = {}  # source file -> groups still to journal that read it
+    for g in order.groups:
+        for f in order.reads[g]:
+            readers[f] = readers.get(f, 0) + 1
     plan_ref = ray.put(plan_ir.dumps(plan))
     remote = ray.remote(run_batch)
     pending: Dict[object, List[int]] = {}
-    # largest first, so the run does not end waiting on one big task started last
-    for batch in sorted(batches(plan, groups, slots), key=lambda b: -_output_bytes(plan, b)):
-        need = predicted_peak([plan.groups[g] for g in batch], budget, baseline)[0]
-        check_feasible(nodes, need, use_mlx)
-        resources = {MLX_RESOURCE: 1} if use_mlx else {}
-        ref = remote.options(num_cpus=1, memory=need, resources=resources, max_retries=3).remote(
-            plan_ref, plan.digest, os.path.abspath(source_dir), writer.partial, batch, budget, baseline, identity
-        )
-        pending[ref] = batch
     stats: Dict[str, NodeStats] = {}
-    result_bytes = 0
+    tasks = result_bytes = 0
     object_store = _stored_bytes(ray, [plan_ref])
-    tasks = len(pending)
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+        while queue or pending:
+            while queue and source.ready(_files(order, queue[0])):  # in the schedule's order
+                batch = queue.pop(0)
+                need = predicted_peak([plan.groups[g] for g in batch], budget, baseline)[0]
+                resources = {MLX_RESOURCE: 1} if use_mlx else {}
+                ref = remote.options(num_cpus=1, memory=need, resources=resources, max_retries=3).remote(
+                    plan_ref, plan.digest, paths, writer.partial, batch, budget, baseline, expected
+                )
+                pending[ref] = batch
+                tasks += 1
+            if not pending:
+                source.acquire(_files(order, queue[0]))  # nothing running: wait for the download
+                continue
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.2 if queue else 10.0)
             if not done:
                 check_feasible([n for n in ray.nodes() if n.get("Alive")], 0, use_mlx)
                 continue
@@ -172,6 +193,9 @@ def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
             object_store += _stored_bytes(ray, [ref])
             for g in batch:
                 writer.group_done(g, result.sums[g])
+                for f in order.reads[g]:
+                    readers[f] -= 1
+            source.release([f for f in _files(order, batch) if readers[f] == 0])
             bar.update(result.bytes_written)
             node = stats.setdefault(result.node, NodeStats(result.host, result.node))
             node.tasks += 1
@@ -183,6 +207,11 @@ def _run(ray, plan, groups, writer, source_dir, identity, bar, budget, baseline)
         for ref in pending:
             ray.cancel(ref, force=True)
     return RayRun(sorted(stats.values(), key=lambda n: n.host), tasks, object_store, result_bytes)
+
+
+def _files(order: Schedule, batch: Sequence[int]) -> FrozenSet[int]:
+    """The source files the groups of ``batch`` read."""
+    return frozenset().union(*(order.reads[g] for g in batch))
 
 
 def _result(ray, ref, batch: List[int], plan: Plan) -> TaskResult:

@@ -25,7 +25,6 @@ from .. import plan as plan_ir
 from ..plan import Output, Plan
 from ..planner.memory import cache_limit
 from .allocator import map_large_buffers
-from .local_source import LocalSource
 from .progress import progress_bar
 from .replay import Replayer
 from .schedule import schedule
@@ -124,31 +123,43 @@ def task_plan(plan_bytes: bytes, digest: str) -> Plan:
     return plan
 
 
-def check_identity(source: LocalSource, files: Sequence[int], identity: Dict[str, list]) -> None:
-    """The source files this task reads have the size and mtime the driver saw
-    (another node may mount them under other inode and device numbers)."""
+class _Present:
+    """The task's source: files the driver has made available, read in place."""
+
+    def acquire(self, files) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def check_sources(paths: List[str], files: Sequence[int], expected: Dict[int, list]) -> None:
+    """The source files this task reads have the [size] or [size, mtime_ns] the
+    driver saw (another node may mount them under other inode and device numbers)."""
     for i in files:
-        name, path = source.plan.source.files[i].name, source.paths[i]
         try:
-            st = os.stat(path)
+            st = os.stat(paths[i])
         except OSError as e:
-            raise SourceMismatch(f"{path}: {e.strerror} (on a Ray node: SRC must be a path every node sees)") from None
-        if [st.st_size, st.st_mtime_ns] != identity[name][:2]:
-            raise SourceMismatch(f"{path}: changed since the run started (size or mtime differs on this node)")
+            raise SourceMismatch(
+                f"{paths[i]}: {e.strerror} (on a Ray node: SRC must be a path every node sees)"
+            ) from None
+        if [st.st_size, st.st_mtime_ns][: len(expected[i])] != expected[i]:
+            raise SourceMismatch(f"{paths[i]}: changed since the run started (size or mtime differs on this node)")
 
 
 def run_batch(
     plan_bytes: bytes,
     digest: str,
-    source_dir: str,
+    paths: List[str],
     partial: str,
     groups: List[int],
     budget: int,
     baseline: int,
-    identity: Dict[str, list],
+    expected: Dict[int, list],
 ) -> TaskResult:
-    """Replay ``groups`` (indices into plan.groups, in this order) into the shards
-    of ``partial``; their checksums, for the driver to journal."""
+    """Replay ``groups`` (indices into plan.groups, in this order) from the
+    source files at ``paths`` into the shards of ``partial``; their checksums,
+    for the driver to journal."""
     import ray
 
     from . import Chunk, _Sink, group_chunks, run_chunks  # the package imports ray_run, which imports this
@@ -156,20 +167,21 @@ def run_batch(
     start = time.time()
     plan = task_plan(plan_bytes, digest)
     map_large_buffers()
-    source = LocalSource(plan, source_dir)
+    if len(paths) != len(plan.source.files):
+        raise plan_ir.PlanError(f"a Ray task got {len(paths)} source paths for {len(plan.source.files)} files")
     order = schedule(plan, groups, {}, streams=False)
-    check_identity(source, sorted(set().union(*order.reads.values())), identity)
+    check_sources(paths, sorted(set().union(*order.reads.values())), expected)
     chunks: List[Chunk] = []
     for g in groups:
         chunks.extend(group_chunks(plan, g, budget, baseline))
     replayer = Replayer(plan.nodes, [o.ref for o in plan.outputs] + [g.ref for g in plan.guards])
-    reader = SourceReader(plan, source.paths)
+    reader = SourceReader(plan, paths)
     shards = ShardFiles(plan, partial)
     sink_writer = _Sums(shards)
     bar = progress_bar(0, "task", enabled=False)
     previous = mx.set_cache_limit(cache_limit(budget, baseline))
     try:
-        run_chunks(chunks, order, replayer, reader, source, _Sink(sink_writer, bar, lambda g: None))
+        run_chunks(chunks, order, replayer, reader, _Present(), _Sink(sink_writer, bar, lambda g: None))
     finally:
         mx.set_cache_limit(previous)
         reader.close()
