@@ -115,35 +115,42 @@ def test_tasks_spread_over_both_nodes_and_return_only_checksums(cluster, big, tm
     assert run.result_bytes + run.object_store_bytes < big["plan"].output_bytes / 1000
 
 
-def test_worker_killed_mid_task_is_retried_with_identical_output(cluster, big, tmp_path):
+def execute_while(cluster, big, out: Path, fault):
+    """Execute ``big`` on the cluster in a thread while calling ``fault()`` until it
+    returns a value (then no more); (the execute summary, that value)."""
     result = {}
 
     def drive():
         try:
+            options = RayOptions(cluster.address)
             result["summary"] = execute(
-                big["plan"],
-                str(big["src"]),
-                str(tmp_path / "out"),
-                memory_budget=1,
-                progress=False,
-                ray=RayOptions(cluster.address),
+                big["plan"], str(big["src"]), str(out), memory_budget=1, progress=False, ray=options
             )
         except BaseException as e:  # noqa: BLE001  reported by the assertion below
             result["error"] = e
 
     driver = threading.Thread(target=drive)
     driver.start()
-    killed = None
-    while driver.is_alive() and killed is None:
-        running = cluster.task_processes("run_batch")
-        if running:
-            killed = running[0].pid
-            os.kill(killed, signal.SIGKILL)
+    done = None
+    while driver.is_alive() and done is None:
+        done = fault()
         time.sleep(0.005)
     driver.join(timeout=600)
-    assert killed is not None, "no task was caught running"
+    assert done is not None, "no task was caught running"
     assert "error" not in result, result.get("error")
-    assert killed not in {p for n in result["summary"].ray.nodes for p in n.peaks}
+    return result["summary"], done
+
+
+def test_worker_killed_mid_task_is_retried_with_identical_output(cluster, big, tmp_path):
+    def kill_a_worker():
+        running = cluster.task_processes("run_batch")
+        if running:
+            os.kill(running[0].pid, signal.SIGKILL)
+            return running[0].pid
+        return None
+
+    summary, killed = execute_while(cluster, big, tmp_path / "out", kill_a_worker)
+    assert killed not in {p for n in summary.ray.nodes for p in n.peaks}  # its task was redone elsewhere
     assert same_files(big["local"], tmp_path / "out") == []
 
 
@@ -265,31 +272,13 @@ def test_convert_from_the_hub_on_ray_is_the_local_hub_conversion(cluster, tmp_pa
 
 def test_node_lost_mid_task_is_retried_on_the_other_node(cluster, big, tmp_path):
     """Last in this module: the cluster keeps one node afterwards."""
-    result = {}
 
-    def drive():
-        try:
-            result["summary"] = execute(
-                big["plan"],
-                str(big["src"]),
-                str(tmp_path / "out"),
-                memory_budget=1,
-                progress=False,
-                ray=RayOptions(cluster.address),
-            )
-        except BaseException as e:  # noqa: BLE001  reported by the assertion below
-            result["error"] = e
-
-    driver = threading.Thread(target=drive)
-    driver.start()
-    lost = False
-    while driver.is_alive() and not lost:
+    def lose_the_second_node():
         if cluster.task_processes("run_batch", nodes=[1]):
             cluster.kill_node(1)
-            lost = True
-        time.sleep(0.005)
-    driver.join(timeout=600)
-    assert lost, "no task was caught running on the second node"
-    assert "error" not in result, result.get("error")
+            return True
+        return None
+
+    execute_while(cluster, big, tmp_path / "out", lose_the_second_node)
     assert cluster.session_pids(1) == []  # the node is gone, not just its worker
     assert same_files(big["local"], tmp_path / "out") == []
