@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@echo "installing sanitrace and its dependencies into $(VENV) (about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar on -c requirements.lock -e ".[test,vlm]"
+	$(PY) -m pip install --progress-bar on -c requirements.lock -e ".[test,vlm,ray]"
 	touch $@
 
 $(OLDEST)/.installed: pyproject.toml requirements-oldest.lock

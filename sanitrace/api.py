@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Union
 
 from . import plan as plan_ir
-from .executor import DiskBudgetError, ExecuteSummary, GuardFailed, OutputError, OutputExists, SourceMismatch
+from .executor import (
+    DiskBudgetError,
+    ExecuteSummary,
+    GuardFailed,
+    OutputError,
+    OutputExists,
+    RayError,
+    RayOptions,
+    SourceMismatch,
+)
 from .hub import HubError
 from .plan import Plan, PlanError
 from .report import peak_rss, print_result, warn_budget
@@ -41,6 +50,7 @@ USER_ERRORS = (
     HubError,
     DiskBudgetError,
     VerifyFailed,
+    RayError,
 )
 
 
@@ -161,6 +171,8 @@ def execute(
     disk_budget: Optional[int] = None,
     verify: bool = False,
     verify_forward: bool = False,
+    ray: Optional[str] = None,
+    ray_workers: Optional[int] = None,
 ) -> ExecuteSummary:
     """Write the MLX model a plan describes.
 
@@ -180,6 +192,11 @@ def execute(
             with the library's loader (see ``sanitrace.verify``); VerifyFailed
             when it does not hold.
         verify_forward: verify, and run one token through the loaded model.
+        ray: run the output groups as Ray tasks (``pip install 'sanitrace[ray]'``):
+            "local" starts a local Ray instance, "HOST:PORT" joins that cluster
+            (``ray.init``'s address); ``source`` and ``mlx_path`` must then be
+            paths every node sees. Output, journal and ``resume`` are as without.
+        ray_workers: a local Ray instance's worker processes (default: the cores).
 
     Returns:
         An ExecuteSummary (tensors, bytes and chunks written, groups resumed).
@@ -195,7 +212,15 @@ def execute(
     if isinstance(plan, str):
         plan = load_plan(plan)
     summary, predicted, seconds = run_execute(
-        plan, resolve_source(source)[0], mlx_path, memory_budget, resume, digest, progress, disk_budget
+        plan,
+        resolve_source(source)[0],
+        mlx_path,
+        memory_budget,
+        resume,
+        digest,
+        progress,
+        disk_budget,
+        ray=ray_options(ray, ray_workers),
     )
     print_result(mlx_path, summary, predicted, seconds, plan)
     if verify or verify_forward:
@@ -227,6 +252,8 @@ def convert(
     allow_lint: Sequence[str] = (),
     verify: bool = True,
     verify_forward: bool = False,
+    ray: Optional[str] = None,
+    ray_workers: Optional[int] = None,
 ) -> ConvertSummary:
     """Convert like ``mlx_lm.convert.convert`` (same arguments, same output
     tensors, config and index), in bounded memory: trace, then execute.
@@ -247,6 +274,7 @@ def convert(
             refuse the output (as its convert does); see ``trace``.
         allow_lint: lint rules whose errors do not stop the conversion; see ``trace``.
         verify, verify_forward: as ``execute``; verify is on by default.
+        ray, ray_workers: as ``execute``: the writing runs as Ray tasks.
 
     Returns:
         A ConvertSummary.
@@ -271,7 +299,16 @@ def convert(
         plan_ir.save(plan, plan_out)
         print(f"  plan             {plan_out}")
     summary, predicted, _ = run_execute(
-        plan, source, mlx_path, memory_budget, resume, None, progress, disk_budget, library_loaded=True
+        plan,
+        source,
+        mlx_path,
+        memory_budget,
+        resume,
+        None,
+        progress,
+        disk_budget,
+        library_loaded=True,
+        ray=ray_options(ray, ray_workers),
     )
     seconds = time.time() - start
     print_result(mlx_path, summary, predicted, seconds, plan)
@@ -280,6 +317,13 @@ def convert(
     if upload_repo is not None:
         _upload(plan.library, mlx_path, upload_repo)
     return ConvertSummary(plan, mlx_path, summary, predicted, peak_rss(), seconds, messages)
+
+
+def ray_options(ray: Optional[str], workers: Optional[int]) -> Optional[RayOptions]:
+    """``execute``'s ``ray`` and ``ray_workers`` as the executor's RayOptions (None: run locally)."""
+    if ray is None:
+        return None
+    return RayOptions(None if ray == "local" else ray, workers)
 
 
 def _upload(library: str, mlx_path: str, upload_repo: str) -> None:

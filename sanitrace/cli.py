@@ -123,6 +123,8 @@ def _run(args) -> int:
             disk_budget=args.disk_budget,
             verify=args.verify,
             verify_forward=args.verify_forward,
+            ray=args.ray,
+            ray_workers=args.ray_workers,
         )
     elif args.command == "convert":
         api.convert(
@@ -137,6 +139,8 @@ def _run(args) -> int:
             allow_lint=args.allow_lint,
             verify=args.verify,
             verify_forward=args.verify_forward,
+            ray=args.ray,
+            ray_workers=args.ray_workers,
             **_convert_kwargs(args),
         )
     elif args.command == "check":

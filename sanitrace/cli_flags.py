@@ -154,6 +154,23 @@ def _add_execute_flags(parser: argparse.ArgumentParser):
         "largest shards, or what one output group needs).",
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="Run the output groups as Ray tasks (pip install 'sanitrace[ray]'): on a new local Ray "
+        "instance, or on the cluster at ADDRESS (HOST:PORT). The source and output must be paths "
+        "every node sees.",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="A local Ray instance's worker processes (default: this machine's cores).",
+    )
 
 
 def _add_verify_forward(parser: argparse.ArgumentParser):

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from .collapse import human_bytes
 from .executor import ExecuteSummary
+from .executor.ray_run import node_lines
 from .hub import RemoteRepo
 from .plan import Plan
 
@@ -97,6 +98,17 @@ def print_result(mlx_path: str, summary: ExecuteSummary, predicted: int, seconds
             f"({summary.source_bytes_read / summary.source_tensor_bytes:.3f}x the "
             f"{human_bytes(summary.source_tensor_bytes)} of source tensors the plan reads)"
         )
-    print(f"  peak memory      predicted {human_bytes(predicted)}, measured {human_bytes(peak_rss())} (process RSS)")
+    if summary.ray is None:
+        print(
+            f"  peak memory      predicted {human_bytes(predicted)}, measured {human_bytes(peak_rss())} (process RSS)"
+        )
+    else:
+        worst = max((n.peak_rss for n in summary.ray.nodes), default=0)
+        print(
+            f"  peak memory      predicted {human_bytes(predicted)} per Ray worker, measured {human_bytes(worst)} "
+            f"(largest worker RSS); driver {human_bytes(peak_rss())}"
+        )
+        for label, text in node_lines(summary.ray):
+            print(f"  {label:<16} {text}")
     print(f"  wall time        {seconds:.1f}s ({summary.chunks} chunks)")
     print(f"  plan digest      {plan.digest}", flush=True)

@@ -15,6 +15,7 @@ from .tracer import ConvertOptions, TraceError
 from .versions import installed_version
 
 if TYPE_CHECKING:
+    from .executor import RayOptions
     from .lint import Finding
 
 
@@ -160,6 +161,7 @@ def run_execute(
     progress: bool,
     disk_budget: Optional[int] = None,
     library_loaded: bool = False,
+    ray: Optional["RayOptions"] = None,
 ):
     """The executor's summary, the predicted peak and the seconds taken; prints
     the run's first line, and warnings for an unmeetable budget or another mlx."""
@@ -168,7 +170,7 @@ def run_execute(
 
     start = time.time()
     budget = memory_budget or plan.memory.budget
-    baseline = plan_baseline(plan, library_loaded)
+    baseline = plan_baseline(plan, library_loaded and ray is None, ray_worker=ray is not None)
     predicted, _ = predicted_peak(plan.groups, budget, baseline)
     warn_budget(plan.groups, budget, predicted, baseline)
     installed = installed_version("mlx") or "absent"
@@ -179,7 +181,8 @@ def run_execute(
         )
     print(
         f"executing plan {plan.digest[:16]}: {len(plan.outputs)} tensors, {human_bytes(plan.output_bytes)} "
-        f"to {mlx_path}, predicted peak {human_bytes(predicted)} at budget {human_bytes(budget)}",
+        f"to {mlx_path}, predicted peak {human_bytes(predicted)}{' per Ray task' if ray else ''} "
+        f"at budget {human_bytes(budget)}",
         flush=True,
     )
     if not isinstance(source, RemoteRepo):
@@ -194,5 +197,6 @@ def run_execute(
         digest=digest,
         disk_budget=disk_budget,
         library_loaded=library_loaded,
+        ray=ray,
     )
     return summary, predicted, time.time() - start

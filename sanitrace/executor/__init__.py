@@ -19,7 +19,7 @@ mlx-lm or mlx-vlm.
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 import mlx.core as mx
 
@@ -33,6 +33,8 @@ from .allocator import map_large_buffers
 from .hub_source import DiskBudgetError, HubSource
 from .local_source import LocalSource
 from .progress import progress_bar
+from .ray_run import RayError, RayOptions, RayRun
+from .ray_run import run as ray_execute
 from .replay import Replayer
 from .schedule import Schedule, schedule
 from .sources import SourceMismatch, SourceReader, byte_view, fill_all
@@ -55,6 +57,7 @@ class ExecuteSummary:
     peak_source_disk: int = 0  # most downloaded source bytes held at once
     source_bytes_read: int = 0  # source tensor bytes this run read (each piece once per chunk needing it)
     source_tensor_bytes: int = 0  # bytes of the source tensors the plan reads, each counted once
+    ray: Optional["RayRun"] = None  # what each Ray node did (``ray`` runs only)
 
 
 @dataclass
@@ -93,12 +96,20 @@ def _host_layout(array: mx.array) -> mx.array:
     return array.view(mx.uint16) if array.dtype == mx.bfloat16 else array
 
 
+class PieceWriter(Protocol):
+    """Where the sink puts pieces: OutputWriter locally, a task's shards on Ray."""
+
+    def write(self, out: Output, row_start: int, data: memoryview) -> None: ...
+
+    def group_done(self, group_index: int, sums: Dict[str, str]) -> None: ...
+
+
 class _Sink:
     """Write-thread side: pwrite pieces, hash each output, journal finished groups,
     then ``group_written(group)`` (the source lets go of what only it read: a
     resumed run never needs a source file again for a journaled group)."""
 
-    def __init__(self, writer: OutputWriter, bar, group_written: Callable[[int], None]):
+    def __init__(self, writer: PieceWriter, bar, group_written: Callable[[int], None]):
         self.writer = writer
         self.bar = bar
         self.group_written = group_written
@@ -163,18 +174,21 @@ def plan_chunks(
     todo = [g for g in by_offset if not writer.verified_done(g, [outputs[i] for i in groups[g].outputs])]
     # one order for the chunks and for closing each file after its last reader (_release)
     order = schedule(plan, todo, source.sizes, source.streams)
-    chunks = []
-    for g in order.groups:
-        members = [outputs[i] for i in groups[g].outputs]
-        rows = chunk_rows(groups[g], budget, baseline)
-        if not rows:
-            chunks.append(Chunk(g, members, None, True))
-            continue
-        total = groups[g].rows
-        for start in range(0, total, rows):
-            stop = min(start + rows, total)
-            chunks.append(Chunk(g, members, (0, start, stop), stop == total))
+    chunks = [c for g in order.groups for c in group_chunks(plan, g, budget, baseline)]
     return chunks, len(groups) - len(todo), order
+
+
+def group_chunks(plan: Plan, g: int, budget: int, baseline: int) -> List[Chunk]:
+    """Output group ``g`` as chunks under ``budget`` (whole, or row ranges)."""
+    group = plan.groups[g]
+    members = [plan.outputs[i] for i in group.outputs]
+    rows = chunk_rows(group, budget, baseline)
+    if not rows:
+        return [Chunk(g, members, None, True)]
+    return [
+        Chunk(g, members, (0, start, min(start + rows, group.rows)), start + rows >= group.rows)
+        for start in range(0, group.rows, rows)
+    ]
 
 
 def execute(
@@ -187,6 +201,7 @@ def execute(
     digest: Optional[str] = None,
     disk_budget: Optional[int] = None,
     library_loaded: bool = False,
+    ray: Optional["RayOptions"] = None,
 ) -> ExecuteSummary:
     """Write the plan's output into ``out_dir`` (via ``out_dir.partial``).
 
@@ -203,6 +218,9 @@ def execute(
             its two largest files, or more when a group needs more at once).
         library_loaded: this process also traced the plan (``convert``): the
             library's imports count against the budget (planner.memory).
+        ray: run the output groups as Ray tasks (ray_run.py); ``out_dir`` and a
+            source folder must be paths every Ray node sees (a Hub repo is
+            staged in ``out_dir.partial``).
 
     Returns:
         An ExecuteSummary.
@@ -212,7 +230,10 @@ def execute(
     budget = memory_budget or plan.memory.budget
     map_large_buffers()  # what mlx frees leaves the process, as the memory model assumes
     if isinstance(source, RemoteRepo):
-        src: Union[HubSource, LocalSource] = HubSource(plan, source, out_dir, disk_budget, progress)
+        # on Ray every file is staged in OUT.partial, which every node sees
+        src: Union[HubSource, LocalSource] = HubSource(
+            plan, source, out_dir, disk_budget, progress, read_cache=ray is None
+        )
     else:
         src = LocalSource(plan, source)
     src.check()
@@ -224,7 +245,9 @@ def execute(
     written = 0
     finished = False
     bar = None
-    baseline = plan_baseline(plan, library_loaded)
+    ray_run: Optional[RayRun] = None
+    # on Ray the chunks are computed in worker processes (which never hold the library)
+    baseline = plan_baseline(plan, library_loaded and ray is None, ray_worker=ray is not None)
     previous_cache_limit = mx.set_cache_limit(cache_limit(budget, baseline))
     try:
         chunks, skipped, order = plan_chunks(plan, budget, baseline, writer, src)
@@ -235,14 +258,12 @@ def execute(
         _release(src, reader, order, -1)
         written = sum(o.nbytes for c in chunks if c.last for o in c.outputs)  # resumed groups are not redone
         bar.update(total - written)
-        position = {g: p for p, g in enumerate(order.groups)}
-        sink = _Sink(writer, bar, lambda g: _release(src, reader, order, position[g]))
-        with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
-            try:
-                _pipeline(chunks, order, replayer, reader, src, sink, reads, writes)
-            except BaseException:
-                src.stop()  # a read waiting for a download returns, so the pools can shut down
-                raise
+        if ray is not None:
+            ray_run = ray_execute(plan, order, writer, src, bar, budget, baseline, ray)
+        else:
+            position = {g: p for p, g in enumerate(order.groups)}
+            sink = _Sink(writer, bar, lambda g: _release(src, reader, order, position[g]))
+            run_chunks(chunks, order, replayer, reader, src, sink)
         reader.close()
         src.close(finished=True)
         finished = True
@@ -264,8 +285,9 @@ def execute(
         src.downloaded,
         src.source_bytes,
         src.peak_held,
-        reader.bytes_read,
+        reader.bytes_read + (sum(n.source_bytes_read for n in ray_run.nodes) if ray_run else 0),
         _loaded_bytes(plan),
+        ray_run,
     )
 
 
@@ -273,6 +295,16 @@ def _loaded_bytes(plan: Plan) -> int:
     """Bytes of the source tensors the plan's graph loads, each once."""
     loaded = {node.args[0] for node in plan.nodes if node.op == "load"}
     return sum(plan.source.tensors[i].end - plan.source.tensors[i].begin for i in loaded)
+
+
+def run_chunks(chunks: List[Chunk], order: Schedule, replayer: Replayer, reader: SourceReader, source, sink) -> None:
+    """Compute ``chunks`` and hand each to ``sink``, reading and writing in threads beside."""
+    with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
+        try:
+            _pipeline(chunks, order, replayer, reader, source, sink, reads, writes)
+        except BaseException:
+            source.stop()  # a read waiting for a download returns, so the pools can shut down
+            raise
 
 
 def _pipeline(
@@ -357,4 +389,6 @@ __all__ = [
     "OutputError",
     "GuardFailed",
     "DiskBudgetError",
+    "RayError",
+    "RayOptions",
 ]

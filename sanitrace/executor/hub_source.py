@@ -58,11 +58,17 @@ class DiskNeeds:
 
 
 def disk_needs(
-    plan: Plan, repo: hub.RemoteRepo, disk_budget: Optional[int] = None, cache_dir: Optional[str] = None
+    plan: Plan,
+    repo: hub.RemoteRepo,
+    disk_budget: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+    read_cache: bool = True,
 ) -> DiskNeeds:
     """What streaming ``plan``'s sources from ``repo`` downloads and holds. The
     default budget is the two largest downloads (one in use, the next
     arriving), or the schedule's peak when a group must hold more at once.
+    ``read_cache``: files in the local huggingface_hub cache are read there
+    (not on Ray, whose other hosts do not see this one's cache).
     SourceMismatch when the repo lacks a file the plan reads or has it shorter."""
     for f in plan.source.files:
         remote = repo.files.get(f.name)
@@ -72,7 +78,7 @@ def disk_needs(
             raise SourceMismatch(f"{repo.label}: {f.name}: {remote.size} bytes, its header needs {f.size}")
     cached: Dict[int, str] = {}
     for i, f in enumerate(plan.source.files):
-        path = hub_download.cached_file(repo, f.name, cache_dir)
+        path = hub_download.cached_file(repo, f.name, cache_dir) if read_cache else None
         if path is not None:
             cached[i] = path
     sizes = {i: repo.files[f.name].size for i, f in enumerate(plan.source.files) if i not in cached}
@@ -97,13 +103,14 @@ class HubSource:
         disk_budget: Optional[int],
         progress: bool = True,
         cache_dir: Optional[str] = None,
+        read_cache: bool = True,
     ):
         self.plan = plan
         self.repo = repo
         self.cache_dir = cache_dir
         self.folder = os.path.join(os.path.abspath(out_dir) + ".partial", STAGING)
         self.progress = progress
-        needs = disk_needs(plan, repo, disk_budget, cache_dir)
+        needs = disk_needs(plan, repo, disk_budget, cache_dir, read_cache)
         if needs.peak > needs.budget:
             raise DiskBudgetError(
                 f"--disk-budget {human_bytes(needs.budget)} is too small: some output groups read "
@@ -230,6 +237,13 @@ class HubSource:
                 if all(f in self.cached or f in self._present for f in files):
                     return
                 self._cond.wait()
+
+    def ready(self, files: FrozenSet[int]) -> bool:
+        """Whether each of ``files`` is local and verified now (``acquire`` without waiting)."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            return all(f in self.cached or f in self._present for f in files)
 
     def release(self, files) -> None:
         """Delete downloaded ``files`` (no remaining group reads them)."""

@@ -15,7 +15,7 @@ class LocalSource:
     ``paths`` (where file i is read), ``check()`` before anything is created,
     ``identity()`` for the resume journal, ``copies()`` / ``copy_path()`` for
     the files copied beside the output, ``space_needed`` beside the output,
-    and ``acquire()`` / ``release()`` around a file's reads (no-ops here).
+    and ``acquire()`` / ``ready()`` / ``release()`` around a file's reads (no-ops here).
     """
 
     streams = False
@@ -57,6 +57,9 @@ class LocalSource:
 
     def acquire(self, files) -> None:
         pass
+
+    def ready(self, files) -> bool:
+        return True
 
     def release(self, files) -> None:
         pass

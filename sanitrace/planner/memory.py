@@ -21,19 +21,21 @@ EXECUTOR_BYTES = 56 << 20
 NODE_BYTES = 336
 SOURCE_TENSOR_BYTES = 720
 LIBRARY_BYTES = 64 << 20
+RAY_WORKER_BYTES = 96 << 20  # a Ray worker process's own imports and runtime, over EXECUTOR_BYTES
 
 
-def baseline_bytes(nodes: int, source_tensors: int, library_loaded: bool = False) -> int:
+def baseline_bytes(nodes: int, source_tensors: int, library_loaded: bool = False, ray_worker: bool = False) -> int:
     """Resident bytes of a process executing a plan of ``nodes`` graph nodes and
     ``source_tensors`` before it computes; ``library_loaded``: the process also
-    traced it (``convert``)."""
+    traced it (``convert``); ``ray_worker``: it is a Ray worker (executor.ray_task)."""
     held = NODE_BYTES * nodes + SOURCE_TENSOR_BYTES * source_tensors
-    return EXECUTOR_BYTES + held + (LIBRARY_BYTES if library_loaded else 0)
+    extra = (LIBRARY_BYTES if library_loaded else 0) + (RAY_WORKER_BYTES if ray_worker else 0)
+    return EXECUTOR_BYTES + held + extra
 
 
-def plan_baseline(plan: Plan, library_loaded: bool = False) -> int:
+def plan_baseline(plan: Plan, library_loaded: bool = False, ray_worker: bool = False) -> int:
     """``baseline_bytes`` of ``plan``."""
-    return baseline_bytes(len(plan.graph.rows), len(plan.source.tensors), library_loaded)
+    return baseline_bytes(len(plan.graph.rows), len(plan.source.tensors), library_loaded, ray_worker)
 
 
 def cache_limit(budget: int, baseline: int) -> int:
