@@ -26,7 +26,7 @@ from .. import plan as plan_ir
 from ..collapse import human_bytes
 from ..plan import Plan
 from ..planner.memory import predicted_peak
-from .ray_task import TaskResult, run_batch
+from .ray_task import TaskResult, output_bytes, run_batch
 from .schedule import Schedule
 from .sources import SourceMismatch
 from .writer import OutputError, OutputWriter
@@ -76,7 +76,7 @@ class RayRun:
 def batches(plan: Plan, groups: Sequence[int], slots: int) -> List[List[int]]:
     """``groups`` (in execution order) cut into consecutive runs of about
     ``1/(4 * slots)`` of their output bytes each, within 64 MiB .. 2 GiB."""
-    sizes = [_output_bytes(plan, [g]) for g in groups]
+    sizes = [output_bytes(plan, [g]) for g in groups]
     target = min(max(sum(sizes) // max(slots * _BATCHES_PER_SLOT, 1), _MIN_BATCH), _MAX_BATCH)
     out: List[List[int]] = []
     current: List[int] = []
@@ -90,10 +90,6 @@ def batches(plan: Plan, groups: Sequence[int], slots: int) -> List[List[int]]:
     if current:
         out.append(current)
     return out
-
-
-def _output_bytes(plan: Plan, batch: Sequence[int]) -> int:
-    return sum(plan.outputs[i].nbytes for g in batch for i in plan.groups[g].outputs)
 
 
 def connect(options: RayOptions):
@@ -151,7 +147,7 @@ def _run(ray, plan: Plan, order: Schedule, writer: OutputWriter, source, bar, bu
     if source.streams:  # one group a task: the disk budget holds what one group reads, not a batch
         queue = [[g] for g in order.groups]
     else:  # largest first, so the run does not end waiting on one big task started last
-        queue = sorted(batches(plan, order.groups, slots), key=lambda b: -_output_bytes(plan, b))
+        queue = sorted(batches(plan, order.groups, slots), key=lambda b: -output_bytes(plan, b))
     for batch in queue:
         check_feasible(nodes, predicted_peak([plan.groups[g] for g in batch], budget, baseline)[0], use_mlx)
     # what a task checks before reading: the size (and a folder's mtime) the driver saw
@@ -167,7 +163,7 @@ def _run(ray, plan: Plan, order: Schedule, writer: OutputWriter, source, bar, bu
     pending: Dict[object, List[int]] = {}
     stats: Dict[str, NodeStats] = {}
     tasks = result_bytes = 0
-    object_store = _stored_bytes(ray, [plan_ref])
+    object_store = _sizes(ray, plan_ref)[0]
     try:
         while queue or pending:
             while queue and source.ready(_files(order, queue[0])):  # in the schedule's order
@@ -189,8 +185,9 @@ def _run(ray, plan: Plan, order: Schedule, writer: OutputWriter, source, bar, bu
             ref = done[0]
             batch = pending.pop(ref)
             result = _result(ray, ref, batch, plan)
-            result_bytes += _result_size(ray, ref)
-            object_store += _stored_bytes(ray, [ref])
+            stored, size = _sizes(ray, ref)
+            object_store += stored
+            result_bytes += size
             for g in batch:
                 writer.group_done(g, result.sums[g])
                 for f in order.reads[g]:
@@ -254,15 +251,12 @@ def check_feasible(nodes: List[dict], need: int, use_mlx: bool) -> None:
         )
 
 
-def _stored_bytes(ray, refs: list) -> int:
-    """Bytes of ``refs`` held in Ray's object store (0 for results inlined in the driver)."""
-    locations = ray.experimental.get_object_locations(refs)
-    return sum(loc.get("object_size") or 0 for loc in locations.values() if loc.get("node_ids"))
-
-
-def _result_size(ray, ref) -> int:
+def _sizes(ray, ref) -> Tuple[int, int]:
+    """(bytes of ``ref`` held in Ray's object store, its size): a result inlined
+    in the driver is held nowhere."""
     location = ray.experimental.get_object_locations([ref]).get(ref, {})
-    return int(location.get("object_size") or 0)
+    size = int(location.get("object_size") or 0)
+    return (size if location.get("node_ids") else 0), size
 
 
 def node_lines(run: RayRun) -> List[Tuple[str, str]]:

@@ -29,7 +29,7 @@ from .progress import progress_bar
 from .replay import Replayer
 from .schedule import schedule
 from .sources import SourceMismatch, SourceReader
-from .writer import OutputError, _pwrite_all
+from .writer import OutputError, _pwrite_all, piece_offset
 
 _plans: Dict[str, Plan] = {}  # digest -> plan decoded in this worker process (one plan per run)
 
@@ -48,8 +48,8 @@ class TaskResult:
 
 class ShardFiles:
     """The shards of ``OUT.partial`` as the driver created them, opened for
-    pwrite: each must be a regular file of the plan's size starting with the
-    plan's header (never created, truncated or followed through a symlink)."""
+    pwrite: each must be a regular file of the plan's size (never created,
+    truncated or followed through a symlink)."""
 
     def __init__(self, plan: Plan, partial: str):
         self.plan = plan
@@ -83,10 +83,8 @@ class ShardFiles:
         return fd
 
     def write(self, out: Output, row_start: int, data: memoryview) -> None:
-        rows = out.shape[0] if out.shape else 1
-        offset = out.offset + row_start * (out.nbytes // max(rows, 1))
         try:
-            _pwrite_all(self.fd(out.file), data, offset)
+            _pwrite_all(self.fd(out.file), data, piece_offset(out, row_start))
         except OSError as e:
             raise OutputError(f"{os.path.join(self.partial, self.plan.files[out.file].name)}: {e.strerror}") from None
 
@@ -108,6 +106,11 @@ class _Sums:
 
     def group_done(self, group_index: int, sums: Dict[str, str]) -> None:
         self.sums[group_index] = sums
+
+
+def output_bytes(plan: Plan, groups: Sequence[int]) -> int:
+    """Bytes of the outputs of ``groups`` (indices into plan.groups)."""
+    return sum(plan.outputs[i].nbytes for g in groups for i in plan.groups[g].outputs)
 
 
 def task_plan(plan_bytes: bytes, digest: str) -> Plan:
@@ -186,7 +189,7 @@ def run_batch(
         mx.set_cache_limit(previous)
         reader.close()
         shards.close()
-    written = sum(plan.outputs[i].nbytes for g in groups for i in plan.groups[g].outputs)
+    written = output_bytes(plan, groups)
     return TaskResult(
         sink_writer.sums,
         written,

@@ -283,10 +283,8 @@ class OutputWriter:
         return True
 
     def write(self, out: Output, row_start: int, data: memoryview) -> None:
-        rows = out.shape[0] if out.shape else 1
-        offset = out.offset + row_start * (out.nbytes // max(rows, 1))
         with self._faults(self.plan.files[out.file].name):
-            _pwrite_all(self._fds[out.file], data, offset)
+            _pwrite_all(self._fds[out.file], data, piece_offset(out, row_start))
 
     def group_done(self, group_index: int, sums: Dict[str, str]) -> None:
         self._append(journal.group_line(group_index, sums))
@@ -384,6 +382,12 @@ def _allocate(fd: int, size: int) -> None:
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
+
+
+def piece_offset(out: Output, row_start: int) -> int:
+    """File offset of output ``out``'s rows from ``row_start`` on (a chunk's piece)."""
+    rows = out.shape[0] if out.shape else 1
+    return out.offset + row_start * (out.nbytes // max(rows, 1))
 
 
 def _pwrite_all(fd: int, data, offset: int) -> None:
