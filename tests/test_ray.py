@@ -4,6 +4,7 @@ worker killed mid-task and with the driver killed and resumed."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from sanitrace.tracer import ConvertOptions, trace
 
 from ray_cluster import RayCluster  # noqa: E402  (sets Ray's auth token before ray is imported)
 
-pytest.importorskip("ray")
+ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
@@ -210,11 +211,26 @@ def test_a_source_changed_under_a_task_is_its_one_line_error(cluster, big, tmp_p
     bar = progress_bar(0, "", enabled=False)
     try:
         with pytest.raises(SourceMismatch) as e:
-            ray_run.run(plan, order, writer, source, bar, 1 << 30, 0, RayOptions(cluster.address))
+            ray_run.run(ray, plan, order, writer, source, bar, 1 << 30, 0)
     finally:
         writer.close()
     assert "changed since the run started (size or mtime differs on this node)" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_an_unreachable_cluster_is_one_line_before_anything_is_created(big, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "sanitrace", "execute", str(big["path"]), "--source", str(big["src"])]
+    argv += ["--out", str(tmp_path / "out"), "--ray", f"127.0.0.1:{port}"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("sanitrace")]
+    assert errors == [
+        f"sanitrace execute: error: Ray at 127.0.0.1:{port}: cannot connect (Connection refused); is it the head node's address?"
+    ], proc.stderr
+    assert not (tmp_path / "out.partial").exists()
 
 
 def test_a_task_no_node_can_hold_is_refused_in_one_line(cluster):

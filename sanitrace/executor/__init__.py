@@ -34,6 +34,7 @@ from .hub_source import DiskBudgetError, HubSource
 from .local_source import LocalSource
 from .progress import progress_bar
 from .ray_run import RayError, RayOptions, RayRun
+from .ray_run import connect as ray_connect
 from .ray_run import run as ray_execute
 from .replay import Replayer
 from .schedule import Schedule, schedule
@@ -227,6 +228,31 @@ def execute(
     """
     if digest is not None and digest.lower() != plan.digest:
         raise plan_ir.PlanError(f"plan digest {plan.digest} is not the approved {digest}")
+    # Ray first: an unreachable cluster fails before anything is created
+    connected = ray_connect(ray) if ray is not None else None
+    try:
+        return _execute(
+            plan, source, out_dir, memory_budget, resume, progress, disk_budget, library_loaded, ray, connected
+        )
+    finally:
+        if connected is not None and connected[1]:
+            connected[0].shutdown()
+
+
+def _execute(
+    plan: Plan,
+    source: Union[str, RemoteRepo],
+    out_dir: str,
+    memory_budget: Optional[int],
+    resume: bool,
+    progress: bool,
+    disk_budget: Optional[int],
+    library_loaded: bool,
+    ray: Optional["RayOptions"],
+    connected,
+) -> ExecuteSummary:
+    """``execute`` after its digest check; ``connected``: (the ray module, this
+    run started it) when ``ray``."""
     budget = memory_budget or plan.memory.budget
     map_large_buffers()  # what mlx frees leaves the process, as the memory model assumes
     if isinstance(source, RemoteRepo):
@@ -259,7 +285,7 @@ def execute(
         written = sum(o.nbytes for c in chunks if c.last for o in c.outputs)  # resumed groups are not redone
         bar.update(total - written)
         if ray is not None:
-            ray_run = ray_execute(plan, order, writer, src, bar, budget, baseline, ray)
+            ray_run = ray_execute(connected[0], plan, order, writer, src, bar, budget, baseline)
         else:
             position = {g: p for p, g in enumerate(order.groups)}
             sink = _Sink(writer, bar, lambda g: _release(src, reader, order, position[g]))

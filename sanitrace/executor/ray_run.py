@@ -19,6 +19,7 @@ time) and a CPU node with ``'{"mlx": N}'``. A local instance gets it set so.
 """
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -103,6 +104,8 @@ def connect(options: RayOptions):
         return ray, False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet: Dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING", "configure_logging": False}
+    if options.address:
+        _check_reachable(options.address)
     try:
         if options.address:
             ray.init(address=options.address, **quiet)
@@ -117,30 +120,26 @@ def connect(options: RayOptions):
     return ray, True
 
 
-def run(
-    plan: Plan,
-    order: Schedule,
-    writer: OutputWriter,
-    source,
-    bar,
-    budget: int,
-    baseline: int,
-    options: RayOptions,
-) -> RayRun:
-    """Run ``order``'s groups as Ray tasks; journal each group as its checksums
-    arrive. ``source``: a LocalSource, or a HubSource staging files in
-    OUT.partial (a batch is submitted once its files are there; a file is let
-    go once every group reading it is journaled). ``baseline``: a Ray
-    worker's (planner.memory.plan_baseline with ray_worker)."""
-    ray, started = connect(options)
+def _check_reachable(address: str) -> None:
+    """RayError now when ``HOST:PORT`` takes no connection (ray.init would retry
+    for minutes); other address forms (``ray://``, ``auto``) are Ray's to resolve."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
     try:
-        return _run(ray, plan, order, writer, source, bar, budget, baseline)
-    finally:
-        if started:
-            ray.shutdown()
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise RayError(
+            f"Ray at {address}: cannot connect ({e.strerror or e}); is it the head node's address?"
+        ) from None
 
 
-def _run(ray, plan: Plan, order: Schedule, writer: OutputWriter, source, bar, budget: int, baseline: int) -> RayRun:
+def run(ray, plan: Plan, order: Schedule, writer: OutputWriter, source, bar, budget: int, baseline: int) -> RayRun:
+    """Run ``order``'s groups as Ray tasks on ``ray`` (``connect``ed); journal
+    each group as its checksums arrive. ``source``: a LocalSource, or a
+    HubSource staging files in OUT.partial (a batch is submitted once its files
+    are there; a file is let go once every group reading it is journaled).
+    ``baseline``: a Ray worker's (planner.memory.plan_baseline with ray_worker)."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     slots = sum(int(n["Resources"].get(MLX_RESOURCE, n["Resources"].get("CPU", 1))) for n in nodes)
     use_mlx = any(MLX_RESOURCE in n["Resources"] for n in nodes)
