@@ -74,8 +74,9 @@ def test_a_2_32_element_source_poisons_without_a_flat_view(giant):
     try:
         placeholders = sources.placeholders(str(giant / "model.safetensors"), mx.load)
         recorder = Recorder("giant")
-        proxy = recorder.source("model.safetensors", "lm_head.weight", placeholders["lm_head.weight"])
-        leaf = recorder.leaf(proxy)
+        name = "lm_head.weight"
+        proxy = recorder.sources("model.safetensors", {name: placeholders[name]})[name]
+        leaf, _ = recorder.kind(proxy)
         assert leaf.shape == (1 << 20, 4096) and leaf.dtype == mx.bfloat16
         with pytest.raises(RuntimeError, match=POISON_MESSAGE):
             mx.eval(leaf[-1, -4:].astype(mx.float32))

@@ -292,7 +292,7 @@ def test_stand_ins_captured_during_a_trace_stay_correct(tmp_path):
     assert isinstance(mx.zeros((1,)), captured_array)
     second = Recorder("second")
     with tracing(second, SourceSet(str(tmp_path))):
-        proxy = second.source("f", "w", mx.zeros((2, 3)))
+        proxy = second.sources("f", {"w": mx.zeros((2, 3))})["w"]
         captured_stack([proxy, proxy])
     assert [n.op for n in second.nodes] == ["load", "mx.stack"] and first.nodes == []
 

@@ -15,7 +15,7 @@ def record(fn, arrays, tmp_path):
     sources = SourceSet(str(tmp_path))
     try:
         with tracing(recorder, sources):
-            proxies = [recorder.source("f", str(i), a) for i, a in enumerate(arrays)]
+            proxies = list(recorder.sources("f", {str(i): a for i, a in enumerate(arrays)}).values())
             result = fn(*proxies)
     finally:
         sources.close()

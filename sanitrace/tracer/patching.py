@@ -151,10 +151,7 @@ def tracing(recorder: Recorder, sources: SourceSet, loaders: Sequence[tuple] = (
         if not path.endswith(".safetensors"):
             raise TraceError(f"{recorder.model_name}: cannot trace mx.load of {path}")
         name = sources.relative_name(path)
-        arrays = {
-            key: recorder.source(name, key, placeholder)
-            for key, placeholder in sources.placeholders(path, original_load).items()
-        }
+        arrays = recorder.sources(name, sources.placeholders(path, original_load))
         if kwargs.get("return_metadata") or (len(args) > 1 and args[1]):
             return arrays, dict(sources.headers[name].metadata or {})
         return arrays

@@ -3,11 +3,12 @@
 A ``Proxy`` is an ``mx.array`` subclass whose own array is a lazy placeholder
 (made by the real ``mx.load`` from a data-less header file, see sources.py), so
 ``shape``, ``dtype``, ``nbytes`` and ``isinstance(x, mx.array)`` are the real
-ones. Every op on a proxy runs the real mx op (lazy, never evaluated) to get the
-result's shape and dtype, on a poisoned leaf of the proxy's dtype and shape
-(``Recorder.leaf``), and appends a ``Node`` to the recorder's graph: literal
-arguments are kept as they are, each proxy becomes a ``Slot`` filled by one of
-the node's inputs, real arrays become ``const`` nodes.
+ones. Every op on a proxy runs the real mx op (lazy, never evaluated) on the
+proxies to get the result's shape and dtype; the proxy of a result holds a
+poisoned leaf of its dtype and shape (``Recorder.kind``). The op appends a
+``Node`` to the recorder's graph: literal arguments are kept as they are, each
+proxy becomes a ``Slot`` filled by one of the node's inputs, real arrays become
+``const`` nodes.
 """
 
 import os
@@ -76,47 +77,56 @@ class Recorder:
         self.loads: Dict[tuple, int] = {}
         self.value_source: Optional[Callable[[Ref], mx.array]] = None
         self._poison: Optional[mx.array] = None  # a scalar that fails to evaluate
-        self._leaves: Dict[tuple, mx.array] = {}
-        self._outs: Dict[tuple, list] = {}
+        self._kinds: Dict[tuple, tuple] = {}  # (dtype, shape) -> (leaf, outs)
 
-    def outs(self, array) -> list:
-        """``[aval(array)]``, one shared (never mutated) list per dtype and shape: half a
-        million nodes have a few hundred distinct ones."""
+    def kind(self, array) -> tuple:
+        """(leaf, outs) of ``array``'s dtype and shape, one pair per dtype and shape
+        (half a million nodes have a few hundred): outs is a node's ``[aval]``,
+        shared and never mutated. The leaf is what the proxy of a result holds:
+        a poisoned lazy array of that dtype and shape with no graph behind it.
+        So results never chain mlx's graph of the whole trace (half a
+        million arrays, 0.4 GB and 0.5 s to free for DeepSeek-V3) nor keep the
+        graph of their own op (20 KB for an mxfp8 mx.quantize, 1.2 GB for
+        GLM-5.1-FP8 through mlx_vlm), and evaluating one still fails. An op runs
+        on its input proxies themselves: each holds a leaf or a source
+        placeholder, so its result is one op deep."""
         key = (array.dtype, array.shape)
-        outs = self._outs.get(key)
-        if outs is None:
-            outs = self._outs[key] = [aval(array)]
-        return outs
-
-    def leaf(self, array):
-        """What an op runs on in place of a proxy, and what the proxy of its result
-        holds: a poisoned lazy array of the ``array``'s dtype and shape with no graph
-        behind it, one per (dtype, shape). So results never chain mlx's graph of the
-        whole trace (half a million arrays, 0.4 GB and 0.5 s to free for DeepSeek-V3)
-        nor keep the graph of their own op (20 KB for an mxfp8 mx.quantize, 1.2 GB
-        for GLM-5.1-FP8 through mlx_vlm), and evaluating one still fails."""
-        key = (array.dtype, array.shape)
-        leaf = self._leaves.get(key)
-        if leaf is None:
+        kind = self._kinds.get(key)
+        if kind is None:
+            outs = [aval(array)]
             if self._poison is None:
-                return array  # no non-empty source tensor seen: keep the real chain
-            leaf = self._leaves[key] = _BROADCAST_TO(_ASTYPE(self._poison, key[0]), key[1])
-        return leaf
+                return array, outs  # no non-empty source tensor seen: keep the real chain
+            leaf = _BROADCAST_TO(_ASTYPE(self._poison, key[0]), key[1])
+            kind = self._kinds[key] = (leaf, outs)
+        return kind
 
     def add(self, op: str, inputs: list, args: list, kwargs: dict, outs: list) -> int:
         self.nodes.append(_new_node(Node, (op, inputs, args, kwargs, outs)))
         return len(self.nodes) - 1
 
-    def source(self, file: str, name: str, placeholder) -> "Proxy":
-        """A checkpoint tensor; loading the same tensor again gives the same node."""
-        node = self.loads.get((file, name))
-        if node is None:
-            node = self.loads[(file, name)] = self.add("load", [], [file, name], {}, self.outs(placeholder))
-        if self._poison is None and placeholder.size > 0:
-            # its first element: a flat view would need a dimension of size() elements,
-            # and mlx dimensions are 32-bit (fused experts have 2^32 elements)
-            self._poison = placeholder[(0,) * placeholder.ndim]
-        return Proxy.wrap(placeholder, Ref(node), self)
+    def sources(self, file: str, placeholders: Dict[str, mx.array]) -> Dict[str, "Proxy"]:
+        """The proxies of a file's checkpoint tensors (name -> placeholder, in
+        order); loading the same tensor again gives the same node. Tensors of
+        one dtype and shape share a placeholder (sources.py)."""
+        proxies = {}
+        kinds: Dict[int, list] = {}  # id(placeholder) -> outs (all alive in ``placeholders``)
+        loads, nodes = self.loads, self.nodes
+        for name, placeholder in placeholders.items():
+            outs = kinds.get(id(placeholder))
+            if outs is None:
+                outs = kinds[id(placeholder)] = self.kind(placeholder)[1]
+                if self._poison is None and placeholder.size > 0:
+                    # its first element: a flat view would need a dimension of size() elements,
+                    # and mlx dimensions are 32-bit (fused experts have 2^32 elements)
+                    self._poison = placeholder[(0,) * placeholder.ndim]
+            node = loads.get((file, name))
+            if node is None:
+                node = loads[(file, name)] = len(nodes)
+                nodes.append(_new_node(Node, ("load", [], [file, name], {}, outs)))
+            proxy = proxies[name] = Proxy(placeholder)
+            proxy._st_ref = Ref(node)
+            proxy._st_recorder = self
+        return proxies
 
     def const(self, array) -> Ref:
         """A real (non-proxy) array used by the conversion becomes a constant node."""
@@ -174,18 +184,17 @@ class Recorder:
             raise TraceError(f"{self.model_name}: {op} on a checkpoint tensor at {user_site()} is not a replayable op")
         inputs: List[Ref] = []
         enc_args: list = []
-        run_args: list = []
         for a in args:  # the common cases inline: a proxy, a literal
             kind = type(a)
             if kind is Proxy:
-                enc_args.append(_slot(len(inputs)))
+                enc_args.append(_SLOTS[len(inputs)] if len(inputs) < 256 else Slot(len(inputs)))
                 inputs.append(a._st_ref)
-                run_args.append(self.leaf(a))
-                continue
-            enc_args.append(a if kind in _LITERALS else self.encode(a, inputs))
-            run_args.append(a)
+            elif kind in _LITERALS:
+                enc_args.append(a)
+            else:
+                enc_args.append(self.encode(a, inputs))
         try:
-            result = fn(*run_args, **kwargs)
+            result = fn(*args, **kwargs)
         except (TypeError, ValueError, RuntimeError) as e:
             if POISON_MESSAGE in str(e):
                 raise TraceError(
@@ -200,14 +209,15 @@ class Recorder:
         else:
             enc_kwargs = self.encode(kwargs, inputs)
         if type(result) is _REAL_ARRAY:
-            self.nodes.append(_new_node(Node, (op, inputs, enc_args, enc_kwargs, self.outs(result))))
-            proxy = Proxy(self.leaf(result))
+            leaf, outs = self._kinds.get((result.dtype, result.shape)) or self.kind(result)
+            self.nodes.append(_new_node(Node, (op, inputs, enc_args, enc_kwargs, outs)))
+            proxy = Proxy(leaf)
             proxy._st_ref = Ref(len(self.nodes) - 1)
             proxy._st_recorder = self
             return proxy
         if isinstance(result, (list, tuple)) and all(isinstance(r, _REAL_ARRAY) for r in result):
             node = self.add(op, inputs, enc_args, enc_kwargs, [aval(r) for r in result])
-            wrapped = [Proxy.wrap(self.leaf(r), Ref(node, i), self) for i, r in enumerate(result)]
+            wrapped = [Proxy.wrap(self.kind(r)[0], Ref(node, i), self) for i, r in enumerate(result)]
             return type(result)(wrapped)
         raise TraceError(
             f"{self.model_name}: {op} at {user_site()} returned a {type(result).__name__}, which a plan cannot hold"
