@@ -19,6 +19,7 @@ from sanitrace.executor.replay import INVARIANTS, Replayer
 from sanitrace.plan import Output, PlanError
 from sanitrace.planner import build_plan
 from sanitrace.planner.chunking import Chunker, plan_groups
+from sanitrace.planner.graph import structure
 from sanitrace.planner.layout import nbytes
 from sanitrace.regions import ALL_OUTPUTS, Rules
 from sanitrace.tracer import ConvertOptions, trace
@@ -216,3 +217,31 @@ def test_invariant_mode_catches_disagreeing_reads(tmp_path):
     replayer.requests = {(0, None): 2}  # reads() would say 1
     with pytest.raises(AssertionError, match="not used as often"):
         replayer.clear()
+
+
+# Groups with the same graph up to numbering share one evaluation (planner speed).
+
+
+def test_structure_tells_shared_inputs_from_alike_ones(tmp_path):
+    """x * x and x * y (x, y loads of one dtype and shape) differ: the first
+    reads one buffer, the second two. Two copies of one computation are alike."""
+    arrays = [rand(4, 8), rand(4, 8, seed=1)]
+    nodes, refs = record(lambda x, y: (x * x, x * y, (x + 1) * y, (y + 1) * x), arrays, tmp_path)
+    nodes = through_plan_file(nodes, len(arrays))
+    alike: dict = {}  # a load's label is its dtype and shape, as in encode_graph
+    keys = [(repr(n.outs),) if n.op == "load" else (n.op, repr(n.args), repr(n.kwargs), repr(n.outs)) for n in nodes]
+    labels = [alike.setdefault(key, len(alike)) for key in keys]
+    squared, product, left, right = (structure(nodes, labels, [r]) for r in refs)
+    assert squared != product
+    assert left == right
+
+
+def test_shared_evaluations_give_the_groups_of_separate_ones(checkpoints):
+    """build_plan evaluates alike groups once; evaluating every group (no labels:
+    no two nodes alike) gives the same groups, and there were alike groups."""
+    for name in ("deepseek_v3_fp8", "kimi_k2_int4", "qwen3_moe"):
+        plan = build_plan(trace(str(checkpoints[name]), ConvertOptions(quantize=True)))
+        assert list(plan.groups) == plan_groups(plan.nodes, list(plan.outputs)), name
+        labels = [row[0] for row in plan.graph.rows]
+        shapes = {structure(plan.nodes, labels, [plan.outputs[i].ref for i in g.outputs]) for g in plan.groups}
+        assert len(shapes) < len(plan.groups) / 2, name

@@ -42,12 +42,12 @@ def build_plan(result: "TraceResult", memory_budget: int = DEFAULT_MEMORY_BUDGET
         return result.nodes[ref.node].outs[ref.out]
 
     out_files, outputs = output_files(result.shards, raw_aval)
-    groups = plan_groups(result.nodes, outputs)  # numbering-independent: on the trace's graph
     roots = [o.ref for o in outputs] + [g["ref"] for g in result.guards]
     order, remap = canonical_order(result.nodes, roots)
     signatures, rows, nodes = encode_graph(result.nodes, order, remap, tensor_index)
     accounting = account(result.nodes, remap, tensor_index, result.loaded_keys, outputs)
     outputs = [o._replace(ref=Ref(remap[o.ref.node], o.ref.out)) for o in outputs]
+    groups = plan_groups(nodes, outputs, [row[0] for row in rows])
     guards = [
         Guard(Ref(remap[g["ref"].node], g["ref"].out), g["method"], g["value"], tuple(g["args"])) for g in result.guards
     ]

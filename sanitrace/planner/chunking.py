@@ -12,13 +12,14 @@ in the chunk length: ``fixed + units * per_unit``.
 """
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import chunk_registry, chunk_rules, regions
 from ..plan import VIEW_OPS, Group, Node, Output, Ref
 from ..plan.ops import RESHAPE_VIEW_OPS
 from ..chunk_rules_index import arg, axis_index
 from ..plan.checks import group_rows
+from .graph import structure
 from .layout import nbytes
 
 # Temporary memory of mlx's quantize / dequantize kernels, as a multiple of the
@@ -205,18 +206,30 @@ def _region_bytes(aval: list, region) -> int:
     return size * (stop - start) // max(aval[1][axis], 1)
 
 
-def plan_groups(nodes: List[Node], outputs: List[Output]) -> List[Group]:
-    """One entry per output group: chunking (if any) and its linear memory model."""
+def plan_groups(nodes: List[Node], outputs: List[Output], labels: Optional[Sequence[int]] = None) -> List[Group]:
+    """One entry per output group: chunking (if any) and its linear memory model.
+
+    These are functions of the group's graph alone, so groups with the same
+    graph up to numbering (``graph.structure``, given each node's signature in
+    ``labels``), such as one projection in every layer, are evaluated once.
+    Without ``labels`` no two nodes are alike and every group is evaluated."""
+    labels = range(len(nodes)) if labels is None else labels
     chunker = Chunker(nodes)
     result = []
+    known: Dict[tuple, tuple] = {}  # structure -> (rows, unit, lines)
     for members in groups_of(nodes, outputs):
         roots = [outputs[i].ref for i in members]
         count = group_rows([outputs[i] for i in members])
-        unit = group_unit(chunker, roots, count)
-        if not unit:
-            result.append(Group(tuple(members), count, 0, ((chunker.cost(roots, None, None), 0),)))
-        else:
-            result.append(Group(tuple(members), count, unit, peak_lines(chunker, roots, unit, count)))
+        key = structure(nodes, labels, roots)
+        model = known.get(key)
+        if model is None:
+            unit = group_unit(chunker, roots, count)
+            if not unit:
+                model = (count, 0, ((chunker.cost(roots, None, None), 0),))
+            else:
+                model = (count, unit, peak_lines(chunker, roots, unit, count))
+            known[key] = model
+        result.append(Group(tuple(members), *model))
     return result
 
 

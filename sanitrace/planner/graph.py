@@ -3,10 +3,11 @@
 Nodes are renumbered in depth-first post-order from the outputs (inputs in
 slot order), so the numbering depends on the conversion, not on the order in
 which sanitize happened to create its arrays. The source tensor table gives
-each loaded tensor the index a load node refers to in the plan.
+each loaded tensor the index a load node refers to in the plan. ``structure``
+identifies the graph computing a set of roots up to numbering.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from ..plan import Node, Ref, SourceFile, SourceTensor
 from ..safetensors_format import Header
@@ -59,3 +60,29 @@ def canonical_order(nodes: List[Node], roots: List[Ref]) -> Tuple[List[int], Lis
                 remap[old] = len(order)
                 place(old)
     return order, remap
+
+
+def structure(nodes: List[Node], labels: Sequence[int], roots: List[Ref]) -> tuple:
+    """The graph computing ``roots`` up to numbering: equal for two sets of roots
+    exactly when their graphs are the same but for node ids (node for node the
+    same label and inputs, shared nodes shared alike). ``labels``: each node's
+    signature (``encode_graph``: op, arguments and outputs; a load's is its dtype
+    and shape). Nodes are numbered in depth-first pre-order from the roots,
+    inputs in slot order."""
+    local: Dict[int, int] = {}
+    seen: List[int] = []
+    stack = [r.node for r in reversed(roots)]
+    while stack:
+        n = stack.pop()
+        if n in local:
+            continue
+        local[n] = len(seen)
+        seen.append(n)
+        inputs = nodes[n][1]
+        if len(inputs) == 1:  # most nodes
+            stack.append(inputs[0].node)
+        elif inputs:
+            stack.extend([r.node for r in reversed(inputs)])
+    key: list = [(labels[n], *[(local[r.node], r.out) for r in nodes[n][1]]) for n in seen]
+    key.extend((local[r.node], r.out) for r in roots)
+    return tuple(key)
