@@ -10,7 +10,20 @@ from .ops import PlanError
 from .types import SourceFile, SourceTensor
 
 _NUMBER = re.compile(r"(?<![0-9])(0|[1-9][0-9]*)(?![0-9])")  # one group: split() keeps the numbers
+_NUMBER_FAST = re.compile(r"(0|[1-9][0-9]*)")  # _NUMBER, but a digit run with a leading 0 is cut in pieces
 _HOLE = "\0"
+
+
+def split_numbers(name: str) -> List[str]:
+    """``name`` as [text, number, text, ..., text]: the numbers are its digit runs
+    without a leading zero (a run like "007" stays text, so a template hole is
+    always a plain ``%d``). Half the cost of _NUMBER's lookarounds: _NUMBER_FAST
+    splits the same names, unless it cut a digit run (then two numbers touch,
+    with an empty text between them)."""
+    parts = _NUMBER_FAST.split(name)
+    if "" in parts[2:-1:2]:
+        return _NUMBER.split(name)
+    return parts
 
 
 def encode_tensors(tensors: Sequence[SourceTensor], files: Sequence[SourceFile]) -> Tuple[list, list]:
@@ -22,7 +35,7 @@ def encode_tensors(tensors: Sequence[SourceTensor], files: Sequence[SourceFile])
     templates: List[list] = []
     rows: List[list] = []
     ends: Dict[int, int] = {}
-    split, join = _NUMBER.split, _HOLE.join
+    split, join = split_numbers, _HOLE.join
     for file, name, dtype, shape, begin, end in tensors:
         parts = split(name)  # text, number, text, ..., text
         key = (join(parts[::2]), dtype, *shape)
