@@ -216,3 +216,30 @@ def test_module_imports_alone_without_the_tracer(module):
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_source_names_round_trip_with_any_digit_runs():
+    """Names are stored as a template with a hole per number; runs with a
+    leading zero ("007", "00") are text (a hole is a plain %d), and the fast
+    split falls back to the exact one when it cut such a run."""
+    from sanitrace.plan.source_tensors import decode_tensors, encode_tensors, split_numbers
+    from sanitrace.plan.types import SourceFile, SourceTensor
+
+    names = ["a.0.b", "a.007.b", "x00", "0", "10.20", "layer01.w", "e.100.0.1x05", "", "w.9", "9.w.0"]
+    for name in names:
+        parts = split_numbers(name)
+        assert "".join(parts) == name
+        assert all(n == "0" or n[0] != "0" for n in parts[1::2]), name
+    assert split_numbers("a.007.b") == ["a.007.b"] and split_numbers("e.100.0.1x05") == [
+        "e.",
+        "100",
+        ".",
+        "0",
+        ".",
+        "1",
+        "x05",
+    ]
+    files = (SourceFile("m.safetensors", 8 + 8 + 2 * len(names), "", 8, None),)
+    tensors = [SourceTensor(0, name, "BF16", (1,), 16 + 2 * i, 18 + 2 * i) for i, name in enumerate(names)]
+    templates, rows = encode_tensors(tensors, files)
+    assert decode_tensors(templates, rows, files) == tensors
