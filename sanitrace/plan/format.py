@@ -11,7 +11,7 @@ stored compactly too (source_tensors.py).
 import hashlib
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import mlx.core as mx
 import msgpack
@@ -282,7 +282,6 @@ def decode_graph(signatures: list, rows: list, num_tensors: int) -> List[Node]:
 def dumps(plan: Plan) -> bytes:
     """The canonical bytes of ``plan``."""
     source = plan.source
-    tensor_index = {(source.files[t.file].name, t.name): i for i, t in enumerate(source.tensors)}
     files: List[Dict[str, Any]] = []
     for f in plan.files:
         if f.kind == "safetensors":
@@ -303,33 +302,49 @@ def dumps(plan: Plan) -> bytes:
     body = {
         "accounting": {
             **plan.accounting._asdict(),
-            "dropped": [[tensor_index[(d.file, d.name)], d.reason] for d in plan.accounting.dropped],
+            "dropped": _dropped_rows(plan),
         },
         "copy_subdirectories": plan.copy_subdirectories,
         "files": files,
         "format": FORMAT,
-        "groups": [
-            {
-                "outputs": list(g.outputs),
-                "peak_lines": [list(line) for line in g.peak_lines],
-                "rows": g.rows,
-                "unit": g.unit,
-            }
-            for g in plan.groups
-        ],
         "guards": [{"args": list(g.args), "method": g.method, "ref": g.ref, "value": g.value} for g in plan.guards],
         "library": plan.library,
         "memory": plan.memory._asdict(),
         "options": plan.options,
-        "outputs": [[o.name, o.dtype, list(o.shape), o.ref, o.file, o.offset] for o in plan.outputs],
         "source": {"files": [f._asdict() for f in source.files], "read_files": source.read_files},
         "version": plan.version,
         "versions": plan.versions,
     }
     body = _sorted(body)
+    # canonical as built (lists of scalars, dicts in key order): no _sorted pass over them
+    body["groups"] = [
+        {
+            "outputs": list(g.outputs),
+            "peak_lines": [list(line) for line in g.peak_lines],
+            "rows": g.rows,
+            "unit": g.unit,
+        }
+        for g in plan.groups
+    ]
+    body["outputs"] = [[o.name, o.dtype, list(o.shape), o.ref, o.file, o.offset] for o in plan.outputs]
     body["source"]["names"], body["source"]["tensors"] = encode_tensors(source.tensors, source.files)
     body["signatures"], body["nodes"] = plan.graph.signatures, plan.graph.rows
     return pack({k: body[k] for k in sorted(body)})
+
+
+def _dropped_rows(plan: Plan) -> list:
+    """[source tensor index, reason] of each dropped source, in the accounting's order."""
+    dropped = plan.accounting.dropped
+    wanted: Dict[str, Set[str]] = {}  # file -> names of its dropped tensors
+    for d in dropped:
+        wanted.setdefault(d.file, set()).add(d.name)
+    by_file = [wanted.get(f.name, set()) for f in plan.source.files]
+    index = {}
+    if dropped:
+        for i, t in enumerate(plan.source.tensors):
+            if t.name in by_file[t.file]:
+                index[(plan.source.files[t.file].name, t.name)] = i
+    return [[index[(d.file, d.name)], d.reason] for d in dropped]
 
 
 def save(plan: Plan, path: str) -> bytes:
