@@ -83,6 +83,12 @@ def structure(nodes: List[Node], labels: Sequence[int], roots: List[Ref]) -> tup
             stack.append(inputs[0].node)
         elif inputs:
             stack.extend([r.node for r in reversed(inputs)])
-    key: list = [(labels[n], *[(local[r.node], r.out) for r in nodes[n][1]]) for n in seen]
+    key: list = []
+    for n in seen:
+        inputs = nodes[n][1]
+        if len(inputs) == 1:  # most nodes
+            key.append((labels[n], local[inputs[0].node], inputs[0].out))
+        else:
+            key.append((labels[n], *[x for r in inputs for x in (local[r.node], r.out)]))
     key.extend((local[r.node], r.out) for r in roots)
     return tuple(key)
