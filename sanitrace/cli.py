@@ -1,9 +1,9 @@
 """Command line: sanitrace trace | execute | convert | check | show | lint | diff | retrace."""
 
 import argparse
+import gc
 import json
 import os
-import gc
 import sys
 import traceback
 
