@@ -136,13 +136,15 @@ def block_scales(g: PlanGraph) -> List[Finding]:
         )
     weights = set(scales.values())
     crossed: Dict[Tuple[int, int], None] = {}
+    roots = g.roots
     for node in g.nodes:
         if node.op not in _SCALING_OPS or len(node.inputs) != 2:
             continue
-        a, b = (g.root(r.node) for r in node.inputs)
-        for scale, weight in ((a, b), (b, a)):
-            if scale in scales and weight in weights and scales[scale] != weight:
-                crossed[(scale, weight)] = None
+        a, b = roots[node.inputs[0].node], roots[node.inputs[1].node]
+        if a in scales and b in weights and scales[a] != b:
+            crossed[(a, b)] = None
+        if b in scales and a in weights and scales[b] != a:
+            crossed[(b, a)] = None
     if crossed:
         pairs = [f"{g.name(w)} * {g.name(s)}" for s, w in crossed]
         findings.append(
