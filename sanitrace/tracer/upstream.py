@@ -52,7 +52,7 @@ _SANITRACE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + o
 # the lines where a stand-in calls the real mlx function or open(): an error there is the caller's
 _FORWARDING_LINES = frozenset(
     [
-        "result = fn(*run_args, **kwargs)",
+        "result = fn(*args, **kwargs)",
         "return original(*args, **kwargs)",
         "return _REAL_ARRAY(*args, **kwargs)",
         "return original_open(file, mode, *args, **kwargs)",
