@@ -187,7 +187,7 @@ class Recorder:
         for a in args:  # the common cases inline: a proxy, a literal
             kind = type(a)
             if kind is Proxy:
-                enc_args.append(_SLOTS[len(inputs)] if len(inputs) < 256 else Slot(len(inputs)))
+                enc_args.append(_slot(len(inputs)))
                 inputs.append(a._st_ref)
             elif kind in _LITERALS:
                 enc_args.append(a)
